@@ -1,0 +1,40 @@
+"""The `kubejoin` command line. Exit codes: 0 success, 1 refused or invalid, 2 usage or
+configuration error. Messages go to stderr, machine output (JSON) to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import commands
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubejoin",
+        description="Join workloads running in Kubernetes to an auth service by verifying their "
+        "ServiceAccount tokens offline.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in commands.REGISTRY:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

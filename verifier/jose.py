@@ -1,0 +1,121 @@
+"""Strict parsing of compact JWS tokens.
+
+Only the compact serialization of a signed JWT is accepted. Every byte is checked before it is
+trusted: the alphabet of each part, the JSON (no duplicate names, no NaN), and the header fields we
+do not implement (`crit`, `b64`, `zip`, `enc`, `cty`) are refused rather than ignored. Headers that
+name other keys (`jku`, `x5u`, `jwk`, `x5c`) are ignored: a key comes only from the key source.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import MALFORMED_TOKEN, TOKEN_TOO_LARGE, UNSUPPORTED_ALGORITHM, VerificationError
+
+MAX_TOKEN_BYTES: Final = 16 * 1024
+SUPPORTED_ALGORITHMS: Final = frozenset({"RS256", "ES256", "ES384", "ES512"})
+# Header parameters that change how a token must be processed; we implement none of them.
+_REFUSED_HEADERS: Final = ("crit", "b64", "zip", "enc", "cty")
+_TO_STANDARD_ALPHABET: Final = str.maketrans("-_", "+/")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    """A structurally valid compact JWS whose signature is not yet checked."""
+
+    alg: str
+    kid: str | None
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def _malformed(message: str) -> VerificationError:
+    return VerificationError(MALFORMED_TOKEN, message)
+
+
+def b64url_decode(part: str, what: str) -> bytes:
+    """Decodes unpadded base64url, refusing padding and characters outside the alphabet."""
+    if "=" in part or "+" in part or "/" in part or len(part) % 4 == 1:
+        raise _malformed(f"{what} is not unpadded base64url")
+    try:
+        return binascii.a2b_base64(part.translate(_TO_STANDARD_ALPHABET) + "=" * (-len(part) % 4), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise _malformed(f"{what} is not unpadded base64url") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"duplicate member {name!r}")
+            seen.add(name)
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """Parses a JSON object strictly: UTF-8, no duplicate member names, no NaN or Infinity."""
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise _malformed(f"{what} is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise _malformed(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise _malformed(f"{what} is not a JSON object")
+    return value
+
+
+def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise _malformed("header has no alg")
+    if alg not in SUPPORTED_ALGORITHMS:
+        raise VerificationError(
+            UNSUPPORTED_ALGORITHM,
+            f"alg {alg[:16]!r} is not accepted; expected one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}",
+        )
+    for name in _REFUSED_HEADERS:
+        if name in header:
+            raise _malformed(f"header parameter {name!r} is not supported")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+        raise _malformed("header typ must be JWT or absent")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not kid):
+        raise _malformed("header kid must be a non-empty string")
+    return alg, kid
+
+
+def parse_compact(token: str) -> ParsedToken:
+    """Splits and decodes a compact JWS, checking size, structure and header (cheapest first)."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise VerificationError(TOKEN_TOO_LARGE, f"token is {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted")
+    if not token:
+        raise _malformed("token is empty")
+    if not token.isascii():
+        raise _malformed("token contains non-ASCII characters")
+    if token[0] == "{":
+        raise _malformed("JSON serialization is not accepted; send the compact form")
+    dots = token.count(".")
+    if dots == 4:
+        raise _malformed("token has 5 parts (an encrypted JWE); a signed JWS has 3")
+    if dots != 2:
+        raise _malformed(f"token has {dots + 1} parts; a compact JWS has 3")
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    alg, kid = _check_header(parse_json_object(b64url_decode(header_b64, "header"), "header"))
+    if not payload_b64 or not signature_b64:
+        raise _malformed("token has an empty payload or signature")
+    claims = parse_json_object(b64url_decode(payload_b64, "payload"), "payload")
+    signature = b64url_decode(signature_b64, "signature")
+    signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+    return ParsedToken(alg, kid, claims, signing_input, signature)
