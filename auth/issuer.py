@@ -28,9 +28,11 @@ DISCOVERY_PATH: Final = "/.well-known/openid-configuration"
 JWKS_PATH: Final = "/openid/v1/jwks"
 CACHE_CONTROL: Final = "public, max-age=3600"
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-_EC: Final = {"secp256r1": ("P-256", "ES256", hashes.SHA256(), 32),
-              "secp384r1": ("P-384", "ES384", hashes.SHA384(), 48),
-              "secp521r1": ("P-521", "ES512", hashes.SHA512(), 66)}  # fmt: skip
+_EC: Final = {
+    "secp256r1": ("P-256", "ES256", hashes.SHA256(), 32),
+    "secp384r1": ("P-384", "ES384", hashes.SHA384(), 48),
+    "secp521r1": ("P-521", "ES512", hashes.SHA512(), 66),
+}
 
 
 def b64url(data: bytes) -> str:
@@ -69,12 +71,25 @@ class IssuerKey:
         public = self.private_key.public_key()
         if isinstance(public, rsa.RSAPublicKey):
             numbers = public.public_numbers()
-            return {"use": "sig", "kty": "RSA", "kid": self.kid, "alg": "RS256",
-                    "n": _uint(numbers.n), "e": _uint(numbers.e)}  # fmt: skip
+            return {
+                "use": "sig",
+                "kty": "RSA",
+                "kid": self.kid,
+                "alg": "RS256",
+                "n": _uint(numbers.n),
+                "e": _uint(numbers.e),
+            }
         crv, alg, _, size = _EC[public.curve.name]
         point = public.public_numbers()
-        return {"use": "sig", "kty": "EC", "kid": self.kid, "crv": crv, "alg": alg,
-                "x": _uint(point.x, size), "y": _uint(point.y, size)}  # fmt: skip
+        return {
+            "use": "sig",
+            "kty": "EC",
+            "kid": self.kid,
+            "crv": crv,
+            "alg": alg,
+            "x": _uint(point.x, size),
+            "y": _uint(point.y, size),
+        }
 
     def sign(self, signing_input: bytes) -> bytes:
         if isinstance(self.private_key, rsa.RSAPrivateKey):
@@ -138,13 +153,18 @@ class LocalIssuer:
 
     def discovery_document(self) -> bytes:
         algs = sorted({key.alg for key in self.published})
-        return _compact_json({
-            "issuer": self.issuer,
-            "jwks_uri": self.jwks_uri,
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": algs,
-        }) + b"\n"  # fmt: skip
+        return (
+            _compact_json(
+                {
+                    "issuer": self.issuer,
+                    "jwks_uri": self.jwks_uri,
+                    "response_types_supported": ["id_token"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": algs,
+                }
+            )
+            + b"\n"
+        )
 
     def jwks_document(self) -> bytes:
         return _compact_json({"keys": [key.jwk() for key in self.published]}) + b"\n"

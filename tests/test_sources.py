@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from auth.devtls import make_loopback_tls
 from auth.issuer import IssuerKey, LocalIssuer, sign_token
 from tests.conftest import AUDIENCE, Clock, ServeIssuer
-from tests.pki import make_loopback_tls
 from verifier import InClusterKeySource, KeySourceError, OIDCKeySource, VerificationError, Verifier
 from verifier.sources import max_age_of
 
@@ -110,8 +110,14 @@ async def test_hundred_made_up_kids_cause_one_fetch(serve_issuer: ServeIssuer, c
     issuer, source, verifier = await start(serve_issuer, clock)
     await verifier.verify(mint(issuer, clock))
     clock.advance(30)
-    strangers = [sign_token(issuer.signing_key, {"alg": "RS256", "kid": secrets.token_hex(8)},
-                            issuer.claims(audiences=[AUDIENCE], now=clock.now)) for _ in range(100)]  # fmt: skip
+    strangers = [
+        sign_token(
+            issuer.signing_key,
+            {"alg": "RS256", "kid": secrets.token_hex(8)},
+            issuer.claims(audiences=[AUDIENCE], now=clock.now),
+        )
+        for _ in range(100)
+    ]
     results = await asyncio.gather(*(verifier.verify(t) for t in strangers), return_exceptions=True)
     assert {r.code for r in results if isinstance(r, VerificationError)} == {"unknown_key"}
     assert source.fetch_count == 2
@@ -123,8 +129,11 @@ async def test_stream_of_random_kids_is_rate_limited(serve_issuer: ServeIssuer, 
     await verifier.verify(mint(issuer, clock))
     for _ in range(200):  # 100 simulated seconds of junk, one token every half second
         clock.advance(0.5)
-        token = sign_token(issuer.signing_key, {"alg": "RS256", "kid": secrets.token_hex(8)},
-                           issuer.claims(audiences=[AUDIENCE], now=clock.now))  # fmt: skip
+        token = sign_token(
+            issuer.signing_key,
+            {"alg": "RS256", "kid": secrets.token_hex(8)},
+            issuer.claims(audiences=[AUDIENCE], now=clock.now),
+        )
         assert await code_of(verifier, token) == "unknown_key"
     # at most one refresh per 10 s: 100 s of junk makes 10 refreshes, plus the first fetch
     assert source.fetch_count == 11

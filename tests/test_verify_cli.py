@@ -24,8 +24,16 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
 
 
 def eks(*extra: str) -> list[str]:
-    return ["verify", "--audience", "sts.amazonaws.com", "--jwks", str(EKS_FIXTURES / "jwks.json"),
-            "--token-file", str(EKS_FIXTURES / "token.jwt"), *extra]  # fmt: skip
+    return [
+        "verify",
+        "--audience",
+        "sts.amazonaws.com",
+        "--jwks",
+        str(EKS_FIXTURES / "jwks.json"),
+        "--token-file",
+        str(EKS_FIXTURES / "token.jwt"),
+        *extra,
+    ]
 
 
 def test_accepts_the_eks_token_with_its_clock(capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,8 +41,18 @@ def test_accepts_the_eks_token_with_its_clock(capsys: pytest.CaptureFixture[str]
     assert code == 0
     assert out["username"] == "system:serviceaccount:hakawai:hakawai-litellm-proxy"
     assert out["service_account"] == {"name": "hakawai-litellm-proxy", "uid": out["service_account"]["uid"]}
-    assert set(out) == {"username", "namespace", "service_account", "pod", "node", "issuer", "audiences",
-                        "jti", "issued_at", "expires_at"}  # fmt: skip
+    assert set(out) == {
+        "username",
+        "namespace",
+        "service_account",
+        "pod",
+        "node",
+        "issuer",
+        "audiences",
+        "jti",
+        "issued_at",
+        "expires_at",
+    }
     assert (out["issued_at"], out["expires_at"]) == (EKS_IAT, EKS_IAT + 86400)
     assert "accepted" in err
 
@@ -89,8 +107,16 @@ async def test_issuer_discovery_over_http(serve_issuer: ServeIssuer, tmp_path: P
     token_file = tmp_path / "token"
     token_file.write_text(issuer.mint("ns", "sa", audiences=["aud"]))
     # a subprocess, so the test's event loop keeps serving the issuer meanwhile
-    process = await _run_cli("verify", "--audience", "aud", "--issuer", issuer.issuer,
-                             "--insecure-allow-http-issuer", "--token-file", str(token_file))  # fmt: skip
+    process = await _run_cli(
+        "verify",
+        "--audience",
+        "aud",
+        "--issuer",
+        issuer.issuer,
+        "--insecure-allow-http-issuer",
+        "--token-file",
+        str(token_file),
+    )
     assert process[0] == 0, process[2]
     assert json.loads(process[1])["issuer"] == issuer.issuer
 
@@ -98,8 +124,16 @@ async def test_issuer_discovery_over_http(serve_issuer: ServeIssuer, tmp_path: P
 async def test_unreachable_issuer_is_keys_unavailable(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(LocalIssuer("http://127.0.0.1:9", kube_test_keys()).mint())
-    code, out, err = await _run_cli("verify", "--audience", "kubejoin", "--issuer", "http://127.0.0.1:9",
-                                    "--insecure-allow-http-issuer", "--token-file", str(token_file))  # fmt: skip
+    code, out, err = await _run_cli(
+        "verify",
+        "--audience",
+        "kubejoin",
+        "--issuer",
+        "http://127.0.0.1:9",
+        "--insecure-allow-http-issuer",
+        "--token-file",
+        str(token_file),
+    )
     assert code == 2
     assert json.loads(out)["error"]["code"] == "keys_unavailable"
     assert "Traceback" not in err

@@ -6,7 +6,14 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from . import issuer_cmd, verify_cmd
+from . import demo_cmd, issuer_cmd, join_cmd, serve_cmd, tokens_cmd, verify_cmd
 
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
-REGISTRY: list[Register] = [verify_cmd.register, issuer_cmd.register]
+REGISTRY: list[Register] = [
+    serve_cmd.register,
+    demo_cmd.register,
+    join_cmd.register,
+    tokens_cmd.register,
+    verify_cmd.register,
+    issuer_cmd.register,
+]

@@ -27,8 +27,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             metavar="PEM",
             help="signing key (repeatable; the first signs, all are published); created if missing",
         )
-        p.add_argument("--key-type", default="RSA", choices=["RSA", "P-256", "P-384", "P-521"],
-                       help="type of keys created for missing key files")  # fmt: skip
+        p.add_argument(
+            "--key-type",
+            default="RSA",
+            choices=["RSA", "P-256", "P-384", "P-521"],
+            help="type of keys created for missing key files",
+        )
         p.add_argument("--issuer", default="https://kubernetes.default.svc.cluster.local", metavar="URL")
 
     serve = actions.add_parser("serve", help="serve discovery and JWKS")

@@ -1,0 +1,209 @@
+"""The certificate authority that signs joined workloads' certificates.
+
+Loads `ca.cert_file` and `ca.key_file`, or generates an ECDSA P-256 CA when both are missing
+(key file mode 0600). Refuses to start on a mismatched pair, a certificate that is not a CA, or a
+key file that other users can read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .config import ConfigError
+
+CA_LIFETIME: Final = datetime.timedelta(days=3650)
+BACKDATE: Final = datetime.timedelta(minutes=1)  # tolerate clients whose clocks run a little behind
+SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+WorkloadKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+_WORKLOAD_CURVES: Final = ("secp256r1", "secp384r1")
+
+
+class PublicKeyError(ValueError):
+    """A workload's public key is not one we certify."""
+
+
+def parse_public_key(pem: str) -> WorkloadKey:
+    """A PEM SubjectPublicKeyInfo of EC P-256/P-384, Ed25519 or RSA of 2048 bits or more."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode("utf-8"))
+    except (ValueError, TypeError, UnicodeError):
+        raise PublicKeyError("public_key is not a PEM public key (-----BEGIN PUBLIC KEY-----)") from None
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in _WORKLOAD_CURVES:
+        return key
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise PublicKeyError(f"public_key is RSA {key.key_size}; at least 2048 bits required")
+        return key
+    raise PublicKeyError("public_key must be EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more")
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    pem: str
+    not_after: datetime.datetime
+
+
+class CertificateAuthority:
+    def __init__(self, certificate: x509.Certificate, key: SigningKey, cluster_name: str) -> None:
+        self.certificate = certificate
+        self._key = key
+        self.cluster_name = cluster_name
+        self.certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        self._issuer_name = certificate.subject
+        self._authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+        self._hash = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+    @classmethod
+    def generate(cls, cluster_name: str, now: datetime.datetime | None = None) -> CertificateAuthority:
+        now = now or datetime.datetime.now(datetime.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_name),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"kubejoin CA {cluster_name}"),
+            ]
+        )
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + CA_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate, key, cluster_name)
+
+    @classmethod
+    def load_or_create(cls, cert_file: str, key_file: str, cluster_name: str) -> CertificateAuthority:
+        have_cert, have_key = os.path.exists(cert_file), os.path.exists(key_file)
+        if not have_cert and not have_key:
+            ca = cls.generate(cluster_name)
+            ca.save(cert_file, key_file)
+            return ca
+        if have_cert != have_key:
+            missing = key_file if have_cert else cert_file
+            raise ConfigError(f"ca: {missing} is missing; give both files, or neither to generate a new CA")
+        return cls.load(cert_file, key_file, cluster_name)
+
+    @classmethod
+    def load(cls, cert_file: str, key_file: str, cluster_name: str) -> CertificateAuthority:
+        mode = os.stat(key_file).st_mode
+        if mode & stat.S_IROTH:
+            raise ConfigError(
+                f"ca.key_file: {key_file} is readable by all users (mode {stat.S_IMODE(mode):o}); chmod 600"
+            )
+        try:
+            with open(cert_file, "rb") as handle:
+                certificate = x509.load_pem_x509_certificate(handle.read())
+            with open(key_file, "rb") as handle:
+                key = serialization.load_pem_private_key(handle.read(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"ca: cannot load {cert_file} / {key_file}: {exc}") from None
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
+            raise ConfigError("ca.key_file: the CA key must be ECDSA, Ed25519 or RSA")
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(serialization.Encoding.DER, public) != certificate.public_key().public_bytes(
+            serialization.Encoding.DER, public
+        ):
+            raise ConfigError("ca: the key in ca.key_file does not belong to the certificate in ca.cert_file")
+        try:
+            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise ConfigError("ca.cert_file: the certificate is not a CA (basicConstraints CA:TRUE)")
+        return cls(certificate, key, cluster_name)  # type: ignore[arg-type]
+
+    def save(self, cert_file: str, key_file: str) -> None:
+        key_pem = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(key_pem)
+        with open(cert_file, "w", encoding="ascii") as handle:
+            handle.write(self.certificate_pem)
+
+    def issue(
+        self,
+        public_key: WorkloadKey,
+        *,
+        host_id: uuid.UUID,
+        role: str,
+        namespace: str,
+        service_account: str,
+        now: datetime.datetime,
+        not_after: datetime.datetime,
+    ) -> IssuedCertificate:
+        """A workload certificate: Subject CN host_id, O cluster, OU role; SAN URI
+        spiffe://<cluster>/ns/<ns>/sa/<name>; EKU clientAuth and serverAuth."""
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.cluster_name),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                x509.NameAttribute(NameOID.COMMON_NAME, str(host_id)),
+            ]
+        )
+        spiffe = f"spiffe://{self.cluster_name}/ns/{namespace}/sa/{service_account}"
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self._issuer_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=False)
+            .add_extension(self._authority_key_id, critical=False)
+            .sign(self._key, self._hash)
+        )
+        return IssuedCertificate(certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"), not_after)

@@ -1,0 +1,14 @@
+"""`kubejoin demo`: the embedded default; see auth/demo.py."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from ..demo import run_demo
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser("demo", help="run the whole join story on loopback in one process")
+    parser.set_defaults(handler=lambda args: asyncio.run(run_demo()))

@@ -1,0 +1,77 @@
+"""`kubejoin serve --config FILE`: runs until SIGTERM or SIGINT, then drains in-flight requests
+and exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from ..config import ConfigError, load_config
+from ..server import create_app, create_metrics_app
+from .common import EXIT_OK, EXIT_USAGE, say
+from .issuer_cmd import split_host_port
+
+SHUTDOWN_TIMEOUT = 30.0
+KEEPALIVE_TIMEOUT = 15.0  # an idle or silent connection is closed after this
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    parser = sub.add_parser("serve", help="run the join service")
+    parser.add_argument("--config", required=True, metavar="FILE")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.set_defaults(handler=run)
+
+
+async def serve(app: web.Application, listen: str, metrics_listen: str | None, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=KEEPALIVE_TIMEOUT, access_log=None)
+    await runner.setup()
+    runners = [runner]
+    try:
+        host, port = split_host_port(listen)
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        say(f"kubejoin serving joins on {listen}")
+        if metrics_listen:
+            metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
+            await metrics_runner.setup()
+            runners.append(metrics_runner)
+            host, port = split_host_port(metrics_listen)
+            await web.TCPSite(metrics_runner, host, port, reuse_address=True).start()
+            say(f"kubejoin serving metrics on {metrics_listen}")
+        await stop.wait()
+        say("kubejoin stopping: draining requests in flight")
+    finally:
+        for each in reversed(runners):
+            await each.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        say(f"kubejoin serve: {exc}")
+        return EXIT_USAGE
+
+    async def main() -> int:
+        try:
+            app = create_app(config)
+        except (ConfigError, OSError) as exc:
+            say(f"kubejoin serve: {exc}")
+            return EXIT_USAGE
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await serve(app, config.listen, config.metrics_listen, stop)
+        except OSError as exc:
+            say(f"kubejoin serve: cannot listen: {exc}")
+            return EXIT_USAGE
+        return EXIT_OK
+
+    return asyncio.run(main())

@@ -1,0 +1,188 @@
+"""The service's YAML config file, validated at start. Every mistake is one ConfigError that
+names the key path, e.g. `verification.leeway: expected a duration such as 90s, 30m or 1h`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from .durations import parse_duration
+
+DEFAULT_LISTEN: Final = "127.0.0.1:3025"
+SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class ConfigError(Exception):
+    """A config or join token file is invalid; the message names the key path."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    leeway: float = 10.0
+    max_token_ttl: float = 1800.0
+
+
+@dataclass(frozen=True)
+class InCluster:
+    api_server: str
+    ca_file: str
+    token_file: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_in_flight: int = 1024  # joins served at once; more get 429 with Retry-After
+    request_timeout: float = 10.0  # a client must send its whole request within this
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster_name: str
+    tokens_file: str
+    ca_cert_file: str
+    ca_key_file: str
+    listen: str = DEFAULT_LISTEN
+    metrics_listen: str | None = None
+    certificate_ttl: float = 3600.0
+    verification: Verification = Verification()
+    in_cluster: InCluster | None = None
+    limits: Limits = Limits()
+
+
+def default_api_server() -> str:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if ":" in host:  # IPv6 address
+        host = f"[{host}]"
+    return f"https://{host}" if port == "443" else f"https://{host}:{port}"
+
+
+class _Reader:
+    """Reads one mapping, recording which keys were used so leftovers can be named."""
+
+    def __init__(self, value: object, path: str) -> None:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(value).__name__}")
+        self.value: Mapping[str, Any] = value
+        self.path = path
+        self.used: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, default: Any = None, *, required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.value or self.value[key] is None:
+            if required:
+                raise ConfigError(f"{self.where(key)}: required")
+            return default
+        return self.value[key]
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> Any:
+        value = self.get(key, default, required=required)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{self.where(key)}: expected a non-empty string, got {value!r}")
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{self.where(key)}: {exc}") from None
+        if seconds <= 0:
+            raise ConfigError(f"{self.where(key)}: must be positive")
+        return seconds
+
+    def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{self.where(key)}: expected an integer of at least {minimum}, got {value!r}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(str(key) for key in self.value if key not in self.used)
+        if unknown:
+            raise ConfigError(f"{self.where(unknown[0])}: unknown key")
+
+
+def _host_port(reader: _Reader, key: str, default: str | None) -> str | None:
+    value = reader.string(key, default)
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{reader.where(key)}: expected HOST:PORT, got {value!r}")
+    return str(value)
+
+
+def parse_config(document: object, base_dir: Path) -> Config:
+    """Builds a Config from parsed YAML; relative file names are relative to base_dir."""
+    top = _Reader(document, "")
+
+    def path_of(reader: _Reader, key: str, default: str) -> str:
+        return str(base_dir / reader.string(key, default))
+
+    cluster_name = top.string("cluster_name", required=True)
+    tokens_file = path_of(top, "tokens_file", "tokens.yaml")
+    ca = _Reader(top.get("ca", {}), "ca")
+    ca_cert, ca_key = path_of(ca, "cert_file", "ca.pem"), path_of(ca, "key_file", "ca-key.pem")
+    ca.finish()
+    verification = _Reader(top.get("verification", {}), "verification")
+    checks = Verification(verification.duration("leeway", 10.0), verification.duration("max_token_ttl", 1800.0))
+    verification.finish()
+    cluster = _Reader(top.get("in_cluster", {}), "in_cluster")
+    in_cluster = InCluster(
+        api_server=cluster.string("api_server", default_api_server()),
+        ca_file=cluster.string("ca_file", f"{SERVICE_ACCOUNT_DIR}/ca.crt"),
+        token_file=cluster.string("token_file", f"{SERVICE_ACCOUNT_DIR}/token"),
+    )
+    if not in_cluster.api_server.startswith("https://"):
+        raise ConfigError(f"in_cluster.api_server: must be https://, got {in_cluster.api_server!r}")
+    cluster.finish()
+    limits_reader = _Reader(top.get("limits", {}), "limits")
+    limits = Limits(limits_reader.integer("max_in_flight", 1024), limits_reader.duration("request_timeout", 10.0))
+    limits_reader.finish()
+    config = Config(
+        cluster_name=cluster_name,
+        tokens_file=tokens_file,
+        ca_cert_file=ca_cert,
+        ca_key_file=ca_key,
+        listen=_host_port(top, "listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
+        metrics_listen=_host_port(top, "metrics_listen", None),
+        certificate_ttl=top.duration("certificate_ttl", 3600.0),
+        verification=checks,
+        in_cluster=in_cluster,
+        limits=limits,
+    )
+    top.finish()
+    return config
+
+
+def load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    try:
+        return parse_config(load_yaml(text, path), Path(path).resolve().parent)
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(path) else f"{path}: {message}") from None

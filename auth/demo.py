@@ -1,0 +1,182 @@
+"""`kubejoin demo`: the whole story in one process on loopback, in a few seconds.
+
+A local cluster issuer (HTTPS, its own CA, bearer token required, as kube-apiserver does), the
+join service with a fresh CA and the seed guide's join token, an allowed pod that joins and the
+certificate it gets, a pod of another service account that is refused, and the join metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import tempfile
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .client import JoinRefused, join_once
+from .config import parse_config
+from .devtls import make_loopback_tls
+from .issuer import IssuerKey, LocalIssuer
+from .server import create_app
+
+CLUSTER_NAME = "example.teleport.sh"
+TOKEN_YAML = """\
+kind: token
+version: v2
+metadata:
+  name: kubernetes-token
+  expires: "2050-01-01T00:00:00Z"
+spec:
+  roles: [App]
+  join_method: kubernetes
+  kubernetes:
+    type: in_cluster
+    allow:
+      - service_account: "teleport-agent:teleport-app-service"
+"""
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def _start(app: web.Application, **site: Any) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = _loopback_socket()
+    await web.SockSite(runner, sock, **site).start()
+    host, port = sock.getsockname()[:2]
+    return runner, f"{'https' if site.get('ssl_context') else 'http'}://{host}:{port}"
+
+
+_EKU_NAMES = {ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth", ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth"}
+
+
+def _describe_certificate(pem: str) -> list[str]:
+    certificate = x509.load_pem_x509_certificate(pem.encode())
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    return [
+        f"subject:   {certificate.subject.rfc4514_string()}",
+        f"issuer:    {certificate.issuer.rfc4514_string()}",
+        f"SAN URI:   {', '.join(san.get_values_for_type(x509.UniformResourceIdentifier))}",
+        f"key usage: {', '.join(_EKU_NAMES.get(oid, oid.dotted_string) for oid in eku)}",
+        f"valid:     {certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+        f" to {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC",
+    ]
+
+
+async def run_demo(say: Callable[[str], None] = print) -> int:
+    step = 0
+
+    def heading(title: str) -> None:
+        nonlocal step
+        step += 1
+        say(f"\n== {step}. {title}")
+
+    def indent(text: str) -> None:
+        say(textwrap.indent(text.rstrip("\n"), "   "))
+
+    with tempfile.TemporaryDirectory(prefix="kubejoin-demo-") as scratch:
+        work = Path(scratch)
+        runners: list[web.AppRunner] = []
+        try:
+            heading("The join token (Teleport's format, as in the seed guide)")
+            (work / "tokens.yaml").write_text(TOKEN_YAML)
+            indent(TOKEN_YAML)
+
+            heading("The cluster's issuer (a local stand-in for kube-apiserver, HTTPS, bearer token required)")
+            tls = make_loopback_tls(work)
+            issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate()])
+            own_token = issuer.mint("kubejoin", "kubejoin", audiences=["https://kubernetes.default.svc"])
+            issuer.bearer_token = own_token
+            (work / "sa-token").write_text(own_token)
+            runner, api_server = await _start(issuer.app(), ssl_context=tls.server_context())
+            runners.append(runner)
+            indent(f"API server {api_server}, issuer {issuer.issuer}\nsigning key kid {issuer.signing_key.kid}")
+
+            heading("kubejoin starts with a fresh CA and reads the keys offline (no TokenReview)")
+            config = parse_config(
+                {
+                    "cluster_name": CLUSTER_NAME,
+                    "listen": "127.0.0.1:0",
+                    "tokens_file": "tokens.yaml",
+                    "in_cluster": {
+                        "api_server": api_server,
+                        "ca_file": str(tls.ca_file),
+                        "token_file": str(work / "sa-token"),
+                    },
+                },
+                work,
+            )
+            audit = io.StringIO()
+            app = create_app(config, audit=audit)
+            runner, kubejoin = await _start(app)
+            runners.append(runner)
+            indent(f"join endpoint {kubejoin}/v1/join; CA written to {work.name}/ca.pem")
+
+            heading("An allowed pod joins: teleport-agent/teleport-app-service")
+            pod_token = work / "allowed.jwt"
+            pod_token.write_text(
+                issuer.mint(
+                    "teleport-agent",
+                    "teleport-app-service",
+                    audiences=[CLUSTER_NAME],
+                    pod="teleport-app-service-6d4b9c7f5-x2x9k",
+                    lifetime=600,
+                )
+            )
+            joined = await join_once(
+                kubejoin,
+                token_name="kubernetes-token",
+                sa_token=pod_token.read_text(),
+                role="App",
+                out_dir=str(work / "agent"),
+            )
+            indent(f"joined as {joined.response['identity']['username']}, host_id {joined.host_id}")
+            indent("\n".join(_describe_certificate(joined.response["certificate"])))
+            key_mode = (work / "agent" / "key.pem").stat().st_mode & 0o777
+            indent(f"files: agent/key.pem (mode {key_mode:o}), agent/cert.pem, agent/ca.pem")
+
+            heading("A pod of another service account is refused: teleport-agent/debug-shell")
+            try:
+                await join_once(
+                    kubejoin,
+                    token_name="kubernetes-token",
+                    role="App",
+                    out_dir=str(work / "intruder"),
+                    sa_token=issuer.mint("teleport-agent", "debug-shell", audiences=[CLUSTER_NAME]),
+                )
+                say("   unexpectedly joined")
+                return 1
+            except JoinRefused as refused:
+                indent(f"HTTP {refused.status} {refused.code}: {refused.message}")
+
+            heading("The join log (one JSON line per attempt)")
+            indent(audit.getvalue())
+
+            heading("The join metrics so far")
+            async with aiohttp.ClientSession() as session, session.get(kubejoin + "/metrics") as response:
+                exposition = await response.text()
+            wanted = (
+                "kubejoin_join_attempts_total{",
+                "kubejoin_certificates_issued_total{",
+                "kubejoin_jwks_fetches_total{",
+                "kubejoin_jwks_keys{",
+            )
+            indent("\n".join(line for line in exposition.splitlines() if line.startswith(wanted)))
+            say("\nDone. In a cluster: see docs/kubernetes.md.")
+            return 0
+        finally:
+            for each in reversed(runners):
+                await each.cleanup()

@@ -1,0 +1,219 @@
+"""The join decision, apart from HTTP: request shape, join token, ServiceAccount token, allow
+rules, role, certificate. Every attempt ends in one reason code, counted and logged once."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TextIO
+
+from metrics import Metrics
+from metrics.metrics import UNKNOWN_TOKEN
+from verifier import Identity, VerificationError
+
+from . import errors as e
+from .ca import CertificateAuthority, PublicKeyError, WorkloadKey, parse_public_key
+from .errors import JoinError
+from .keyring import Keyring
+from .tokens import KUBERNETES, ROLES, JoinToken
+
+log = logging.getLogger("kubejoin.join")
+_FIELDS: Final = {"token_name", "id_token", "role", "public_key", "host_name"}
+MAX_FIELD: Final = 32 * 1024
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    token_name: str
+    id_token: str
+    role: str
+    public_key: WorkloadKey
+    host_name: str | None
+
+
+def parse_join_request(body: object) -> JoinRequest:
+    if not isinstance(body, dict):
+        raise JoinError(e.BAD_REQUEST, "the body must be a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise JoinError(e.BAD_REQUEST, f"unknown field {unknown[0][:40]!r}; expected {', '.join(sorted(_FIELDS))}")
+    values: dict[str, str] = {}
+    for field in ("token_name", "id_token", "role", "public_key"):
+        value = body.get(field)
+        if not isinstance(value, str) or not value:
+            raise JoinError(e.BAD_REQUEST, f"field {field!r} is required and must be a non-empty string")
+        values[field] = value
+    host_name = body.get("host_name")
+    if host_name is not None and (not isinstance(host_name, str) or len(host_name) > 253):
+        raise JoinError(e.BAD_REQUEST, "field 'host_name' must be a string of at most 253 characters")
+    role = ROLES.get(values["role"].lower())
+    if values["role"].lower() == "auth":
+        role = "Auth"
+    if role is None:
+        raise JoinError(e.BAD_REQUEST, f"field 'role' must be one of {', '.join(ROLES.values())}")
+    try:
+        public_key = parse_public_key(values["public_key"])
+    except PublicKeyError as exc:
+        raise JoinError(e.BAD_REQUEST, str(exc)) from None
+    return JoinRequest(values["token_name"], values["id_token"], role, public_key, host_name)
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class JoinService:
+    def __init__(
+        self,
+        *,
+        cluster_name: str,
+        ca: CertificateAuthority,
+        keyring: Keyring,
+        tokens: Callable[[], Mapping[str, JoinToken]],
+        metrics: Metrics,
+        certificate_ttl: float,
+        clock: Callable[[], float] = time.time,
+        audit: TextIO | None = None,
+    ) -> None:
+        self.cluster_name = cluster_name
+        self.ca = ca
+        self.keyring = keyring
+        self._tokens = tokens
+        self.metrics = metrics
+        self.certificate_ttl = certificate_ttl
+        self._clock = clock
+        self._audit = audit if audit is not None else sys.stdout
+
+    async def join(self, body: object, remote: str | None) -> dict[str, Any]:
+        """Answers one join request body, or raises JoinError. Counts and logs the attempt."""
+        started = time.perf_counter()
+        record: dict[str, Any] = {
+            "event": "join",
+            "token": None,
+            "role": None,
+            "service_account": None,
+            "pod": None,
+            "node": None,
+            "issuer": None,
+            "remote": remote,
+        }
+        token_label = UNKNOWN_TOKEN
+        reason = e.INTERNAL_ERROR
+        try:
+            request = parse_join_request(body)
+            record["role"] = request.role
+            token = self._tokens().get(request.token_name)
+            if token is not None:
+                token_label = record["token"] = token.name
+            response = await self._join(request, token, record)
+            reason = "ok"
+            return response
+        except JoinError as exc:
+            reason = exc.code
+            record["message"] = exc.message
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self.metrics.join_finished(token_label, reason, seconds)
+            record.update(
+                result="success" if reason == "ok" else "failure", reason=reason, duration_ms=round(seconds * 1000, 3)
+            )
+            self._write_audit(record)
+
+    async def refuse(self, code: str, message: str, remote: str | None) -> JoinError:
+        """Counts and logs an attempt refused before its body could be read; returns the error."""
+        self.metrics.join_finished(UNKNOWN_TOKEN, code, 0.0)
+        self._write_audit(
+            {"event": "join", "token": None, "result": "failure", "reason": code, "message": message, "remote": remote}
+        )
+        return JoinError(code, message)
+
+    async def _join(self, request: JoinRequest, token: JoinToken | None, record: dict[str, Any]) -> dict[str, Any]:
+        if token is None:
+            raise JoinError(e.JOIN_TOKEN_NOT_FOUND, "no join token has that name")
+        if token.join_method != KUBERNETES:
+            raise JoinError(
+                e.WRONG_JOIN_METHOD, f"join token {token.name} uses join method {token.join_method}, not kubernetes"
+            )
+        now = self._clock()
+        if token.expires is not None and now >= token.expires:
+            raise JoinError(e.JOIN_TOKEN_EXPIRED, f"join token {token.name} expired at {_rfc3339(_utc(token.expires))}")
+        identity = await self._verify(token, request.id_token)
+        account = f"{identity.namespace}:{identity.service_account.name}"
+        record.update(
+            service_account=account,
+            pod=identity.pod.name,
+            issuer=identity.issuer,
+            node=identity.node.name if identity.node else None,
+        )
+        if not token.allows(identity.namespace, identity.service_account.name):
+            raise JoinError(
+                e.NO_MATCHING_ALLOW_RULE, f"service account {account} is not allowed by join token {token.name}"
+            )
+        if request.role not in token.roles:
+            raise JoinError(
+                e.ROLE_NOT_ALLOWED,
+                f"role {request.role} not granted by join token {token.name}, which grants {', '.join(token.roles)}",
+            )
+        return self._issue(request, token, identity, now)
+
+    async def _verify(self, token: JoinToken, id_token: str) -> Identity:
+        verifier = self.keyring.verifier_for(token.name)
+        if verifier is None:  # a token loaded a moment ago whose sources are being built
+            raise JoinError(e.KEYS_UNAVAILABLE, f"keys for join token {token.name} are not loaded yet")
+        try:
+            identity = await verifier.verify(id_token)
+        except VerificationError as exc:
+            self.metrics.token_verified(exc.code)
+            raise JoinError(exc.code, exc.message) from None
+        self.metrics.token_verified("ok")
+        return identity
+
+    def _issue(self, request: JoinRequest, token: JoinToken, identity: Identity, now: float) -> dict[str, Any]:
+        host_id = uuid.uuid4()
+        not_after = now + self.certificate_ttl
+        if token.expires is not None:
+            not_after = min(not_after, token.expires)
+        issued = self.ca.issue(
+            request.public_key,
+            host_id=host_id,
+            role=request.role,
+            namespace=identity.namespace,
+            service_account=identity.service_account.name,
+            now=_utc(now),
+            not_after=_utc(not_after),
+        )
+        self.metrics.certificates_issued.labels(request.role).inc()
+        return {
+            "host_id": str(host_id),
+            "role": request.role,
+            "identity": {
+                "username": identity.username,
+                "namespace": identity.namespace,
+                "service_account": identity.service_account.to_json(),
+                "pod": identity.pod.to_json(),
+                "node": identity.node.to_json() if identity.node else None,
+                "issuer": identity.issuer,
+                "jti": identity.jti,
+            },
+            "certificate": issued.pem,
+            "ca_certificates": [self.ca.certificate_pem],
+            "expires_at": _rfc3339(issued.not_after),
+        }
+
+    def _write_audit(self, record: dict[str, Any]) -> None:
+        record["time"] = _rfc3339(_utc(self._clock()))
+        try:
+            self._audit.write(json.dumps(record, separators=(",", ":")) + "\n")
+        except (OSError, ValueError):  # a closed stdout must not fail joins
+            log.warning("could not write the join log line")
+
+
+def _utc(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)

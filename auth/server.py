@@ -1,0 +1,243 @@
+"""The HTTP service: `POST /v1/join`, `/healthz`, `/readyz`, `/metrics`.
+
+`create_app` builds everything from the config; nothing lives at module level. The key sources'
+refreshers and the join token watcher start and stop with the application (cleanup_ctx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final, TextIO
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from metrics import Metrics
+
+from . import errors as e
+from .ca import CertificateAuthority
+from .config import Config, ConfigError
+from .errors import JoinError
+from .join import JoinService
+from .keyring import Keyring
+from .tokens import JoinToken, file_stamp, load_tokens
+
+log = logging.getLogger("kubejoin.server")
+MAX_BODY: Final = 64 * 1024
+_METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+class TokenStore:
+    """The join tokens in force. A changed file is re-read; a broken edit is logged and refused,
+    and the last good tokens stay in force."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp = file_stamp(path)
+        self.tokens: dict[str, JoinToken] = load_tokens(path)
+        self.last_error = ""
+
+    def changed(self) -> bool:
+        return file_stamp(self.path) != self._stamp
+
+    def read_new(self) -> dict[str, JoinToken] | None:
+        """The file's tokens if it changed and parses; None if unchanged. Raises ConfigError."""
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        return load_tokens(self.path)
+
+
+class Service:
+    """Everything one running kubejoin holds."""
+
+    def __init__(
+        self, config: Config, metrics: Metrics, clock: Callable[[], float], audit: TextIO | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.tokens = TokenStore(config.tokens_file)
+        self.ca = CertificateAuthority.load_or_create(config.ca_cert_file, config.ca_key_file, config.cluster_name)
+        self.keyring = Keyring(config, metrics, clock=clock)
+        self.join = JoinService(
+            cluster_name=config.cluster_name,
+            ca=self.ca,
+            keyring=self.keyring,
+            tokens=lambda: self.tokens.tokens,
+            metrics=metrics,
+            certificate_ttl=config.certificate_ttl,
+            clock=clock,
+            audit=audit,
+        )
+        self.in_flight = 0
+        self.ready = False
+        metrics.tokens_loaded(self.tokens.tokens)
+
+    async def reload_tokens(self) -> bool | None:
+        """Applies a changed token file. True applied, False refused, None unchanged."""
+        try:
+            tokens = self.tokens.read_new()
+        except ConfigError as exc:
+            self.tokens.last_error = str(exc)
+            log.error("join tokens not reloaded, the last good ones stay in force: %s", exc)
+            self.metrics.config_reloads.labels("failure").inc()
+            return False
+        if tokens is None:
+            return None
+        retired = self.keyring.update(tokens)
+        self.tokens.tokens = tokens
+        self.tokens.last_error = ""
+        self.metrics.tokens_loaded(tokens)
+        self.metrics.config_reloads.labels("success").inc()
+        log.info("join tokens reloaded: %s", ", ".join(sorted(tokens)) or "none")
+        for source in retired:
+            await source.close()
+        return True
+
+
+SERVICE: Final = web.AppKey("service", Service)
+
+
+def _error(code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=e.STATUS[code], headers=headers)
+
+
+async def handle_join(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    remote = request.remote
+    if service.in_flight >= service.config.limits.max_in_flight:
+        await service.join.refuse(e.OVERLOADED, "too many joins in flight", remote)
+        return _error(e.OVERLOADED, "too many joins in flight; retry shortly", {"Retry-After": "1"})
+    service.in_flight += 1
+    service.metrics.joins_in_flight.inc()
+    try:
+        body = await _read_body(request, service)
+        return web.json_response(await service.join.join(body, remote))
+    except JoinError as exc:
+        headers = {"Retry-After": "5"} if exc.code == e.KEYS_UNAVAILABLE else None
+        return _error(exc.code, exc.message, headers)
+    finally:
+        service.in_flight -= 1
+        service.metrics.joins_in_flight.dec()
+
+
+async def _read_body(request: web.Request, service: Service) -> object:
+    """The request's JSON body; refusals before the join logic are counted as join attempts too."""
+    refuse = service.join.refuse
+    if request.content_type != "application/json":
+        raise await refuse(e.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json", request.remote)
+    if (request.content_length or 0) > MAX_BODY:
+        raise await refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote)
+    try:
+        async with asyncio.timeout(service.config.limits.request_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise await refuse(e.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise await refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote) from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise await refuse(e.BAD_REQUEST, "the body is not valid JSON", request.remote) from None
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    if not service.ready:
+        return web.json_response({"status": "not ready", "reason": "starting"}, status=503)
+    body: dict[str, object] = {"status": "ready", "join_tokens": len(service.tokens.tokens)}
+    if service.tokens.last_error:
+        body["last_reload_error"] = service.tokens.last_error
+    return web.json_response(body)
+
+
+def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle_metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return handle_metrics
+
+
+def _observe(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def observe(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in _METHODS else "other"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.http_requests.labels(route, method, str(status)).inc()
+            metrics.http_duration.labels(route).observe(time.perf_counter() - started)
+
+    return observe
+
+
+async def _token_watcher(service: Service, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.reload_tokens()
+        except Exception:  # the watcher must outlive any one bad reload
+            log.exception("token reload failed")
+
+
+def create_app(
+    config: Config,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+    audit: TextIO | None = None,
+    reload_interval: float = 1.0,
+) -> web.Application:
+    """Builds the service. Raises ConfigError when the CA or the join tokens cannot be loaded."""
+    metrics = Metrics(registry)
+    service = Service(config, metrics, clock, audit)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_observe(metrics)])
+    app[SERVICE] = service
+    app.router.add_post("/v1/join", handle_join)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    if config.metrics_listen is None:
+        app.router.add_get("/metrics", metrics_handler(metrics))
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        service.keyring.update(service.tokens.tokens)
+        watcher = asyncio.ensure_future(_token_watcher(service, reload_interval))
+        service.ready = True
+        yield
+        service.ready = False
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await service.keyring.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """A separate application serving only /metrics, for `metrics_listen`."""
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics_handler(app[SERVICE].metrics))
+    return metrics_app

@@ -1,0 +1,303 @@
+"""Join tokens in Teleport's format (`kind: token`, `version: v2`), validated as strictly as
+Teleport validates them. A token written for Teleport loads here unchanged; a mistake is a
+ConfigError naming the field path, e.g. `spec.kubernetes.allow[0].service_account: ...`."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import yaml
+
+from verifier import KeySourceError, parse_jwks
+
+from .config import ConfigError, load_yaml
+
+ROLES: Final = {
+    r.lower(): r for r in ("Node", "Proxy", "Kube", "App", "Db", "WindowsDesktop", "Discovery", "Instance", "Bot")
+}
+KUBERNETES: Final = "kubernetes"
+TYPES: Final = ("in_cluster", "static_jwks", "oidc")
+# Fields of Teleport's token spec: blocks of other join methods are accepted (the token is then
+# refused for joins with wrong_join_method); anything else is a typo and an error.
+_SPEC_KEYS: Final = frozenset(
+    {
+        "roles",
+        "join_method",
+        "kubernetes",
+        "allow",
+        "bot_name",
+        "aws_iid_ttl",
+        "suggested_labels",
+        "suggested_agent_matcher_labels",
+        "github",
+        "circleci",
+        "gcp",
+        "spacelift",
+        "gitlab",
+        "azure",
+        "tpm",
+        "terraform_cloud",
+        "bitbucket",
+        "oracle",
+        "azure_devops",
+        "bound_keypair",
+        "env0",
+        "integration",
+    }
+)
+_METADATA_KEYS: Final = frozenset({"name", "expires", "labels", "description", "revision", "namespace"})
+_NAMESPACE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_ACCOUNT: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_NAMESPACE_GLOB: Final = re.compile(r"[-a-z0-9*?]{1,63}")
+_ACCOUNT_GLOB: Final = re.compile(r"[-a-z0-9.*?]{1,253}")
+
+
+class TokenError(ConfigError):
+    """A field of a join token is invalid."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """Allows service accounts by exact `namespace:name` or by a glob pair (`*` and `?`)."""
+
+    namespace: str
+    name: str
+    glob: bool = False
+    pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.glob:  # compiled once, when the token is loaded
+            object.__setattr__(self, "pattern", _glob_regex(self.namespace, self.name))
+
+    def matches(self, namespace: str, name: str) -> bool:
+        if self.pattern is None:
+            return namespace == self.namespace and name == self.name
+        return self.pattern.fullmatch(f"{namespace}:{name}") is not None
+
+    def __str__(self) -> str:
+        return f"{self.namespace}:{self.name}"
+
+
+def _glob_regex(namespace: str, name: str) -> re.Pattern[str]:
+    def part(glob: str) -> str:
+        return "".join("[^:]*" if c == "*" else "[^:]" if c == "?" else re.escape(c) for c in glob)
+
+    return re.compile(part(namespace) + ":" + part(name))
+
+
+@dataclass(frozen=True)
+class KubernetesRules:
+    type: str
+    allow: tuple[AllowRule, ...]
+    static_jwks: str | None = None
+    static_issuer: str | None = None
+    oidc_issuer: str | None = None
+    insecure_allow_http_issuer: bool = False
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    name: str
+    roles: tuple[str, ...]
+    join_method: str
+    expires: float | None  # unix seconds
+    kubernetes: KubernetesRules | None
+
+    def allows(self, namespace: str, name: str) -> bool:
+        return self.kubernetes is not None and any(rule.matches(namespace, name) for rule in self.kubernetes.allow)
+
+
+def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TokenError(path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _no_unknown(value: Mapping[str, Any], known: frozenset[str] | set[str], path: str) -> None:
+    for key in value:
+        if key not in known:
+            raise TokenError(f"{path}.{key}" if path else str(key), "unknown field")
+
+
+def _text(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TokenError(path, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _expires(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise TokenError("metadata.expires", f"expected an RFC 3339 time, got {value!r}") from None
+    if not isinstance(value, datetime.datetime):
+        raise TokenError("metadata.expires", f"expected an RFC 3339 time, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return value.timestamp()
+
+
+def _roles(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise TokenError("spec.roles", "expected a non-empty list of roles")
+    roles: list[str] = []
+    for index, role in enumerate(value):
+        if isinstance(role, str) and role.lower() == "auth":
+            raise TokenError(f"spec.roles[{index}]", "the Auth role can never be granted by a join token")
+        canonical = ROLES.get(role.lower()) if isinstance(role, str) else None
+        if canonical is None:
+            raise TokenError(
+                f"spec.roles[{index}]", f"unknown role {role!r}; expected one of {', '.join(ROLES.values())}"
+            )
+        if canonical not in roles:
+            roles.append(canonical)
+    return tuple(roles)
+
+
+def _allow_rule(value: object, path: str) -> AllowRule:
+    rule = _mapping(value, path)
+    _no_unknown(rule, {"service_account", "service_account_namespace", "service_account_name"}, path)
+    if "service_account" in rule:
+        if "service_account_namespace" in rule or "service_account_name" in rule:
+            raise TokenError(
+                path, "use service_account, or the pair service_account_namespace and service_account_name, not both"
+            )
+        account = _text(rule["service_account"], f"{path}.service_account")
+        namespace, sep, name = account.partition(":")
+        if not sep or ":" in name or not _NAMESPACE.fullmatch(namespace) or not _ACCOUNT.fullmatch(name):
+            raise TokenError(f"{path}.service_account", f'expected "namespace:name", got {account!r}')
+        return AllowRule(namespace, name)
+    if "service_account_namespace" not in rule or "service_account_name" not in rule:
+        raise TokenError(path, "needs service_account, or both service_account_namespace and service_account_name")
+    namespace = _text(rule["service_account_namespace"], f"{path}.service_account_namespace")
+    name = _text(rule["service_account_name"], f"{path}.service_account_name")
+    if not _NAMESPACE_GLOB.fullmatch(namespace):
+        raise TokenError(f"{path}.service_account_namespace", f"not a namespace or glob: {namespace!r}")
+    if not _ACCOUNT_GLOB.fullmatch(name):
+        raise TokenError(f"{path}.service_account_name", f"not a service account name or glob: {name!r}")
+    return AllowRule(namespace, name, glob=True)
+
+
+def _issuer_url(value: object, path: str, *, allow_http: bool) -> str:
+    url = _text(value, path)
+    if url.startswith("https://") or (allow_http and url.startswith("http://")):
+        return url
+    raise TokenError(path, f"expected an https:// URL (http:// only with insecure_allow_http_issuer), got {url!r}")
+
+
+def _kubernetes(value: object) -> KubernetesRules:
+    spec = _mapping(value, "spec.kubernetes")
+    _no_unknown(spec, {"type", "allow", "static_jwks", "oidc"}, "spec.kubernetes")
+    kind = spec.get("type") or "in_cluster"
+    if kind not in TYPES:
+        raise TokenError("spec.kubernetes.type", f"expected one of {', '.join(TYPES)}, got {kind!r}")
+    for owner in ("static_jwks", "oidc"):
+        if owner in spec and kind != owner:
+            raise TokenError(f"spec.kubernetes.{owner}", f"only allowed with type {owner}, not {kind}")
+    allow = spec.get("allow")
+    if not isinstance(allow, list) or not allow:
+        raise TokenError("spec.kubernetes.allow", "expected a non-empty list of rules")
+    rules = tuple(_allow_rule(rule, f"spec.kubernetes.allow[{i}]") for i, rule in enumerate(allow))
+    if kind == "static_jwks":
+        static = _mapping(spec.get("static_jwks"), "spec.kubernetes.static_jwks")
+        _no_unknown(static, {"jwks", "issuer"}, "spec.kubernetes.static_jwks")
+        jwks = static.get("jwks")
+        if isinstance(jwks, Mapping):  # accept the document inline as YAML too
+            jwks = json.dumps(jwks)
+        jwks = _text(jwks, "spec.kubernetes.static_jwks.jwks")
+        try:
+            if not parse_jwks(jwks).keys:
+                raise KeySourceError("no usable signing key (RSA >= 2048 bits, EC P-256/384/521)")
+        except KeySourceError as exc:
+            raise TokenError("spec.kubernetes.static_jwks.jwks", str(exc)) from None
+        issuer = static.get("issuer")
+        return KubernetesRules(
+            kind,
+            rules,
+            static_jwks=jwks,
+            static_issuer=_text(issuer, "spec.kubernetes.static_jwks.issuer") if issuer else None,
+        )
+    if kind == "oidc":
+        oidc = _mapping(spec.get("oidc"), "spec.kubernetes.oidc")
+        _no_unknown(oidc, {"issuer", "insecure_allow_http_issuer"}, "spec.kubernetes.oidc")
+        allow_http = oidc.get("insecure_allow_http_issuer", False)
+        if not isinstance(allow_http, bool):
+            raise TokenError("spec.kubernetes.oidc.insecure_allow_http_issuer", "expected true or false")
+        issuer = _issuer_url(oidc.get("issuer"), "spec.kubernetes.oidc.issuer", allow_http=allow_http)
+        return KubernetesRules(kind, rules, oidc_issuer=issuer, insecure_allow_http_issuer=allow_http)
+    return KubernetesRules(kind, rules)
+
+
+def parse_token(document: object) -> JoinToken:
+    top = _mapping(document, "token")
+    _no_unknown(top, {"kind", "version", "metadata", "spec"}, "")
+    if top.get("kind") != "token":
+        raise TokenError("kind", f"expected token, got {top.get('kind')!r}")
+    if top.get("version") != "v2":
+        raise TokenError("version", f"expected v2, got {top.get('version')!r}")
+    metadata = _mapping(top.get("metadata"), "metadata")
+    _no_unknown(metadata, _METADATA_KEYS, "metadata")
+    name = _text(metadata.get("name"), "metadata.name")
+    spec = _mapping(top.get("spec"), "spec")
+    _no_unknown(spec, _SPEC_KEYS, "spec")
+    roles = _roles(spec.get("roles"))
+    method = _text(spec.get("join_method"), "spec.join_method")
+    kubernetes = None
+    if method == KUBERNETES:
+        if "kubernetes" not in spec:
+            raise TokenError("spec.kubernetes", "required with join_method kubernetes")
+        kubernetes = _kubernetes(spec["kubernetes"])
+        if "Bot" in roles and not spec.get("bot_name"):
+            raise TokenError("spec.bot_name", "required when roles include Bot")
+    return JoinToken(name, roles, method, _expires(metadata.get("expires")), kubernetes)
+
+
+def parse_tokens(text: str, source: str) -> dict[str, JoinToken]:
+    """Parses a YAML stream of join tokens; names must be unique."""
+    tokens: dict[str, JoinToken] = {}
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:
+        load_yaml(text, source)  # raises with the line number
+        raise
+    for index, document in enumerate(d for d in documents if d is not None):
+        label = f"{source}: token {index + 1}"
+        if isinstance(document, Mapping) and isinstance(document.get("metadata"), Mapping):
+            label += f" ({str(document['metadata'].get('name'))[:64]})"
+        try:
+            token = parse_token(document)
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        if token.name in tokens:
+            raise ConfigError(f"{label}: metadata.name: duplicate token name {token.name!r}")
+        tokens[token.name] = token
+    return tokens
+
+
+def file_stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def load_tokens(path: str) -> dict[str, JoinToken]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    return parse_tokens(text, path)

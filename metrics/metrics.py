@@ -1,0 +1,147 @@
+"""All metrics in one object with its own CollectorRegistry (no global state), so that two
+services in one process, or one test after another, never share counters.
+
+Label values are bounded by construction: `token` is a configured token name or `unknown`,
+`reason` one of the fixed REASON codes, `issuer` a configured issuer, `route` a registered route.
+Never a service account, pod, kid, jti or caller address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+# A join verifies a cached token in tens of microseconds and a fresh one with a certificate in a
+# few milliseconds; the buckets resolve both ends.
+JOIN_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+FETCH_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UNKNOWN_TOKEN: Final = "unknown"
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    entries: int
+
+
+class _CacheCollector(Collector):
+    """Reads verified-token cache statistics at scrape time from whoever owns the caches."""
+
+    def __init__(self, read: Callable[[], CacheStats]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._read()
+        requests = CounterMetricFamily(
+            "kubejoin_verified_token_cache_requests", "Verified-token cache lookups by result.", labels=["result"]
+        )
+        requests.add_metric(["hit"], stats.hits)
+        requests.add_metric(["miss"], stats.misses)
+        yield requests
+        yield GaugeMetricFamily(
+            "kubejoin_verified_token_cache_entries", "Tokens held in the verified-token cache.", value=stats.entries
+        )
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.join_attempts = Counter(
+            "kubejoin_join_attempts",
+            "Join attempts by join token, result and reason.",
+            ["token", "result", "reason"],
+            registry=r,
+        )
+        self.join_duration = Histogram(
+            "kubejoin_join_duration_seconds",
+            "Time to answer a join request.",
+            ["result"],
+            buckets=JOIN_BUCKETS,
+            registry=r,
+        )
+        self.token_verifications = Counter(
+            "kubejoin_token_verifications", "ServiceAccount token verifications.", ["result", "reason"], registry=r
+        )
+        self.jwks_fetches = Counter(
+            "kubejoin_jwks_fetches", "Key set fetches by issuer and result.", ["issuer", "result"], registry=r
+        )
+        self.jwks_keys = Gauge("kubejoin_jwks_keys", "Usable signing keys held per issuer.", ["issuer"], registry=r)
+        self.jwks_last_success = Gauge(
+            "kubejoin_jwks_last_success_timestamp_seconds",
+            "When the keys of an issuer were last fetched successfully.",
+            ["issuer"],
+            registry=r,
+        )
+        self.certificates_issued = Counter(
+            "kubejoin_certificates_issued", "Certificates issued by role.", ["role"], registry=r
+        )
+        self.http_requests = Counter(
+            "kubejoin_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "kubejoin_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=JOIN_BUCKETS,
+            registry=r,
+        )
+        self.join_tokens = Gauge("kubejoin_join_tokens", "Join tokens loaded.", registry=r)
+        self.config_reloads = Counter(
+            "kubejoin_config_reloads", "Reloads of the join token file by result.", ["result"], registry=r
+        )
+        self.joins_in_flight = Gauge("kubejoin_joins_in_flight", "Join requests being served now.", registry=r)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+    def watch_cache(self, read: Callable[[], CacheStats]) -> None:
+        self.registry.register(_CacheCollector(read))
+
+    def tokens_loaded(self, names: Iterable[str]) -> None:
+        """Creates each token's success series at 0, so rates and alerts work before any join."""
+        count = 0
+        for name in names:
+            self.join_attempts.labels(name, "success", "ok")
+            count += 1
+        self.join_tokens.set(count)
+
+    def join_finished(self, token: str, reason: str, seconds: float) -> None:
+        result = "success" if reason == "ok" else "failure"
+        self.join_attempts.labels(token, result, reason).inc()
+        self.join_duration.labels(result).observe(seconds)
+
+    def token_verified(self, reason: str) -> None:
+        self.token_verifications.labels("success" if reason == "ok" else "failure", reason).inc()
+
+    def key_fetch(self, issuer: str, ok: bool, keys: int, when: float) -> None:
+        self.jwks_fetches.labels(issuer, "success" if ok else "failure").inc()
+        self.jwks_keys.labels(issuer).set(keys)
+        if ok:
+            self.jwks_last_success.labels(issuer).set(when)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition in the format the scraper asked for (OpenMetrics or text 0.0.4)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
