@@ -38,6 +38,7 @@ class InCluster:
 class Limits:
     max_in_flight: int = 1024  # joins served at once; more get 429 with Retry-After
     request_timeout: float = 10.0  # a client must send its whole request within this
+    idle_timeout: float = 15.0  # an idle or silent connection is closed after this
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,11 @@ def parse_config(document: object, base_dir: Path) -> Config:
         raise ConfigError(f"in_cluster.api_server: must be https://, got {in_cluster.api_server!r}")
     cluster.finish()
     limits_reader = _Reader(top.get("limits", {}), "limits")
-    limits = Limits(limits_reader.integer("max_in_flight", 1024), limits_reader.duration("request_timeout", 10.0))
+    limits = Limits(
+        limits_reader.integer("max_in_flight", 1024),
+        limits_reader.duration("request_timeout", 10.0),
+        limits_reader.duration("idle_timeout", 15.0),
+    )
     limits_reader.finish()
     config = Config(
         cluster_name=cluster_name,

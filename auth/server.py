@@ -76,6 +76,8 @@ class Service:
             audit=audit,
         )
         self.in_flight = 0
+        self.idle = asyncio.Event()  # set whenever no join is in flight
+        self.idle.set()
         self.ready = False
         metrics.tokens_loaded(self.tokens.tokens)
 
@@ -115,6 +117,7 @@ async def handle_join(request: web.Request) -> web.Response:
         await service.join.refuse(e.OVERLOADED, "too many joins in flight", remote)
         return _error(e.OVERLOADED, "too many joins in flight; retry shortly", {"Retry-After": "1"})
     service.in_flight += 1
+    service.idle.clear()
     service.metrics.joins_in_flight.inc()
     try:
         body = await _read_body(request, service)
@@ -124,6 +127,8 @@ async def handle_join(request: web.Request) -> web.Response:
         return _error(exc.code, exc.message, headers)
     finally:
         service.in_flight -= 1
+        if not service.in_flight:
+            service.idle.set()
         service.metrics.joins_in_flight.dec()
 
 

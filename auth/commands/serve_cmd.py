@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Any
 
 from aiohttp import web
 
-from ..config import ConfigError, load_config
-from ..server import create_app, create_metrics_app
+from ..config import Config, ConfigError, load_config
+from ..server import SERVICE, create_app, create_metrics_app
 from .common import EXIT_OK, EXIT_USAGE, say
 from .issuer_cmd import split_host_port
 
 SHUTDOWN_TIMEOUT = 30.0
-KEEPALIVE_TIMEOUT = 15.0  # an idle or silent connection is closed after this
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=run)
 
 
-async def serve(app: web.Application, listen: str, metrics_listen: str | None, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=KEEPALIVE_TIMEOUT, access_log=None)
+async def serve(app: web.Application, config: Config, stop: asyncio.Event) -> None:
+    listen, metrics_listen = config.listen, config.metrics_listen
+    runner = web.AppRunner(
+        app, shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=config.limits.idle_timeout, access_log=None
+    )
     await runner.setup()
     runners = [runner]
     try:
@@ -43,10 +46,22 @@ async def serve(app: web.Application, listen: str, metrics_listen: str | None, s
             await web.TCPSite(metrics_runner, host, port, reuse_address=True).start()
             say(f"kubejoin serving metrics on {metrics_listen}")
         await stop.wait()
-        say("kubejoin stopping: draining requests in flight")
+        say("kubejoin stopping: no new connections; draining requests in flight")
+        await drain(app, runner)
     finally:
         for each in reversed(runners):
             await each.cleanup()
+
+
+async def drain(app: web.Application, runner: web.AppRunner) -> None:
+    """Stops listening, then waits for joins in flight, including those whose body is still
+    arriving (aiohttp's own shutdown stops reading from open connections)."""
+    for site in list(runner.sites):
+        await site.stop()
+    service = app[SERVICE]
+    if service.in_flight:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(service.idle.wait(), SHUTDOWN_TIMEOUT)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
-            await serve(app, config.listen, config.metrics_listen, stop)
+            await serve(app, config, stop)
         except OSError as exc:
             say(f"kubejoin serve: cannot listen: {exc}")
             return EXIT_USAGE

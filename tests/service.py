@@ -1,0 +1,97 @@
+"""Helpers to run the join service in-process against a local issuer."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from auth.config import Config, parse_config
+from auth.issuer import LocalIssuer
+
+CLUSTER = "example.teleport.sh"
+
+
+def token_doc(
+    name: str = "kubernetes-token",
+    *,
+    issuer: LocalIssuer | None = None,
+    kind: str = "static_jwks",
+    allow: list[dict[str, str]] | None = None,
+    roles: list[str] | None = None,
+    expires: str | None = None,
+    join_method: str = "kubernetes",
+) -> dict[str, Any]:
+    """A join token document; static_jwks tokens carry the issuer's JWKS, oidc ones its URL."""
+    kubernetes: dict[str, Any] = {"type": kind, "allow": allow or [{"service_account": "teleport-agent:app"}]}
+    if join_method != "kubernetes":
+        pass
+    elif kind == "static_jwks":
+        assert issuer is not None
+        kubernetes["static_jwks"] = {"jwks": issuer.jwks_document().decode(), "issuer": issuer.issuer}
+    elif kind == "oidc":
+        assert issuer is not None
+        kubernetes["oidc"] = {"issuer": issuer.issuer, "insecure_allow_http_issuer": True}
+    metadata: dict[str, Any] = {"name": name}
+    if expires:
+        metadata["expires"] = expires
+    spec: dict[str, Any] = {"roles": roles or ["App"], "join_method": join_method}
+    if join_method == "kubernetes":
+        spec["kubernetes"] = kubernetes
+    return {"kind": "token", "version": "v2", "metadata": metadata, "spec": spec}
+
+
+def write_tokens(path: Path, *documents: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump_all(documents))
+
+
+def make_config(directory: Path, **overrides: Any) -> Config:
+    document: dict[str, Any] = {"cluster_name": CLUSTER, "tokens_file": "tokens.yaml"}
+    document.update(overrides)
+    return parse_config(document, directory)
+
+
+def public_key_pem(kind: str = "P-256") -> str:
+    key: Any
+    if kind == "P-256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif kind == "P-384":
+        key = ec.generate_private_key(ec.SECP384R1())
+    elif kind == "P-521":
+        key = ec.generate_private_key(ec.SECP521R1())
+    elif kind == "Ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=int(kind.removeprefix("RSA")))
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+_P256 = public_key_pem()
+
+
+def join_body(
+    id_token: str, *, token_name: str = "kubernetes-token", role: str = "App", **extra: Any
+) -> dict[str, Any]:
+    return {"token_name": token_name, "id_token": id_token, "role": role, "public_key": _P256, **extra}
+
+
+def pod_token(issuer: LocalIssuer, namespace: str = "teleport-agent", account: str = "app", **options: Any) -> str:
+    options.setdefault("audiences", [CLUSTER])
+    return issuer.mint(namespace, account, **options)
+
+
+class AuditLog(io.StringIO):
+    """Captures the service's JSON join lines."""
+
+    def records(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(line) for line in self.getvalue().splitlines()]

@@ -1,0 +1,77 @@
+"""The service config: defaults, and one clear line per mistake (exit 2 from `kubejoin serve`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auth.cli import main
+from auth.config import ConfigError, load_config, parse_config
+
+
+def test_contract_example_loads(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "cluster_name": "example.teleport.sh",
+            "listen": "127.0.0.1:3025",
+            "metrics_listen": "127.0.0.1:9464",
+            "tokens_file": "tokens.yaml",
+            "ca": {"cert_file": "ca.pem", "key_file": "ca-key.pem"},
+            "certificate_ttl": "1h",
+            "verification": {"leeway": "10s", "max_token_ttl": "30m"},
+            "in_cluster": {
+                "api_server": "https://kubernetes.default.svc",
+                "ca_file": "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+                "token_file": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            },
+        },
+        tmp_path,
+    )
+    assert config.tokens_file == str(tmp_path / "tokens.yaml")
+    assert (config.certificate_ttl, config.verification.leeway, config.verification.max_token_ttl) == (3600, 10, 1800)
+    assert config.metrics_listen == "127.0.0.1:9464"
+
+
+def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    config = parse_config({"cluster_name": "c"}, tmp_path)
+    assert config.in_cluster is not None and config.in_cluster.api_server == "https://[fd00::1]:6443"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({}, "cluster_name: required"),
+        ({"cluster_name": "c", "verification": {"leway": "1s"}}, "verification.leway: unknown key"),
+        ({"cluster_name": "c", "certificate_ttl": "soon"}, "certificate_ttl: expected a duration"),
+        ({"cluster_name": "c", "certificate_ttl": "0s"}, "certificate_ttl: must be positive"),
+        ({"cluster_name": "c", "listen": "3025"}, "listen: expected HOST:PORT"),
+        ({"cluster_name": "c", "in_cluster": {"api_server": "http://k"}}, "in_cluster.api_server: must be https"),
+        ({"cluster_name": "c", "limits": {"max_in_flight": 0}}, "limits.max_in_flight"),
+        ({"cluster_name": "c", "ca": "ca.pem"}, "ca: expected a mapping"),
+        ({"cluster_name": "c", "tokens": "x"}, "tokens: unknown key"),
+        (["cluster_name"], "expected a mapping"),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path: Path, document: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(document, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text", ["cluster_name: c\nverification:\n  leeway: [", "cluster_name: c\nunknown: 1\n", "\xff"]
+)
+def test_serve_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text.encode("latin-1"))
+    assert main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kubejoin serve: " + str(path))
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "nope.yaml"))

@@ -1,0 +1,237 @@
+"""End to end with real parts: an HTTPS issuer that requires a bearer token (as kube-apiserver does
+for in_cluster), `kubejoin serve` and `kubejoin join` as subprocesses writing real files."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from auth.devtls import make_loopback_tls
+from auth.issuer import IssuerKey, LocalIssuer
+from tests.service import CLUSTER
+
+SEED = """\
+kind: token
+version: v2
+metadata:
+  name: kubernetes-token
+  expires: "2050-01-01T00:00:00Z"
+spec:
+  roles: [App]
+  join_method: kubernetes
+  kubernetes:
+    type: in_cluster
+    allow:
+      - service_account: "teleport-agent:teleport-app-service"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def run_cli(*argv: str, limit: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "auth", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), limit)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+class Cluster:
+    def __init__(self, issuer: LocalIssuer, base: str, work: Path, process: asyncio.subprocess.Process) -> None:
+        self.issuer, self.base, self.work, self.process = issuer, base, work, process
+
+
+@pytest.fixture
+async def cluster(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Cluster]:
+    tls = make_loopback_tls(tmp_path)
+    issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate()])
+    issuer.bearer_token = issuer.mint("kubejoin", "kubejoin", audiences=["https://kubernetes.default.svc"])
+    server = await aiohttp_server(issuer.app(), ssl=tls.server_context())
+    (tmp_path / "sa-token").write_text(issuer.bearer_token)
+    (tmp_path / "tokens.yaml").write_text(SEED)
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n"
+        f"in_cluster:\n  api_server: https://127.0.0.1:{server.port}\n  ca_file: {tls.ca_file}\n"
+        f"  token_file: {tmp_path / 'sa-token'}\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "auth",
+        "serve",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):  # bounded: 30 s
+            try:
+                async with session.get(base + "/readyz") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            process.kill()
+            raise AssertionError("kubejoin serve did not become ready")
+    yield Cluster(issuer, base, tmp_path, process)
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+async def test_pod_joins_and_gets_a_real_certificate(cluster: Cluster) -> None:
+    token_file = cluster.work / "pod-token"
+    token_file.write_text(cluster.issuer.mint("teleport-agent", "teleport-app-service", audiences=[CLUSTER]) + "\n")
+    out = cluster.work / "identity"
+    code, _, stderr = await run_cli(
+        "join",
+        "--server",
+        cluster.base,
+        "--token-name",
+        "kubernetes-token",
+        "--sa-token-file",
+        str(token_file),
+        "--role",
+        "App",
+        "--out",
+        str(out),
+    )
+    assert code == 0, stderr
+    assert stat.S_IMODE(os.stat(out / "key.pem").st_mode) == 0o600
+    certificate = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    certificate.verify_directly_issued_by(ca)
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), password=None)
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.public_key().public_bytes(serialization.Encoding.DER, public) == certificate.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    )
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"spiffe://{CLUSTER}/ns/teleport-agent/sa/teleport-app-service"
+    ]
+    assert certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "App"
+    assert certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == CLUSTER
+    assert (
+        ExtendedKeyUsageOID.CLIENT_AUTH in certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    assert (
+        certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc <= now + datetime.timedelta(hours=1)
+    )
+    assert cluster.issuer.requests["/openid/v1/jwks"] >= 1  # keys came from the API server, with the bearer token
+
+
+async def test_refused_join_exits_1_with_reason(cluster: Cluster) -> None:
+    token_file = cluster.work / "pod-token"
+    token_file.write_text(cluster.issuer.mint("teleport-agent", "debug-shell", audiences=[CLUSTER]))
+    code, stdout, stderr = await run_cli(
+        "join",
+        "--server",
+        cluster.base,
+        "--token-name",
+        "kubernetes-token",
+        "--sa-token-file",
+        str(token_file),
+        "--role",
+        "App",
+        "--out",
+        str(cluster.work / "x"),
+    )
+    assert code == 1
+    assert '"no_matching_allow_rule"' in stdout
+    assert "teleport-agent:debug-shell is not allowed" in stderr
+    assert not (cluster.work / "x" / "key.pem").exists()
+
+
+async def test_sigterm_drains_the_request_in_flight(cluster: Cluster) -> None:
+    from tests.service import join_body
+
+    body = (
+        __import__("json")
+        .dumps(join_body(cluster.issuer.mint("teleport-agent", "teleport-app-service", audiences=[CLUSTER])))
+        .encode()
+    )
+    port = int(cluster.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body[:10]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the handler is now waiting for the rest of the body
+    cluster.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    assert cluster.process.returncode is None  # still draining
+    writer.write(body[10:])
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert b" 200 " in status_line
+    writer.close()
+    assert await asyncio.wait_for(cluster.process.wait(), 30) == 0
+
+
+async def test_silent_connection_is_closed(tmp_path: Path) -> None:
+    from tests.service import token_doc, write_tokens
+
+    issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(
+        f"cluster_name: c\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\nlimits:\n  idle_timeout: 1s\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        await asyncio.wait_for(process.stderr.readline(), 30)  # "serving joins on ..."
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server, no bytes
+        assert time.monotonic() - started < 5
+        writer.close()
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_demo_tells_the_story() -> None:
+    started = time.monotonic()
+    code, stdout, stderr = await run_cli("demo")
+    assert code == 0, stderr
+    assert time.monotonic() - started < 10
+    for expected in (
+        "kind: token",
+        "joined as system:serviceaccount:teleport-agent:teleport-app-service",
+        "SAN URI:   spiffe://example.teleport.sh/ns/teleport-agent/sa/teleport-app-service",
+        "HTTP 403 no_matching_allow_rule",
+        'kubejoin_join_attempts_total{reason="ok",result="success",token="kubernetes-token"} 1.0',
+        'kubejoin_join_attempts_total{reason="no_matching_allow_rule",result="failure",token="kubernetes-token"} 1.0',
+    ):
+        assert expected in stdout

@@ -1,0 +1,325 @@
+"""POST /v1/join over HTTP: each status and reason, the three token types, glob rules, expiry,
+the certificate, hot reload, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prometheus_client import CollectorRegistry
+
+from auth.issuer import IssuerKey, LocalIssuer
+from auth.server import SERVICE, create_app
+from tests.conftest import ServeIssuer
+from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, public_key_pem, token_doc, write_tokens
+
+Client = TestClient[web.Request, web.Application]
+StartService = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def issuer() -> LocalIssuer:
+    return LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate("P-256")])
+
+
+@pytest.fixture
+def start_service(tmp_path: Path, aiohttp_client: Any) -> StartService:
+    async def start(*tokens: dict[str, Any], **overrides: Any) -> Client:
+        write_tokens(tmp_path / "tokens.yaml", *tokens)
+        audit = AuditLog()
+        app = create_app(
+            make_config(tmp_path, **overrides), registry=CollectorRegistry(), audit=audit, reload_interval=0.02
+        )
+        client: Client = await aiohttp_client(app)
+        client.audit = audit  # type: ignore[attr-defined]
+        return client
+
+    return start
+
+
+async def refused(client: Client, body: Any, status: int, **kwargs: Any) -> dict[str, Any]:
+    response = (
+        await client.post("/v1/join", json=body, **kwargs)
+        if body is not None
+        else await client.post("/v1/join", **kwargs)
+    )
+    answer = await response.json()
+    assert response.status == status, answer
+    assert set(answer) == {"error"} and set(answer["error"]) == {"code", "message"}
+    return dict(answer["error"])
+
+
+async def test_join_issues_a_certificate(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer), certificate_ttl="2h")
+    response = await client.post("/v1/join", json=join_body(pod_token(issuer, pod="app-5f6c"), role="app"))
+    assert response.status == 200
+    answer = await response.json()
+    assert set(answer) == {"host_id", "role", "identity", "certificate", "ca_certificates", "expires_at"}
+    assert answer["role"] == "App"
+    assert answer["identity"]["username"] == "system:serviceaccount:teleport-agent:app"
+    assert answer["identity"]["pod"]["name"] == "app-5f6c"
+    assert answer["identity"]["issuer"] == issuer.issuer
+
+    certificate = x509.load_pem_x509_certificate(answer["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(answer["ca_certificates"][0].encode())
+    certificate.verify_directly_issued_by(ca)
+    assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == answer["host_id"]
+    assert certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == CLUSTER
+    assert certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "App"
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"spiffe://{CLUSTER}/ns/teleport-agent/sa/app"]
+    eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(eku) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
+    lifetime = certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(hours=1, minutes=59) < lifetime <= datetime.timedelta(hours=2)
+    assert answer["expires_at"] == certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    [record] = client.audit.records()  # type: ignore[attr-defined]
+    assert record["event"] == "join" and record["reason"] == "ok" and record["pod"] == "app-5f6c"
+    assert record["service_account"] == "teleport-agent:app" and record["remote"] == "127.0.0.1"
+
+
+async def test_certificate_never_outlives_the_join_token(start_service: StartService, issuer: LocalIssuer) -> None:
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=10)
+    client = await start_service(token_doc(issuer=issuer, expires=soon.strftime("%Y-%m-%dT%H:%M:%SZ")))
+    answer = await (await client.post("/v1/join", json=join_body(pod_token(issuer)))).json()
+    assert answer["expires_at"] == soon.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("kind", ["P-256", "P-384", "Ed25519", "RSA2048"])
+async def test_accepted_public_keys(start_service: StartService, issuer: LocalIssuer, kind: str) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    response = await client.post("/v1/join", json=join_body(pod_token(issuer), public_key=public_key_pem(kind)))
+    assert response.status == 200
+
+
+BAD_REQUESTS: list[tuple[str, Callable[[str], Any]]] = [
+    ("not-an-object", lambda t: ["token_name"]),
+    ("missing-id-token", lambda t: {k: v for k, v in join_body(t).items() if k != "id_token"}),
+    ("role-not-a-string", lambda t: join_body(t, role=7)),
+    ("unknown-field", lambda t: join_body(t, admin=True)),
+    ("unknown-role", lambda t: join_body(t, role="Superuser")),
+    ("public-key-not-pem", lambda t: join_body(t, public_key="ssh-ed25519 AAAA")),
+    ("public-key-rsa-1024", lambda t: join_body(t, public_key=public_key_pem("RSA1024"))),
+    ("public-key-p521", lambda t: join_body(t, public_key=public_key_pem("P-521"))),
+    ("host-name-not-a-string", lambda t: join_body(t, host_name=["a"])),
+]
+
+
+@pytest.mark.parametrize("make", [b[1] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS])
+async def test_bad_requests(start_service: StartService, issuer: LocalIssuer, make: Any) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    error = await refused(client, make(pod_token(issuer)), 400)
+    assert error["code"] == "bad_request"
+
+
+async def test_body_that_is_not_json(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    error = await refused(client, None, 400, data=b"{not json", headers={"Content-Type": "application/json"})
+    assert error["code"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda i: pod_token(i)[:-4] + "AAAA", "bad_signature"),
+        (lambda i: "x.y", "malformed_token"),
+        (lambda i: pod_token(i, audiences=["sts.amazonaws.com"]), "invalid_audience"),
+        (lambda i: pod_token(i, now=0), "token_expired"),
+        (lambda i: pod_token(i, lifetime=86400), "token_ttl_too_long"),
+        (lambda i: LocalIssuer(i.issuer).mint("teleport-agent", "app", audiences=[CLUSTER]), "unknown_key"),
+    ],
+    ids=["bad_signature", "malformed_token", "invalid_audience", "token_expired", "token_ttl_too_long", "unknown_key"],
+)
+async def test_unverifiable_tokens_are_401(
+    start_service: StartService, issuer: LocalIssuer, make: Any, code: str
+) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    error = await refused(client, join_body(make(issuer)), 401)
+    assert error["code"] == code
+    assert "eyJ" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (lambda t: join_body(t, token_name="nope"), "join_token_not_found", "no join token"),
+        (lambda t: join_body(t, token_name="expired"), "join_token_expired", "expired at 2020-01-01T00:00:00Z"),
+        (lambda t: join_body(t, token_name="iam"), "wrong_join_method", "uses join method iam"),
+        (
+            lambda t: join_body(t, role="Db"),
+            "role_not_allowed",
+            "role Db not granted by join token kubernetes-token, which grants App",
+        ),
+        (lambda t: join_body(t, role="Auth"), "role_not_allowed", "role Auth not granted"),
+    ],
+    ids=["join_token_not_found", "join_token_expired", "wrong_join_method", "role_not_allowed", "auth_role"],
+)
+async def test_forbidden(start_service: StartService, issuer: LocalIssuer, body: Any, code: str, message: str) -> None:
+    client = await start_service(
+        token_doc(issuer=issuer),
+        token_doc("expired", issuer=issuer, expires="2020-01-01T00:00:00Z"),
+        token_doc("iam", join_method="iam"),
+    )
+    error = await refused(client, body(pod_token(issuer)), 403)
+    assert (error["code"], message in error["message"]) == (code, True)
+
+
+async def test_service_account_not_allowed(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    error = await refused(client, join_body(pod_token(issuer, "teleport-agent", "debug")), 403)
+    assert error == {
+        "code": "no_matching_allow_rule",
+        "message": "service account teleport-agent:debug is not allowed by join token kubernetes-token",
+    }
+
+
+@pytest.mark.parametrize(
+    ("namespace", "account", "allowed"),
+    [
+        ("team-a", "agent-1", True),
+        ("team-bcd", "agent-x", True),
+        ("team-a", "agent-12", False),
+        ("teamx", "agent-1", False),
+        ("other", "agent-1", False),
+    ],
+)
+async def test_glob_rules(
+    start_service: StartService, issuer: LocalIssuer, namespace: str, account: str, allowed: bool
+) -> None:
+    rule = {"service_account_namespace": "team-*", "service_account_name": "agent-?"}
+    client = await start_service(token_doc(issuer=issuer, allow=[rule]))
+    response = await client.post("/v1/join", json=join_body(pod_token(issuer, namespace, account)))
+    assert response.status == (200 if allowed else 403)
+
+
+async def test_oidc_token_type(start_service: StartService, serve_issuer: ServeIssuer) -> None:
+    live = await serve_issuer()
+    client = await start_service(token_doc(issuer=live, kind="oidc"))
+    response = await client.post("/v1/join", json=join_body(pod_token(live)))
+    assert response.status == 200
+    assert (await response.json())["identity"]["issuer"] == live.issuer
+
+
+async def test_oidc_issuer_down_from_the_start_is_503(start_service: StartService, serve_issuer: ServeIssuer) -> None:
+    live = await serve_issuer()
+    live.fail_status = 500
+    client = await start_service(token_doc(issuer=live, kind="oidc"))
+    response = await client.post("/v1/join", json=join_body(pod_token(live)))
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "keys_unavailable"
+    assert response.headers["Retry-After"]
+
+
+async def test_wrong_content_type_is_415(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    error = await refused(
+        client, None, 415, data=b"token_name=x", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert error["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_large_body_is_413(start_service: StartService, issuer: LocalIssuer, chunked: bool) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    payload = b'{"token_name": "' + b"x" * 70_000 + b'"}'
+
+    async def stream() -> Any:
+        yield payload
+
+    data: Any = stream() if chunked else payload
+    error = await refused(client, None, 413, data=data, headers={"Content-Type": "application/json"})
+    assert error["code"] == "payload_too_large"
+
+
+async def _hold_open(client: Client, body_length: int = 1000) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Starts a join whose body never finishes arriving."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n{" % body_length
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_too_many_in_flight_is_429(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer), limits={"max_in_flight": 1})
+    service = client.app[SERVICE]
+    _, writer = await _hold_open(client)
+    await _wait_for(lambda: service.in_flight == 1)
+    response = await client.post("/v1/join", json=join_body(pod_token(issuer)))
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "1"
+    assert (await response.json())["error"]["code"] == "overloaded"
+    writer.close()
+    await _wait_for(lambda: service.in_flight == 0)
+    assert (await client.post("/v1/join", json=join_body(pod_token(issuer)))).status == 200
+
+
+async def test_slow_body_times_out(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer), limits={"request_timeout": "200ms"})
+    reader, writer = await _hold_open(client)
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    assert b" 408 " in status_line
+    writer.close()
+
+
+async def test_health_and_readiness(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["join_tokens"] == 1
+
+
+async def test_hot_reload_and_broken_edit(start_service: StartService, issuer: LocalIssuer, tmp_path: Path) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    service = client.app[SERVICE]
+    tokens_file = tmp_path / "tokens.yaml"
+    write_tokens(tokens_file, token_doc(issuer=issuer), token_doc("db-token", issuer=issuer, roles=["Db"]))
+    await _wait_for(lambda: "db-token" in service.tokens.tokens)
+    assert (
+        await client.post("/v1/join", json=join_body(pod_token(issuer), token_name="db-token", role="Db"))
+    ).status == 200
+
+    tokens_file.write_text(tokens_file.read_text().replace("Db", "Auth"))  # a typo an operator could make
+    await _wait_for(lambda: bool(service.tokens.last_error))
+    assert "spec.roles[0]" in service.tokens.last_error
+    # nothing lost: the last good tokens still work
+    assert (
+        await client.post("/v1/join", json=join_body(pod_token(issuer), token_name="db-token", role="Db"))
+    ).status == 200
+    assert (await (await client.get("/readyz")).json())["last_reload_error"]
+    registry = service.metrics.registry
+    assert registry.get_sample_value("kubejoin_config_reloads_total", {"result": "failure"}) == 1
+    assert registry.get_sample_value("kubejoin_config_reloads_total", {"result": "success"}) == 1
+
+
+async def test_reload_closes_sources_no_token_uses(
+    start_service: StartService, serve_issuer: ServeIssuer, tmp_path: Path
+) -> None:
+    live = await serve_issuer()
+    client = await start_service(token_doc(issuer=live, kind="oidc"))
+    service = client.app[SERVICE]
+    assert (await client.post("/v1/join", json=join_body(pod_token(live)))).status == 200
+    source = service.keyring.verifier_for("kubernetes-token").source  # type: ignore[union-attr]
+    write_tokens(tmp_path / "tokens.yaml", token_doc("other", issuer=live))
+    await _wait_for(lambda: service.keyring.verifier_for("kubernetes-token") is None)
+    assert source._refresher is None  # type: ignore[attr-defined]
