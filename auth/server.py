@@ -230,8 +230,10 @@ def create_app(
         service.keyring.update(service.tokens.tokens)
         watcher = asyncio.ensure_future(_token_watcher(service, reload_interval))
         service.ready = True
+        metrics.ready.set(1)
         yield
         service.ready = False
+        metrics.ready.set(0)
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

@@ -109,6 +109,9 @@ class Metrics:
             "kubejoin_config_reloads", "Reloads of the join token file by result.", ["result"], registry=r
         )
         self.joins_in_flight = Gauge("kubejoin_joins_in_flight", "Join requests being served now.", registry=r)
+        self.ready = Gauge(
+            "kubejoin_ready", "1 while this replica serves joins (CA and join tokens loaded).", registry=r
+        )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
         if process:
