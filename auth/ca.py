@@ -154,6 +154,31 @@ class CertificateAuthority:
         with open(cert_file, "w", encoding="ascii") as handle:
             handle.write(self.certificate_pem)
 
+    def issue_server(self, dns_names: tuple[str, ...], lifetime: datetime.timedelta) -> tuple[bytes, bytes]:
+        """A serving certificate (PEM chain with the CA, PEM key) for kubejoin's own HTTPS."""
+        now = datetime.datetime.now(datetime.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        not_after = min(now + lifetime, self.certificate.not_valid_after_utc)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+            .issuer_name(self._issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False)
+            .add_extension(self._authority_key_id, critical=False)
+            .sign(self._key, self._hash)
+        )
+        chain = certificate.public_bytes(serialization.Encoding.PEM) + self.certificate_pem.encode("ascii")
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return chain, key_pem
+
     def issue(
         self,
         public_key: WorkloadKey,

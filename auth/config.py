@@ -42,6 +42,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """HTTPS for the join endpoint: a certificate from files, or one that kubejoin issues itself
+    from its own CA at start for `dns_names` (agents then trust the CA's ca.pem)."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    dns_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     cluster_name: str
     tokens_file: str
@@ -53,6 +63,7 @@ class Config:
     verification: Verification = Verification()
     in_cluster: InCluster | None = None
     limits: Limits = Limits()
+    tls: Tls | None = None
 
 
 def default_api_server() -> str:
@@ -124,6 +135,22 @@ def _host_port(reader: _Reader, key: str, default: str | None) -> str | None:
     return str(value)
 
 
+def _tls(top: _Reader, base_dir: Path) -> Tls | None:
+    if top.get("tls") is None:
+        return None
+    reader = _Reader(top.get("tls"), "tls")
+    cert, key = reader.string("cert_file"), reader.string("key_file")
+    names = reader.get("dns_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError("tls.dns_names: expected a list of DNS names")
+    reader.finish()
+    if bool(cert) != bool(key):
+        raise ConfigError("tls: cert_file and key_file go together")
+    if bool(cert) == bool(names):
+        raise ConfigError("tls: give either cert_file and key_file, or dns_names (a certificate from kubejoin's CA)")
+    return Tls(str(base_dir / cert) if cert else None, str(base_dir / key) if key else None, tuple(names))
+
+
 def parse_config(document: object, base_dir: Path) -> Config:
     """Builds a Config from parsed YAML; relative file names are relative to base_dir."""
     top = _Reader(document, "")
@@ -156,6 +183,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
     )
     limits_reader.finish()
     config = Config(
+        tls=_tls(top, base_dir),
         cluster_name=cluster_name,
         tokens_file=tokens_file,
         ca_cert_file=ca_cert,

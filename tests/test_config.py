@@ -53,6 +53,9 @@ def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"cluster_name": "c", "ca": "ca.pem"}, "ca: expected a mapping"),
         ({"cluster_name": "c", "tokens": "x"}, "tokens: unknown key"),
         (["cluster_name"], "expected a mapping"),
+        ({"cluster_name": "c", "tls": {"cert_file": "a"}}, "tls: cert_file and key_file go together"),
+        ({"cluster_name": "c", "tls": {}}, "tls: give either"),
+        ({"cluster_name": "c", "tls": {"dns_names": "kubejoin"}}, "tls.dns_names"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path: Path, document: object, message: str) -> None:

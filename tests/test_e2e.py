@@ -235,3 +235,43 @@ async def test_demo_tells_the_story() -> None:
         'kubejoin_join_attempts_total{reason="no_matching_allow_rule",result="failure",token="kubernetes-token"} 1.0',
     ):
         assert expected in stdout
+
+
+async def test_https_with_a_certificate_from_kubejoins_own_ca(tmp_path: Path) -> None:
+    from tests.service import token_doc, write_tokens
+
+    issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\ntls:\n  dns_names: [localhost]\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stderr is not None
+        assert b"https://" in await asyncio.wait_for(process.stderr.readline(), 30)
+        token_file = tmp_path / "pod-token"
+        token_file.write_text(issuer.mint("teleport-agent", "app", audiences=[CLUSTER]))
+        argv = [
+            "join",
+            "--server",
+            f"https://localhost:{port}",
+            "--token-name",
+            "kubernetes-token",
+            "--sa-token-file",
+            str(token_file),
+            "--role",
+            "App",
+            "--out",
+            str(tmp_path / "id"),
+        ]
+        code, _, stderr = await run_cli(*argv)
+        assert code == 2 and "certificate" in stderr.lower()  # the CA is not trusted yet: no join
+        code, _, stderr = await run_cli(*argv, "--ca-file", str(tmp_path / "ca.pem"))
+        assert code == 0, stderr
+        assert (tmp_path / "id" / "ca.pem").read_bytes() == (tmp_path / "ca.pem").read_bytes()
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0

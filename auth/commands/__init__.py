@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from . import demo_cmd, issuer_cmd, join_cmd, serve_cmd, tokens_cmd, verify_cmd
+from . import ca_cmd, demo_cmd, issuer_cmd, join_cmd, serve_cmd, tokens_cmd, verify_cmd
 
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
 REGISTRY: list[Register] = [
@@ -16,4 +16,5 @@ REGISTRY: list[Register] = [
     tokens_cmd.register,
     verify_cmd.register,
     issuer_cmd.register,
+    ca_cmd.register,
 ]

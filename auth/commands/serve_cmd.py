@@ -7,7 +7,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import datetime
+import os
 import signal
+import ssl
+import tempfile
 from typing import Any
 
 from aiohttp import web
@@ -36,8 +40,11 @@ async def serve(app: web.Application, config: Config, stop: asyncio.Event) -> No
     runners = [runner]
     try:
         host, port = split_host_port(listen)
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-        say(f"kubejoin serving joins on {listen}")
+        context = server_tls_context(config, app)
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context).start()
+        say(f"kubejoin serving joins on {'https' if context else 'http'}://{listen}")
+        if context is None and host not in ("127.0.0.1", "::1", "localhost"):
+            say("kubejoin: WARNING: joins are served without TLS; ServiceAccount tokens cross the network in clear")
         if metrics_listen:
             metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
             await metrics_runner.setup()
@@ -51,6 +58,31 @@ async def serve(app: web.Application, config: Config, stop: asyncio.Event) -> No
     finally:
         for each in reversed(runners):
             await each.cleanup()
+
+
+SELF_ISSUED_LIFETIME = datetime.timedelta(days=365)
+
+
+def server_tls_context(config: Config, app: web.Application) -> ssl.SSLContext | None:
+    """The HTTPS context of the join listener, from files or issued by kubejoin's own CA."""
+    if config.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.tls.cert_file and config.tls.key_file:
+        context.load_cert_chain(config.tls.cert_file, config.tls.key_file)
+        return context
+    chain, key = app[SERVICE].ca.issue_server(config.tls.dns_names, SELF_ISSUED_LIFETIME)
+    # ssl loads keys only from files: a private directory, removed as soon as the key is loaded.
+    with tempfile.TemporaryDirectory(prefix="kubejoin-tls-") as directory:
+        cert_path, key_path = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
+        with open(cert_path, "wb") as handle:
+            handle.write(chain)
+        descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(key)
+        context.load_cert_chain(cert_path, key_path)
+    return context
 
 
 async def drain(app: web.Application, runner: web.AppRunner) -> None:
@@ -84,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         try:
             await serve(app, config, stop)
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:
             say(f"kubejoin serve: cannot listen: {exc}")
             return EXIT_USAGE
         return EXIT_OK
