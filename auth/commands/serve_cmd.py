@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import datetime
+import logging
 import os
 import signal
 import ssl
