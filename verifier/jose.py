@@ -19,7 +19,9 @@ MAX_TOKEN_BYTES: Final = 16 * 1024
 SUPPORTED_ALGORITHMS: Final = frozenset({"RS256", "ES256", "ES384", "ES512"})
 # Header parameters that change how a token must be processed; we implement none of them.
 _REFUSED_HEADERS: Final = ("crit", "b64", "zip", "enc", "cty")
-_TO_STANDARD_ALPHABET: Final = str.maketrans("-_", "+/")
+_TO_STANDARD_ALPHABET: Final = bytes.maketrans(b"-_", b"+/")
+HEADER_MEMO_SIZE: Final = 256
+HeaderMemo = dict[bytes, tuple[str, str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +39,12 @@ def _malformed(message: str) -> VerificationError:
     return VerificationError(MALFORMED_TOKEN, message)
 
 
-def b64url_decode(part: str, what: str) -> bytes:
+def b64url_decode(part: bytes, what: str) -> bytes:
     """Decodes unpadded base64url, refusing padding and characters outside the alphabet."""
-    if "=" in part or "+" in part or "/" in part or len(part) % 4 == 1:
+    if b"=" in part or b"+" in part or b"/" in part or len(part) % 4 == 1:
         raise _malformed(f"{what} is not unpadded base64url")
     try:
-        return binascii.a2b_base64(part.translate(_TO_STANDARD_ALPHABET) + "=" * (-len(part) % 4), strict_mode=True)
+        return binascii.a2b_base64(part.translate(_TO_STANDARD_ALPHABET) + b"=" * (-len(part) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         raise _malformed(f"{what} is not unpadded base64url") from None
 
@@ -62,10 +64,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads with options builds a new decoder on every call.
+_STRICT_JSON: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+
+
 def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     """Parses a JSON object strictly: UTF-8, no duplicate member names, no NaN or Infinity."""
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+        value = _STRICT_JSON.decode(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise _malformed(f"{what} is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
@@ -96,8 +102,12 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
     return alg, kid
 
 
-def parse_compact(token: str) -> ParsedToken:
-    """Splits and decodes a compact JWS, checking size, structure and header (cheapest first)."""
+def parse_compact(token: str, header_memo: HeaderMemo | None = None) -> ParsedToken:
+    """Splits and decodes a compact JWS, checking size, structure and header (cheapest first).
+
+    Distinct headers are few (one per issuer key), so a caller may pass a dict in which their
+    checked parse is remembered; it holds at most HEADER_MEMO_SIZE entries, so a flood of made-up
+    headers cannot grow it."""
     if len(token) > MAX_TOKEN_BYTES:
         raise VerificationError(TOKEN_TOO_LARGE, f"token is {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted")
     if not token:
@@ -111,11 +121,16 @@ def parse_compact(token: str) -> ParsedToken:
         raise _malformed("token has 5 parts (an encrypted JWE); a signed JWS has 3")
     if dots != 2:
         raise _malformed(f"token has {dots + 1} parts; a compact JWS has 3")
-    header_b64, payload_b64, signature_b64 = token.split(".")
-    alg, kid = _check_header(parse_json_object(b64url_decode(header_b64, "header"), "header"))
+    raw = token.encode("ascii")
+    header_b64, payload_b64, signature_b64 = raw.split(b".")
+    header = header_memo.get(header_b64) if header_memo is not None else None
+    if header is None:
+        header = _check_header(parse_json_object(b64url_decode(header_b64, "header"), "header"))
+        if header_memo is not None and len(header_memo) < HEADER_MEMO_SIZE:
+            header_memo[header_b64] = header
     if not payload_b64 or not signature_b64:
         raise _malformed("token has an empty payload or signature")
     claims = parse_json_object(b64url_decode(payload_b64, "payload"), "payload")
     signature = b64url_decode(signature_b64, "signature")
-    signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
-    return ParsedToken(alg, kid, claims, signing_input, signature)
+    signing_input = raw[: len(header_b64) + 1 + len(payload_b64)]
+    return ParsedToken(header[0], header[1], claims, signing_input, signature)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from cachetools import LRUCache
 
 from . import errors as e
 from .errors import VerificationError
-from .jose import parse_compact
+from .jose import HeaderMemo, parse_compact
 from .keys import VerifyingKey
 from .sources import KeySource
 
@@ -22,8 +21,7 @@ DEFAULT_CACHE_SIZE: Final = 16384
 _LEGACY_PREFIX: Final = "kubernetes.io/serviceaccount/"
 
 
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
+class ObjectRef(NamedTuple):
     name: str
     uid: str
 
@@ -31,9 +29,8 @@ class ObjectRef:
         return {"name": self.name, "uid": self.uid}
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a verified token speaks for."""
+class Identity(NamedTuple):
+    """Who a verified token speaks for. Immutable (a tuple: cheap to build on the hot path)."""
 
     namespace: str
     service_account: ObjectRef
@@ -130,6 +127,7 @@ class Verifier:
         self._cache: LRUCache[str, tuple[Identity, VerifyingKey]] | None = (
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
+        self._headers: HeaderMemo = {}
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -149,7 +147,7 @@ class Verifier:
                     return identity
                 del self._cache[token]
             self.cache_misses += 1
-        parsed = parse_compact(token)
+        parsed = parse_compact(token, self._headers)
         if parsed.kid is None:
             raise VerificationError(e.UNKNOWN_KEY, "token header has no kid")
         key = self.source.cached_key(parsed.kid) or await self.source.get_key(parsed.kid)

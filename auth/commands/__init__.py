@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from . import ca_cmd, demo_cmd, issuer_cmd, join_cmd, serve_cmd, tokens_cmd, verify_cmd
+from . import ca_cmd, demo_cmd, issuer_cmd, join_cmd, loadtest_cmd, serve_cmd, tokens_cmd, verify_cmd
 
 Register = Callable[["argparse._SubParsersAction[Any]"], None]
 REGISTRY: list[Register] = [
@@ -17,4 +17,5 @@ REGISTRY: list[Register] = [
     verify_cmd.register,
     issuer_cmd.register,
     ca_cmd.register,
+    loadtest_cmd.register,
 ]
