@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .config import ConfigError
+from .der import WorkloadCertificates, pem_certificate, random_serial, spki_der
 
 CA_LIFETIME: Final = datetime.timedelta(days=3650)
 BACKDATE: Final = datetime.timedelta(minutes=1)  # tolerate clients whose clocks run a little behind
-SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 WorkloadKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 _WORKLOAD_CURVES: Final = ("secp256r1", "secp384r1")
 
@@ -64,6 +65,7 @@ class CertificateAuthority:
         self._issuer_name = certificate.subject
         self._authority_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
         self._hash = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+        self._workload = WorkloadCertificates(certificate, key, cluster_name)
 
     @classmethod
     def generate(cls, cluster_name: str, now: datetime.datetime | None = None) -> CertificateAuthority:
@@ -142,7 +144,7 @@ class CertificateAuthority:
             is_ca = False
         if not is_ca:
             raise ConfigError("ca.cert_file: the certificate is not a CA (basicConstraints CA:TRUE)")
-        return cls(certificate, key, cluster_name)  # type: ignore[arg-type]
+        return cls(certificate, key, cluster_name)
 
     def save(self, cert_file: str, key_file: str) -> None:
         key_pem = self._key.private_bytes(
@@ -190,45 +192,18 @@ class CertificateAuthority:
         now: datetime.datetime,
         not_after: datetime.datetime,
     ) -> IssuedCertificate:
-        """A workload certificate: Subject CN host_id, O cluster, OU role; SAN URI
-        spiffe://<cluster>/ns/<ns>/sa/<name>; EKU clientAuth and serverAuth."""
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.cluster_name),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
-                x509.NameAttribute(NameOID.COMMON_NAME, str(host_id)),
-            ]
+        """A workload certificate: Subject O cluster, OU role, CN host_id; SAN URI
+        spiffe://<cluster>/ns/<ns>/sa/<name>; EKU clientAuth and serverAuth; key usage
+        digitalSignature (and keyEncipherment for RSA keys); valid from a minute ago."""
+        tbs = self._workload.tbs(
+            serial=random_serial(),
+            spki=spki_der(public_key),
+            rsa_key=isinstance(public_key, rsa.RSAPublicKey),
+            role=role,
+            common_name=str(host_id),
+            namespace=namespace,
+            service_account=service_account,
+            not_before=(now - BACKDATE).replace(microsecond=0),
+            not_after=not_after.replace(microsecond=0),
         )
-        spiffe = f"spiffe://{self.cluster_name}/ns/{namespace}/sa/{service_account}"
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self._issuer_name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=False)
-            .add_extension(self._authority_key_id, critical=False)
-            .sign(self._key, self._hash)
-        )
-        return IssuedCertificate(certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"), not_after)
+        return IssuedCertificate(pem_certificate(self._workload.sign(tbs)), not_after.replace(microsecond=0))

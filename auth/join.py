@@ -3,6 +3,7 @@ rules, role, certificate. Every attempt ends in one reason code, counted and log
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -25,7 +26,8 @@ from .tokens import KUBERNETES, ROLES, JoinToken
 
 log = logging.getLogger("kubejoin.join")
 _FIELDS: Final = {"token_name", "id_token", "role", "public_key", "host_name"}
-MAX_FIELD: Final = 32 * 1024
+# Built once: json.dumps with options builds a new encoder on every call.
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class JoinRequest:
     token_name: str
     id_token: str
     role: str
-    public_key: WorkloadKey
+    public_key_pem: str  # parsed only once the token is accepted: it is the costlier check
     host_name: str | None
 
 
@@ -57,11 +59,14 @@ def parse_join_request(body: object) -> JoinRequest:
         role = "Auth"
     if role is None:
         raise JoinError(e.BAD_REQUEST, f"field 'role' must be one of {', '.join(ROLES.values())}")
+    return JoinRequest(values["token_name"], values["id_token"], role, values["public_key"], host_name)
+
+
+def _public_key(pem: str) -> WorkloadKey:
     try:
-        public_key = parse_public_key(values["public_key"])
+        return parse_public_key(pem)
     except PublicKeyError as exc:
         raise JoinError(e.BAD_REQUEST, str(exc)) from None
-    return JoinRequest(values["token_name"], values["id_token"], role, public_key, host_name)
 
 
 def _rfc3339(moment: datetime.datetime) -> str:
@@ -89,6 +94,8 @@ class JoinService:
         self.certificate_ttl = certificate_ttl
         self._clock = clock
         self._audit = audit if audit is not None else sys.stdout
+        self._audit_second = -1
+        self._audit_time = ""
 
     async def join(self, body: object, remote: str | None) -> dict[str, Any]:
         """Answers one join request body, or raises JoinError. Counts and logs the attempt."""
@@ -176,12 +183,13 @@ class JoinService:
         return identity
 
     def _issue(self, request: JoinRequest, token: JoinToken, identity: Identity, now: float) -> dict[str, Any]:
+        public_key = _public_key(request.public_key_pem)
         host_id = uuid.uuid4()
         not_after = now + self.certificate_ttl
         if token.expires is not None:
             not_after = min(not_after, token.expires)
         issued = self.ca.issue(
-            request.public_key,
+            public_key,
             host_id=host_id,
             role=request.role,
             namespace=identity.namespace,
@@ -189,7 +197,7 @@ class JoinService:
             now=_utc(now),
             not_after=_utc(not_after),
         )
-        self.metrics.certificates_issued.labels(request.role).inc()
+        self.metrics.certificate_issued(request.role)
         return {
             "host_id": str(host_id),
             "role": request.role,
@@ -208,11 +216,18 @@ class JoinService:
         }
 
     def _write_audit(self, record: dict[str, Any]) -> None:
-        record["time"] = _rfc3339(_utc(self._clock()))
+        second = int(self._clock())
+        if second != self._audit_second:  # formatting a time costs more than the rest of the line
+            self._audit_second, self._audit_time = second, _rfc3339(_utc(second))
+        record["time"] = self._audit_time
         try:
-            self._audit.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._audit.write(_COMPACT_JSON.encode(record) + "\n")
         except (OSError, ValueError):  # a closed stdout must not fail joins
             log.warning("could not write the join log line")
+
+    def flush_audit(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._audit.flush()
 
 
 def _utc(seconds: float) -> datetime.datetime:

@@ -73,12 +73,15 @@ class Report:
 def _mint_batch(args: tuple[bytes, str, str, str, int, int, int]) -> list[str]:
     pem, issuer_url, audience, namespace, pods, start, stop = args
     issuer = LocalIssuer(issuer_url, [IssuerKey.from_pem(pem)])
-    return [issuer.mint(namespace, f"agent-{i % pods}", audiences=[audience], pod=f"agent-{i % pods}-pod",
-                        lifetime=900) for i in range(start, stop)]  # fmt: skip
+    return [
+        issuer.mint(namespace, f"agent-{i % pods}", audiences=[audience], pod=f"agent-{i % pods}-pod", lifetime=900)
+        for i in range(start, stop)
+    ]
 
 
-def mint_tokens(pem: bytes, issuer_url: str, audience: str, namespace: str, pods: int, count: int,
-                progress: Callable[[str], None]) -> list[str]:  # fmt: skip
+def mint_tokens(
+    pem: bytes, issuer_url: str, audience: str, namespace: str, pods: int, count: int, progress: Callable[[str], None]
+) -> list[str]:
     """One token per pod (at most `count`), minted in parallel: RSA signing is slow."""
     count = min(count, pods)
     step = max(1, math.ceil(count / 16))
@@ -92,9 +95,13 @@ def mint_tokens(pem: bytes, issuer_url: str, audience: str, namespace: str, pods
 
 
 def public_keys(count: int) -> list[str]:
-    return [ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-        for _ in range(count)]  # fmt: skip
+    return [
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+        for _ in range(count)
+    ]
 
 
 async def run_load(
@@ -180,11 +187,15 @@ def plot(report: Report, path: str) -> None:
 
 def print_summary(summary: dict[str, Any], out: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> None:
     lat = summary["latency_ms"]
-    out(f"requests {summary['requests']} in {summary['duration_s']} s: {summary['achieved_rate']}/s "
-        f"(target {summary['target_rate']}/s)")  # fmt: skip
+    out(
+        f"requests {summary['requests']} in {summary['duration_s']} s: {summary['achieved_rate']}/s "
+        f"(target {summary['target_rate']}/s)"
+    )
     out("latency ms  " + "  ".join(f"{k} {v}" for k, v in lat.items()))
     out("by status   " + "  ".join(f"{k}: {v}" for k, v in summary["by_status"].items()))
     out("by reason   " + "  ".join(f"{k}: {v}" for k, v in summary["by_reason"].items()))
     if summary["generator_bottleneck"]:
-        out(f"WARNING: the generator sent requests late (p99 lag {summary['generator_lag_ms_p99']} ms): it, not the "
-            "server, is the bottleneck; lower --rate or run more generators")  # fmt: skip
+        out(
+            f"WARNING: the generator sent requests late (p99 lag {summary['generator_lag_ms_p99']} ms): it, not the "
+            "server, is the bottleneck; lower --rate or run more generators"
+        )

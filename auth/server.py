@@ -192,15 +192,16 @@ def _observe(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
             status = exc.status
             raise
         finally:
-            metrics.http_requests.labels(route, method, str(status)).inc()
-            metrics.http_duration.labels(route).observe(time.perf_counter() - started)
+            metrics.http_request(route, method, str(status), time.perf_counter() - started)
 
     return observe
 
 
-async def _token_watcher(service: Service, interval: float) -> None:
+async def _housekeeping(service: Service, interval: float) -> None:
+    """Re-reads a changed token file and flushes the join log (written without a flush per line)."""
     while True:
         await asyncio.sleep(interval)
+        service.join.flush_audit()
         try:
             await service.reload_tokens()
         except Exception:  # the watcher must outlive any one bad reload
@@ -213,7 +214,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
     audit: TextIO | None = None,
-    reload_interval: float = 1.0,
+    reload_interval: float = 0.5,
 ) -> web.Application:
     """Builds the service. Raises ConfigError when the CA or the join tokens cannot be loaded."""
     metrics = Metrics(registry)
@@ -228,7 +229,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         service.keyring.update(service.tokens.tokens)
-        watcher = asyncio.ensure_future(_token_watcher(service, reload_interval))
+        watcher = asyncio.ensure_future(_housekeeping(service, reload_interval))
         service.ready = True
         metrics.ready.set(1)
         yield
@@ -237,6 +238,7 @@ def create_app(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        service.join.flush_audit()
         await service.keyring.close()
 
     app.cleanup_ctx.append(lifecycle)

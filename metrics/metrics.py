@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -61,6 +61,7 @@ class _CacheCollector(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.join_attempts = Counter(
             "kubejoin_join_attempts",
@@ -119,6 +120,16 @@ class Metrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
 
+    def child(self, metric: Any, *values: str) -> Any:
+        """The labelled child of a metric, looked up once: prometheus_client's labels() takes a
+        lock and validates on every call, which costs more than the increment on the join path.
+        Label values are bounded, so this map is too."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def watch_cache(self, read: Callable[[], CacheStats]) -> None:
         self.registry.register(_CacheCollector(read))
 
@@ -132,11 +143,18 @@ class Metrics:
 
     def join_finished(self, token: str, reason: str, seconds: float) -> None:
         result = "success" if reason == "ok" else "failure"
-        self.join_attempts.labels(token, result, reason).inc()
-        self.join_duration.labels(result).observe(seconds)
+        self.child(self.join_attempts, token, result, reason).inc()
+        self.child(self.join_duration, result).observe(seconds)
 
     def token_verified(self, reason: str) -> None:
-        self.token_verifications.labels("success" if reason == "ok" else "failure", reason).inc()
+        self.child(self.token_verifications, "success" if reason == "ok" else "failure", reason).inc()
+
+    def certificate_issued(self, role: str) -> None:
+        self.child(self.certificates_issued, role).inc()
+
+    def http_request(self, route: str, method: str, status: str, seconds: float) -> None:
+        self.child(self.http_requests, route, method, status).inc()
+        self.child(self.http_duration, route).observe(seconds)
 
     def key_fetch(self, issuer: str, ok: bool, keys: int, when: float) -> None:
         self.jwks_fetches.labels(issuer, "success" if ok else "failure").inc()

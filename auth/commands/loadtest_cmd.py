@@ -63,13 +63,25 @@ def run(args: argparse.Namespace) -> int:
         say("kubejoin loadtest: no tokens")
         return EXIT_USAGE
     keys = public_keys(32)
-    bodies = [json.dumps({"token_name": args.token_name, "id_token": token, "role": args.role,
-                          "public_key": keys[i % len(keys)]}).encode() for i, token in enumerate(tokens)]  # fmt: skip
+    bodies = [
+        json.dumps(
+            {"token_name": args.token_name, "id_token": token, "role": args.role, "public_key": keys[i % len(keys)]}
+        ).encode()
+        for i, token in enumerate(tokens)
+    ]
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    report = asyncio.run(run_load(args.server.rstrip("/") + "/v1/join", bodies, rate=args.rate,
-                                  duration=args.duration, connections=args.connections, ssl_context=context,
-                                  progress=_progress))  # fmt: skip
+    report = asyncio.run(
+        run_load(
+            args.server.rstrip("/") + "/v1/join",
+            bodies,
+            rate=args.rate,
+            duration=args.duration,
+            connections=args.connections,
+            ssl_context=context,
+            progress=_progress,
+        )
+    )
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     summary = report.summary()

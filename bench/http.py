@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""HTTP throughput of POST /v1/join against a minimal aiohttp endpoint, driven by wrk.
+
+In one run, with the same load (wrk, one thread, the same connections, the same duration) and
+the same server settings, it measures:
+  minimal           bench/minimal_server.py: parse the JSON body, answer JSON (the baseline)
+  join, valid       kubejoin serve, unique valid RS256 tokens (verification and a certificate)
+  join, bad sig     kubejoin serve, a flood of tokens whose signature does not verify
+  join, malformed   kubejoin serve, a flood of tokens that are not JWTs
+  join, unknown kid kubejoin serve, a flood of tokens naming keys the issuer does not have
+and prints requests/s, latency percentiles and each ratio to the minimal endpoint.
+
+    python bench/http.py [--duration 5] [--connections 32] [--tokens 15000] [--json]
+
+Needs wrk (apt-get install wrk). Everything listens on 127.0.0.1 and stops at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file's name shadows the standard library's http package when run as a script: take its
+# directory off the import path before anything imports http.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from typing import Any  # noqa: E402
+
+from auth.issuer import IssuerKey, LocalIssuer, sign_token  # noqa: E402
+from auth.loadtest import mint_tokens, public_keys  # noqa: E402
+
+AUDIENCE = "example.teleport.sh"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def write_bodies(path: Path, tokens: list[str]) -> Path:
+    keys = public_keys(16)
+    with path.open("w") as handle:
+        for i, token in enumerate(tokens):
+            handle.write(
+                json.dumps({"token_name": "bench", "id_token": token, "role": "App", "public_key": keys[i % len(keys)]})
+                + "\n"
+            )
+    return path
+
+
+def run_wrk(port: int, bodies: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{args.connections}",
+        f"-d{args.duration}s",
+        "-s",
+        str(ROOT / "bench" / "post.lua"),
+        f"http://127.0.0.1:{port}/v1/join",
+        "--",
+        str(bodies),
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60, check=True).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def metric(exposition: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(prefix))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=15000, help="unique valid tokens (more than are sent)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench/http.py needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="kubejoin-bench-") as scratch:
+        work = Path(scratch)
+        key = IssuerKey.generate()
+        issuer = LocalIssuer(ISSUER, [key])
+        (work / "tokens.yaml").write_text(
+            json.dumps(
+                {
+                    "kind": "token",
+                    "version": "v2",
+                    "metadata": {"name": "bench"},
+                    "spec": {
+                        "roles": ["App"],
+                        "join_method": "kubernetes",
+                        "kubernetes": {
+                            "type": "static_jwks",
+                            "allow": [{"service_account_namespace": "loadtest", "service_account_name": "agent-*"}],
+                            "static_jwks": {"jwks": issuer.jwks_document().decode(), "issuer": ISSUER},
+                        },
+                    },
+                }
+            )
+        )
+        print(f"minting {args.tokens} unique RS256 tokens...", file=sys.stderr)
+        valid = mint_tokens(key.private_pem(), ISSUER, AUDIENCE, "loadtest", args.tokens, args.tokens, lambda _: None)
+        stranger = IssuerKey.generate("P-256")
+        unknown = [
+            sign_token(
+                stranger,
+                {"alg": "ES256", "kid": secrets.token_urlsafe(32)},
+                issuer.claims("loadtest", "agent-1", audiences=[AUDIENCE]),
+            )
+            for _ in range(2000)
+        ]
+        bodies = {
+            "valid": write_bodies(work / "valid.jsonl", valid),
+            "bad_signature": write_bodies(work / "bad.jsonl", [t[:-8] + "AAAAAAAA" for t in valid[:2000]]),
+            "malformed": write_bodies(
+                work / "malformed.jsonl", [f"not.a.{secrets.token_urlsafe(600)}" for _ in range(2000)]
+            ),
+            "unknown_kid": write_bodies(work / "unknown.jsonl", unknown),
+        }
+        results: list[dict[str, Any]] = []
+
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-P", str(ROOT / "bench" / "minimal_server.py"), f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(port, process)
+        try:
+            results.append({"case": "minimal aiohttp endpoint", **run_wrk(port, bodies["valid"], args)})
+        finally:
+            process.terminate()
+            process.wait(30)
+
+        for case, name in (
+            ("valid", "join, unique valid tokens"),
+            ("bad_signature", "join, bad signature flood"),
+            ("malformed", "join, malformed flood"),
+            ("unknown_kid", "join, unknown kid flood"),
+        ):
+            port = free_port()
+            (work / "config.yaml").write_text(
+                f"cluster_name: {AUDIENCE}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n"
+            )
+            command = [sys.executable, "-m", "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work, env=env)
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+                row = {"case": name, **run_wrk(port, bodies[case], args)}
+                exposition = scrape(port)
+                row["certificates"] = int(metric(exposition, "kubejoin_certificates_issued_total{"))
+                row["cache_hits"] = int(
+                    metric(exposition, 'kubejoin_verified_token_cache_requests_total{result="hit"}')
+                )
+                results.append(row)
+            finally:
+                process.terminate()
+                process.wait(30)
+
+    baseline = results[0]["rps"]
+    for row in results:
+        row["ratio_to_minimal"] = round(row["rps"] / baseline, 3)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one server process each, Python {sys.version.split()[0]}")
+    print(f"{'case':30} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x minimal':>9}")
+    for row in results:
+        print(
+            f"{row['case']:30} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} {row['p99_ms']:8.2f} "
+            f"{row['non_2xx']:8d} {row['ratio_to_minimal']:9.2f}"
+        )
+    valid_row = next(r for r in results if r["case"].startswith("join, unique"))
+    print(
+        f"valid joins: {valid_row['certificates']} certificates issued, {valid_row['cache_hits']} cache hits "
+        f"({len(valid)} unique tokens)"
+    )
+    return 0
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if process.poll() is not None:
+            raise RuntimeError("minimal server exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("minimal server did not listen")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
