@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import os
 import stat
-import uuid
 from dataclasses import dataclass
 from typing import Final
 
@@ -185,7 +184,7 @@ class CertificateAuthority:
         self,
         public_key: WorkloadKey,
         *,
-        host_id: uuid.UUID,
+        host_id: str,
         role: str,
         namespace: str,
         service_account: str,
@@ -200,7 +199,7 @@ class CertificateAuthority:
             spki=spki_der(public_key),
             rsa_key=isinstance(public_key, rsa.RSAPublicKey),
             role=role,
-            common_name=str(host_id),
+            common_name=host_id,
             namespace=namespace,
             service_account=service_account,
             not_before=(now - BACKDATE).replace(microsecond=0),

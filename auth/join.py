@@ -70,7 +70,8 @@ def _public_key(pem: str) -> WorkloadKey:
 
 
 def _rfc3339(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = moment.astimezone(datetime.UTC)
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
 
 
 class JoinService:
@@ -184,7 +185,7 @@ class JoinService:
 
     def _issue(self, request: JoinRequest, token: JoinToken, identity: Identity, now: float) -> dict[str, Any]:
         public_key = _public_key(request.public_key_pem)
-        host_id = uuid.uuid4()
+        host_id = str(uuid.uuid4())
         not_after = now + self.certificate_ttl
         if token.expires is not None:
             not_after = min(not_after, token.expires)
@@ -199,7 +200,7 @@ class JoinService:
         )
         self.metrics.certificate_issued(request.role)
         return {
-            "host_id": str(host_id),
+            "host_id": host_id,
             "role": request.role,
             "identity": {
                 "username": identity.username,
