@@ -140,8 +140,11 @@ async def _read_body(request: web.Request, service: Service) -> object:
     if (request.content_length or 0) > MAX_BODY:
         raise await refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote)
     try:
-        async with asyncio.timeout(service.config.limits.request_timeout):
+        if request.content.is_eof():  # the whole body is here already: no timer needed
             raw = await request.read()
+        else:
+            async with asyncio.timeout(service.config.limits.request_timeout):
+                raw = await request.read()
     except TimeoutError:
         raise await refuse(e.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
     except web.HTTPRequestEntityTooLarge:

@@ -26,20 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from typing import Any
 
-from auth.issuer import IssuerKey, LocalIssuer, sign_token  # noqa: E402
-from auth.loadtest import mint_tokens, public_keys  # noqa: E402
+from auth.issuer import IssuerKey, LocalIssuer, sign_token
+from auth.loadtest import mint_tokens, public_keys
 
 AUDIENCE = "example.teleport.sh"
 ISSUER = "https://kubernetes.default.svc.cluster.local"

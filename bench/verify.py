@@ -18,6 +18,14 @@ Peers: pip install 'kubejoin[bench]' (PyJWT, authlib); a missing peer is reporte
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/http.py shadows the standard library's http package for scripts run from bench/.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
 import argparse
 import asyncio
 import json
@@ -28,8 +36,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa

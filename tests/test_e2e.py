@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import signal
 import socket
@@ -145,6 +146,10 @@ async def test_pod_joins_and_gets_a_real_certificate(cluster: Cluster) -> None:
         certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc <= now + datetime.timedelta(hours=1)
     )
     assert cluster.issuer.requests["/openid/v1/jwks"] >= 1  # keys came from the API server, with the bearer token
+    # the join log line reaches stdout while the service runs (it is flushed twice a second)
+    assert cluster.process.stdout is not None
+    line = json.loads(await asyncio.wait_for(cluster.process.stdout.readline(), 10))
+    assert (line["event"], line["reason"], line["pod"]) == ("join", "ok", "teleport-app-service-pod")
 
 
 async def test_refused_join_exits_1_with_reason(cluster: Cluster) -> None:
@@ -194,6 +199,10 @@ async def test_sigterm_drains_the_request_in_flight(cluster: Cluster) -> None:
     assert b" 200 " in status_line
     writer.close()
     assert await asyncio.wait_for(cluster.process.wait(), 30) == 0
+    # nothing of the join log is lost at shutdown
+    assert cluster.process.stdout is not None
+    lines = [json.loads(line) for line in (await cluster.process.stdout.read()).splitlines()]
+    assert [(line["event"], line["reason"]) for line in lines] == [("join", "ok")]
 
 
 async def test_silent_connection_is_closed(tmp_path: Path) -> None:

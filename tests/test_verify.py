@@ -347,3 +347,23 @@ async def test_cached_token_is_refused_once_its_key_leaves_the_key_set(clock: Cl
     assert await source.refresh()
     assert await refusal(verifier, token) == "unknown_key"
     await source.close()
+
+
+async def test_header_memo_is_bounded_and_holds_only_checked_headers(issuer: LocalIssuer, clock: Clock) -> None:
+    from verifier.jose import HEADER_MEMO_SIZE
+
+    verifier = verifier_for(issuer, clock)
+    stranger = IssuerKey.generate("P-256")
+    for index in range(HEADER_MEMO_SIZE + 50):  # a flood of distinct, well-formed headers
+        token = sign_token(stranger, {"alg": "ES256", "kid": f"made-up-{index}"}, claims(issuer, clock))
+        assert await refusal(verifier, token) == "unknown_key"
+    assert len(verifier._headers) == HEADER_MEMO_SIZE
+    refused = raw_token({"alg": "none", "kid": "x"}, claims(issuer, clock), b"")
+    fresh = verifier_for(issuer, clock)
+    assert await refusal(fresh, refused) == "unsupported_algorithm"
+    assert fresh._headers == {}
+    # a memoized header still leads to a full verification of each token
+    good = issuer.mint("team-a", "agent", audiences=[AUDIENCE], now=clock.now)
+    await fresh.verify(good)
+    assert len(fresh._headers) == 1
+    assert await refusal(fresh, good[:-6] + "AAAAAA") == "bad_signature"
