@@ -135,6 +135,12 @@ async def test_bench_http_runs() -> None:
     assert rows["join, malformed flood"]["non_2xx"] == rows["join, malformed flood"]["requests"]
 
 
+async def test_bench_breakdown_runs() -> None:
+    code, out, err = await run(sys.executable, "bench/breakdown.py", "--tokens", "20", "--rounds", "1")
+    assert code == 0, err
+    assert "whole join logic" in out and "signature (key.verify)" in out
+
+
 async def test_bench_herd_and_memory_run() -> None:
     code, out, err = await run(sys.executable, "bench/herd.py", "--pods", "60", "--seconds", "1", "--json")
     assert code == 0, err

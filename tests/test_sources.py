@@ -272,3 +272,22 @@ async def test_in_cluster_refuses_an_unknown_server_certificate(
     assert not await source.refresh()
     assert "certificate" in source.last_error.lower()
     await source.close()
+
+
+async def test_cached_token_is_refused_when_discovery_names_a_new_issuer(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, clock: Clock
+) -> None:
+    tls = make_loopback_tls(tmp_path)
+    issuer = LocalIssuer("https://old.example", [IssuerKey.generate("P-256")])
+    server = await aiohttp_server(issuer.app(), ssl=tls.server_context())
+    (tmp_path / "token").write_text("t")
+    source = InClusterKeySource(
+        f"https://127.0.0.1:{server.port}", token_file=str(tmp_path / "token"), ca_file=str(tls.ca_file), clock=clock
+    )
+    verifier = Verifier(source, [AUDIENCE], clock=clock)  # with its verified-token cache
+    token = mint(issuer, clock)
+    await verifier.verify(token)
+    issuer.issuer = "https://new.example"  # the cluster's --service-account-issuer changed
+    assert await source.refresh()
+    assert await code_of(verifier, token) == "invalid_issuer"
+    await source.close()

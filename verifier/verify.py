@@ -141,7 +141,10 @@ class Verifier:
             cached = self._cache.get(token)
             if cached is not None:
                 identity, key = cached
-                if self.source.cached_key(key.kid) is key:
+                # Trusted only while its key is still in the key set and its issuer still the one
+                # required (in_cluster learns the issuer from discovery, which can change).
+                expected = self.source.issuer
+                if self.source.cached_key(key.kid) is key and (expected is None or identity.issuer == expected):
                     self._check_times(identity.expires_at, identity.not_before, identity.issued_at)
                     self.cache_hits += 1
                     return identity

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Where the time of one join goes, stage by stage, in one process (no HTTP): the profile behind
+the ratios in bench/RESULTS.md. Each stage runs over the same unique RS256 tokens; medians of
+the rounds, in microseconds per token.
+
+    python bench/breakdown.py [--tokens 3000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/http.py shadows the standard library's http package for scripts run from bench/.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import argparse
+import asyncio
+import datetime
+import io
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from auth.ca import CertificateAuthority, parse_public_key
+from auth.config import parse_config
+from auth.issuer import IssuerKey, LocalIssuer
+from auth.loadtest import mint_tokens, public_keys
+from auth.server import SERVICE, create_app
+from verifier import StaticKeySource, Verifier, parse_jwks
+from verifier.jose import parse_compact
+
+AUDIENCE = "example.teleport.sh"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def timed(run: Callable[[], None], count: int, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - started) / count * 1e6)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    key = IssuerKey.generate()
+    issuer = LocalIssuer(ISSUER, [key])
+    tokens = mint_tokens(key.private_pem(), ISSUER, AUDIENCE, "loadtest", args.tokens, args.tokens, lambda _: None)
+    source = StaticKeySource(parse_jwks(issuer.jwks_document()), label="bench", issuer=ISSUER)
+    probe = Verifier(source, [AUDIENCE], cache_size=0)
+    parsed = [parse_compact(token, {}) for token in tokens]
+    memo: dict[bytes, tuple[str, str | None]] = {}
+    verifying_key = source.cached_key(parsed[0].kid or "")
+    assert verifying_key is not None
+    pems = public_keys(16)
+    ca = CertificateAuthority.generate(AUDIENCE)
+    now = datetime.datetime.now(datetime.UTC)
+    n = len(tokens)
+
+    async def verify_all(verifier: Verifier) -> None:
+        for token in tokens:
+            await verifier.verify(token)
+
+    stages: list[tuple[str, Callable[[], None]]] = [
+        (
+            "signature (key.verify)",
+            lambda: [verifying_key.verify(p.signing_input, p.signature) for p in parsed] and None,
+        ),
+        ("parse, every header decoded", lambda: [parse_compact(t, {}) for t in tokens] and None),
+        ("parse, header memoized (as verify does)", lambda: [parse_compact(t, memo) for t in tokens] and None),
+        ("claim checks + identity", lambda: [probe._check_claims(p.claims) for p in parsed] and None),
+        ("verify, no cache", lambda: asyncio.run(verify_all(Verifier(source, [AUDIENCE], cache_size=0)))),
+        ("verify, filling the cache", lambda: asyncio.run(verify_all(Verifier(source, [AUDIENCE])))),
+        ("public key PEM parse", lambda: [parse_public_key(pems[i % 16]) for i in range(n)] and None),
+        (
+            "certificate (encode + CA signature)",
+            lambda: (
+                [
+                    ca.issue(
+                        parse_public_key(pems[0]),
+                        host_id=str(uuid.uuid4()),
+                        role="App",
+                        namespace="ns",
+                        service_account="sa",
+                        now=now,
+                        not_after=now,
+                    )
+                    for _ in range(n)
+                ]
+                and None
+            ),
+        ),
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        (work / "tokens.yaml").write_text(
+            json.dumps(
+                {
+                    "kind": "token",
+                    "version": "v2",
+                    "metadata": {"name": "b"},
+                    "spec": {
+                        "roles": ["App"],
+                        "join_method": "kubernetes",
+                        "kubernetes": {
+                            "type": "static_jwks",
+                            "static_jwks": {"jwks": issuer.jwks_document().decode()},
+                            "allow": [{"service_account_namespace": "loadtest", "service_account_name": "agent-*"}],
+                        },
+                    },
+                }
+            )
+        )
+        bodies = [
+            {"token_name": "b", "id_token": t, "role": "App", "public_key": pems[i % 16]} for i, t in enumerate(tokens)
+        ]
+
+        def whole_join() -> None:
+            app = create_app(
+                parse_config({"cluster_name": AUDIENCE, "tokens_file": "tokens.yaml"}, work),
+                registry=CollectorRegistry(),
+                audit=io.StringIO(),
+            )
+            service = app[SERVICE]
+
+            async def joins() -> None:
+                service.keyring.update(service.tokens.tokens)
+                for body in bodies:
+                    await service.join.join(body, "127.0.0.1")
+
+            asyncio.run(joins())
+
+        stages.append(("whole join logic (JoinService.join)", whole_join))
+        print(f"{n} unique RS256 tokens, median of {args.rounds} rounds, microseconds per token")
+        for name, run in stages:
+            print(f"  {name:42} {timed(run, n, args.rounds):8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
