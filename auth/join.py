@@ -124,6 +124,8 @@ class JoinService:
         try:
             request = parse_join_request(body)
             record["role"] = request.role
+            if request.host_name:
+                record["host_name"] = request.host_name
             token = self._tokens().get(request.token_name)
             if token is not None:
                 token_label = record["token"] = token.name
@@ -142,7 +144,7 @@ class JoinService:
             )
             self._write_audit(record)
 
-    async def refuse(self, code: str, message: str, remote: str | None) -> JoinError:
+    def refuse(self, code: str, message: str, remote: str | None) -> JoinError:
         """Counts and logs an attempt refused before its body could be read; returns the error."""
         self.metrics.join_finished(UNKNOWN_TOKEN, code, 0.0)
         self._write_audit(

@@ -70,6 +70,26 @@ class Report:
         }
 
 
+def join_token_document(
+    name: str, *, jwks: str | None = None, oidc_issuer: str | None = None, namespace: str = "loadtest"
+) -> dict[str, Any]:
+    """A join token (Teleport's format) that admits the service accounts this load test mints
+    (`<namespace>:agent-<n>`), trusting a static key set or an OIDC issuer reachable over http."""
+    kubernetes: dict[str, Any] = {
+        "allow": [{"service_account_namespace": namespace, "service_account_name": "agent-*"}]
+    }
+    if oidc_issuer is not None:
+        kubernetes.update(type="oidc", oidc={"issuer": oidc_issuer, "insecure_allow_http_issuer": True})
+    else:
+        kubernetes.update(type="static_jwks", static_jwks={"jwks": jwks})
+    return {
+        "kind": "token",
+        "version": "v2",
+        "metadata": {"name": name},
+        "spec": {"roles": ["App"], "join_method": "kubernetes", "kubernetes": kubernetes},
+    }
+
+
 def _mint_batch(args: tuple[bytes, str, str, str, int, int, int]) -> list[str]:
     pem, issuer_url, audience, namespace, pods, start, stop = args
     issuer = LocalIssuer(issuer_url, [IssuerKey.from_pem(pem)])

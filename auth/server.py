@@ -114,7 +114,7 @@ async def handle_join(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     remote = request.remote
     if service.in_flight >= service.config.limits.max_in_flight:
-        await service.join.refuse(e.OVERLOADED, "too many joins in flight", remote)
+        service.join.refuse(e.OVERLOADED, "too many joins in flight", remote)
         return _error(e.OVERLOADED, "too many joins in flight; retry shortly", {"Retry-After": "1"})
     service.in_flight += 1
     service.idle.clear()
@@ -125,6 +125,9 @@ async def handle_join(request: web.Request) -> web.Response:
     except JoinError as exc:
         headers = {"Retry-After": "5"} if exc.code == e.KEYS_UNAVAILABLE else None
         return _error(exc.code, exc.message, headers)
+    except Exception:  # counted and logged by the join service; the caller gets JSON, not a trace
+        log.exception("join failed unexpectedly")
+        return _error(e.INTERNAL_ERROR, "internal error; the service log has the details")
     finally:
         service.in_flight -= 1
         if not service.in_flight:
@@ -136,9 +139,9 @@ async def _read_body(request: web.Request, service: Service) -> object:
     """The request's JSON body; refusals before the join logic are counted as join attempts too."""
     refuse = service.join.refuse
     if request.content_type != "application/json":
-        raise await refuse(e.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json", request.remote)
+        raise refuse(e.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json", request.remote)
     if (request.content_length or 0) > MAX_BODY:
-        raise await refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote)
+        raise refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote)
     try:
         if request.content.is_eof():  # the whole body is here already: no timer needed
             raw = await request.read()
@@ -146,13 +149,13 @@ async def _read_body(request: web.Request, service: Service) -> object:
             async with asyncio.timeout(service.config.limits.request_timeout):
                 raw = await request.read()
     except TimeoutError:
-        raise await refuse(e.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
+        raise refuse(e.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
     except web.HTTPRequestEntityTooLarge:
-        raise await refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote) from None
+        raise refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote) from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise await refuse(e.BAD_REQUEST, "the body is not valid JSON", request.remote) from None
+        raise refuse(e.BAD_REQUEST, "the body is not valid JSON", request.remote) from None
 
 
 async def handle_healthz(request: web.Request) -> web.Response:

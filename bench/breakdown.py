@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from auth.ca import CertificateAuthority, parse_public_key
 from auth.config import parse_config
 from auth.issuer import IssuerKey, LocalIssuer
-from auth.loadtest import mint_tokens, public_keys
+from auth.loadtest import join_token_document, mint_tokens, public_keys
 from auth.server import SERVICE, create_app
 from verifier import StaticKeySource, Verifier, parse_jwks
 from verifier.jose import parse_compact
@@ -105,24 +105,7 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        (work / "tokens.yaml").write_text(
-            json.dumps(
-                {
-                    "kind": "token",
-                    "version": "v2",
-                    "metadata": {"name": "b"},
-                    "spec": {
-                        "roles": ["App"],
-                        "join_method": "kubernetes",
-                        "kubernetes": {
-                            "type": "static_jwks",
-                            "static_jwks": {"jwks": issuer.jwks_document().decode()},
-                            "allow": [{"service_account_namespace": "loadtest", "service_account_name": "agent-*"}],
-                        },
-                    },
-                }
-            )
-        )
+        (work / "tokens.yaml").write_text(json.dumps(join_token_document("b", jwks=issuer.jwks_document().decode())))
         bodies = [
             {"token_name": "b", "id_token": t, "role": "App", "public_key": pems[i % 16]} for i, t in enumerate(tokens)
         ]

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from auth.loadtest import mint_tokens
+from auth.loadtest import join_token_document, mint_tokens
 
 AUDIENCE = "example.teleport.sh"
 
@@ -75,24 +75,7 @@ def main() -> int:
         issuer_port, port = free_port(), free_port()
         issuer_url = f"http://127.0.0.1:{issuer_port}"
         key = work / "issuer-key.pem"
-        (work / "tokens.yaml").write_text(
-            json.dumps(
-                {
-                    "kind": "token",
-                    "version": "v2",
-                    "metadata": {"name": "herd"},
-                    "spec": {
-                        "roles": ["App"],
-                        "join_method": "kubernetes",
-                        "kubernetes": {
-                            "type": "oidc",
-                            "oidc": {"issuer": issuer_url, "insecure_allow_http_issuer": True},
-                            "allow": [{"service_account_namespace": "loadtest", "service_account_name": "agent-*"}],
-                        },
-                    },
-                }
-            )
-        )
+        (work / "tokens.yaml").write_text(json.dumps(join_token_document("herd", oidc_issuer=issuer_url)))
         (work / "config.yaml").write_text(
             f"cluster_name: {AUDIENCE}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n"
         )

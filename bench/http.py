@@ -39,7 +39,7 @@ import urllib.request
 from typing import Any
 
 from auth.issuer import IssuerKey, LocalIssuer, sign_token
-from auth.loadtest import mint_tokens, public_keys
+from auth.loadtest import join_token_document, mint_tokens, public_keys
 
 AUDIENCE = "example.teleport.sh"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -115,22 +115,7 @@ def main() -> int:
         key = IssuerKey.generate()
         issuer = LocalIssuer(ISSUER, [key])
         (work / "tokens.yaml").write_text(
-            json.dumps(
-                {
-                    "kind": "token",
-                    "version": "v2",
-                    "metadata": {"name": "bench"},
-                    "spec": {
-                        "roles": ["App"],
-                        "join_method": "kubernetes",
-                        "kubernetes": {
-                            "type": "static_jwks",
-                            "allow": [{"service_account_namespace": "loadtest", "service_account_name": "agent-*"}],
-                            "static_jwks": {"jwks": issuer.jwks_document().decode(), "issuer": ISSUER},
-                        },
-                    },
-                }
-            )
+            json.dumps(join_token_document("bench", jwks=issuer.jwks_document().decode()))
         )
         print(f"minting {args.tokens} unique RS256 tokens...", file=sys.stderr)
         valid = mint_tokens(key.private_pem(), ISSUER, AUDIENCE, "loadtest", args.tokens, args.tokens, lambda _: None)

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from auth.config import parse_config
 from auth.issuer import IssuerKey, LocalIssuer
-from auth.loadtest import mint_tokens, public_keys
+from auth.loadtest import join_token_document, mint_tokens, public_keys
 from auth.server import SERVICE, create_app
 from verifier.verify import DEFAULT_CACHE_SIZE
 
@@ -53,24 +53,7 @@ async def run(pods: int) -> dict[str, float]:
     keys = public_keys(16)
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        (work / "tokens.yaml").write_text(
-            json.dumps(
-                {
-                    "kind": "token",
-                    "version": "v2",
-                    "metadata": {"name": "m"},
-                    "spec": {
-                        "roles": ["App"],
-                        "join_method": "kubernetes",
-                        "kubernetes": {
-                            "type": "static_jwks",
-                            "static_jwks": {"jwks": issuer.jwks_document().decode()},
-                            "allow": [{"service_account_namespace": "loadtest", "service_account_name": "agent-*"}],
-                        },
-                    },
-                }
-            )
-        )
+        (work / "tokens.yaml").write_text(json.dumps(join_token_document("m", jwks=issuer.jwks_document().decode())))
         app = create_app(
             parse_config({"cluster_name": AUDIENCE, "tokens_file": "tokens.yaml"}, work),
             registry=CollectorRegistry(),

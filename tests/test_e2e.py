@@ -4,6 +4,7 @@ for in_cluster), `kubejoin serve` and `kubejoin join` as subprocesses writing re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -24,22 +25,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from auth.devtls import make_loopback_tls
 from auth.issuer import IssuerKey, LocalIssuer
-from tests.service import CLUSTER
-
-SEED = """\
-kind: token
-version: v2
-metadata:
-  name: kubernetes-token
-  expires: "2050-01-01T00:00:00Z"
-spec:
-  roles: [App]
-  join_method: kubernetes
-  kubernetes:
-    type: in_cluster
-    allow:
-      - service_account: "teleport-agent:teleport-app-service"
-"""
+from tests.service import CLUSTER, token_doc, write_tokens
+from tests.test_tokens import SEED
 
 
 def free_port() -> int:
@@ -205,29 +192,34 @@ async def test_sigterm_drains_the_request_in_flight(cluster: Cluster) -> None:
     assert [(line["event"], line["reason"]) for line in lines] == [("join", "ok")]
 
 
-async def test_silent_connection_is_closed(tmp_path: Path) -> None:
-    from tests.service import token_doc, write_tokens
-
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, extra_config: str) -> AsyncIterator[tuple[LocalIssuer, int, bytes]]:
+    """`kubejoin serve` with one static_jwks join token; yields the issuer, the port and the
+    first line serve printed. Stops it at the end and checks that it exits 0."""
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
-    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer, allow=[{"service_account": "teleport-agent:app"}]))
     port = free_port()
     (tmp_path / "config.yaml").write_text(
-        f"cluster_name: c\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\nlimits:\n  idle_timeout: 1s\n"
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n{extra_config}"
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), stderr=asyncio.subprocess.PIPE
     )
     try:
         assert process.stderr is not None
-        await asyncio.wait_for(process.stderr.readline(), 30)  # "serving joins on ..."
+        yield issuer, port, await asyncio.wait_for(process.stderr.readline(), 30)  # "serving joins on ..."
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_silent_connection_is_closed(tmp_path: Path) -> None:
+    async with serving(tmp_path, "limits:\n  idle_timeout: 1s\n") as (_, port, _line):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server, no bytes
         assert time.monotonic() - started < 5
         writer.close()
-    finally:
-        process.terminate()
-        assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
 async def test_demo_tells_the_story() -> None:
@@ -247,20 +239,8 @@ async def test_demo_tells_the_story() -> None:
 
 
 async def test_https_with_a_certificate_from_kubejoins_own_ca(tmp_path: Path) -> None:
-    from tests.service import token_doc, write_tokens
-
-    issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
-    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
-    port = free_port()
-    (tmp_path / "config.yaml").write_text(
-        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\ntls:\n  dns_names: [localhost]\n"
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        assert process.stderr is not None
-        assert b"https://" in await asyncio.wait_for(process.stderr.readline(), 30)
+    async with serving(tmp_path, "tls:\n  dns_names: [localhost]\n") as (issuer, port, line):
+        assert b"https://" in line
         token_file = tmp_path / "pod-token"
         token_file.write_text(issuer.mint("teleport-agent", "app", audiences=[CLUSTER]))
         argv = [
@@ -281,6 +261,3 @@ async def test_https_with_a_certificate_from_kubejoins_own_ca(tmp_path: Path) ->
         code, _, stderr = await run_cli(*argv, "--ca-file", str(tmp_path / "ca.pem"))
         assert code == 0, stderr
         assert (tmp_path / "id" / "ca.pem").read_bytes() == (tmp_path / "ca.pem").read_bytes()
-    finally:
-        process.terminate()
-        assert await asyncio.wait_for(process.wait(), 30) == 0

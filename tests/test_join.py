@@ -323,3 +323,22 @@ async def test_reload_closes_sources_no_token_uses(
     write_tokens(tmp_path / "tokens.yaml", token_doc("other", issuer=live))
     await _wait_for(lambda: service.keyring.verifier_for("kubernetes-token") is None)
     assert source._refresher is None  # type: ignore[attr-defined]
+
+
+async def test_unexpected_failure_is_a_json_500_and_counted(
+    start_service: StartService, issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    service = client.app[SERVICE]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(service.ca, "issue", broken)
+    error = await refused(client, join_body(pod_token(issuer), host_name="node-a.example"), 500)
+    assert error["code"] == "internal_error" and "disk on fire" not in error["message"]
+    registry = service.metrics.registry
+    labels = {"token": "kubernetes-token", "result": "failure", "reason": "internal_error"}
+    assert registry.get_sample_value("kubejoin_join_attempts_total", labels) == 1
+    [record] = client.audit.records()  # type: ignore[attr-defined]
+    assert (record["reason"], record["host_name"]) == ("internal_error", "node-a.example")
