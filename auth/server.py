@@ -42,9 +42,6 @@ class TokenStore:
         self.tokens: dict[str, JoinToken] = load_tokens(path)
         self.last_error = ""
 
-    def changed(self) -> bool:
-        return file_stamp(self.path) != self._stamp
-
     def read_new(self) -> dict[str, JoinToken] | None:
         """The file's tokens if it changed and parses; None if unchanged. Raises ConfigError."""
         stamp = file_stamp(self.path)

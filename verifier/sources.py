@@ -155,10 +155,6 @@ class RemoteKeySource:
     def key_count(self) -> int:
         return len(self._keys.keys) if self._keys else 0
 
-    @property
-    def last_success(self) -> float | None:
-        return self._fetched_at if self._keys is not None else None
-
     def cached_key(self, kid: str) -> VerifyingKey | None:
         return self._keys.keys.get(kid) if self._keys is not None else None
 
@@ -167,20 +163,16 @@ class RemoteKeySource:
             # Never fetched: one shared attempt, but a dead issuer is retried at most once a second.
             if self._inflight is not None or self._clock() - self._last_attempt >= 1.0:
                 await self.refresh()
-            if self._keys is None:
-                raise VerificationError(
-                    KEYS_UNAVAILABLE,
-                    f"no keys could be fetched yet for {self.label}: {self.last_error or 'not tried'}",
-                )
-            key = self._keys.keys.get(kid)
-            if key is not None:
-                return key
-        key = self._keys.keys.get(kid)
-        if key is not None:
-            return key
-        if self._inflight is not None or self._clock() - self._last_attempt >= self._unknown_kid_interval:
-            await self.refresh()
-        key = self._keys.keys.get(kid)
+        elif kid not in self._keys.keys:
+            # An unknown kid may be a new key: refresh, shared and at most once per interval.
+            if self._inflight is not None or self._clock() - self._last_attempt >= self._unknown_kid_interval:
+                await self.refresh()
+        keys = self._keys
+        if keys is None:
+            raise VerificationError(
+                KEYS_UNAVAILABLE, f"no keys could be fetched yet for {self.label}: {self.last_error or 'not tried'}"
+            )
+        key = keys.keys.get(kid)
         if key is None:
             raise _unknown(kid, self.label)
         return key
