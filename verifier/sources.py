@@ -159,13 +159,11 @@ class RemoteKeySource:
         return self._keys.keys.get(kid) if self._keys is not None else None
 
     async def get_key(self, kid: str) -> VerifyingKey:
-        if self._keys is None:
-            # Never fetched: one shared attempt, but a dead issuer is retried at most once a second.
-            if self._inflight is not None or self._clock() - self._last_attempt >= 1.0:
-                await self.refresh()
-        elif kid not in self._keys.keys:
-            # An unknown kid may be a new key: refresh, shared and at most once per interval.
-            if self._inflight is not None or self._clock() - self._last_attempt >= self._unknown_kid_interval:
+        if self._keys is None or kid not in self._keys.keys:
+            # Join a fetch under way; else fetch at most once a second while no keys were ever
+            # fetched (a dead issuer), and once per interval for an unknown kid (maybe a new key).
+            interval = 1.0 if self._keys is None else self._unknown_kid_interval
+            if self._inflight is not None or self._clock() - self._last_attempt >= interval:
                 await self.refresh()
         keys = self._keys
         if keys is None:
