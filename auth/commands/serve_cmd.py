@@ -88,9 +88,11 @@ def server_tls_context(config: Config, app: web.Application) -> ssl.SSLContext |
 async def drain(app: web.Application, runner: web.AppRunner) -> None:
     """Stops listening, then waits for joins in flight, including those whose body is still
     arriving (aiohttp's own shutdown stops reading from open connections)."""
+    service = app[SERVICE]
+    service.ready = False
+    service.metrics.ready.set(0)
     for site in list(runner.sites):
         await site.stop()
-    service = app[SERVICE]
     if service.in_flight:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(service.idle.wait(), SHUTDOWN_TIMEOUT)
