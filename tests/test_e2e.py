@@ -48,6 +48,24 @@ class Cluster:
     def __init__(self, issuer: LocalIssuer, base: str, work: Path, process: asyncio.subprocess.Process) -> None:
         self.issuer, self.base, self.work, self.process = issuer, base, work, process
 
+    async def join(self, namespace: str, account: str, out: Path) -> tuple[int, str, str]:
+        """`kubejoin join` as a pod of namespace/account would run it, with its projected token."""
+        token_file = self.work / f"{namespace}-{account}.jwt"
+        token_file.write_text(self.issuer.mint(namespace, account, audiences=[CLUSTER]) + "\n")
+        return await run_cli(
+            "join",
+            "--server",
+            self.base,
+            "--token-name",
+            "kubernetes-token",
+            "--sa-token-file",
+            str(token_file),
+            "--role",
+            "App",
+            "--out",
+            str(out),
+        )
+
 
 @pytest.fixture
 async def cluster(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Cluster]:
@@ -93,22 +111,8 @@ async def cluster(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Cluster]
 
 
 async def test_pod_joins_and_gets_a_real_certificate(cluster: Cluster) -> None:
-    token_file = cluster.work / "pod-token"
-    token_file.write_text(cluster.issuer.mint("teleport-agent", "teleport-app-service", audiences=[CLUSTER]) + "\n")
     out = cluster.work / "identity"
-    code, _, stderr = await run_cli(
-        "join",
-        "--server",
-        cluster.base,
-        "--token-name",
-        "kubernetes-token",
-        "--sa-token-file",
-        str(token_file),
-        "--role",
-        "App",
-        "--out",
-        str(out),
-    )
+    code, _, stderr = await cluster.join("teleport-agent", "teleport-app-service", out)
     assert code == 0, stderr
     assert stat.S_IMODE(os.stat(out / "key.pem").st_mode) == 0o600
     certificate = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
@@ -140,21 +144,7 @@ async def test_pod_joins_and_gets_a_real_certificate(cluster: Cluster) -> None:
 
 
 async def test_refused_join_exits_1_with_reason(cluster: Cluster) -> None:
-    token_file = cluster.work / "pod-token"
-    token_file.write_text(cluster.issuer.mint("teleport-agent", "debug-shell", audiences=[CLUSTER]))
-    code, stdout, stderr = await run_cli(
-        "join",
-        "--server",
-        cluster.base,
-        "--token-name",
-        "kubernetes-token",
-        "--sa-token-file",
-        str(token_file),
-        "--role",
-        "App",
-        "--out",
-        str(cluster.work / "x"),
-    )
+    code, stdout, stderr = await cluster.join("teleport-agent", "debug-shell", cluster.work / "x")
     assert code == 1
     assert '"no_matching_allow_rule"' in stdout
     assert "teleport-agent:debug-shell is not allowed" in stderr
