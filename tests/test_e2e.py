@@ -251,3 +251,25 @@ async def test_https_with_a_certificate_from_kubejoins_own_ca(tmp_path: Path) ->
         code, _, stderr = await run_cli(*argv, "--ca-file", str(tmp_path / "ca.pem"))
         assert code == 0, stderr
         assert (tmp_path / "id" / "ca.pem").read_bytes() == (tmp_path / "ca.pem").read_bytes()
+
+
+async def test_header_trickle_is_cut_off(tmp_path: Path) -> None:
+    async with serving(tmp_path, "limits:\n  idle_timeout: 1s\n") as (_, port, _line):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/join HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        closed_after = None
+        for index in range(40):  # one header line every 0.25 s: never a complete request
+            try:
+                writer.write(b"X-Slow-%d: y\r\n" % index)
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(100), 0.25) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed_after = time.monotonic() - started
+                break
+        writer.close()
+        assert closed_after is not None and closed_after < 5
