@@ -207,6 +207,27 @@ def _json_serialization(issuer: LocalIssuer, clock: Clock) -> str:
     return json.dumps({"payload": payload, "protected": header, "signature": signature})
 
 
+def _non_canonical_signature(issuer: LocalIssuer, clock: Clock) -> str:
+    """The same signature bytes spelled differently: the unused low bits of the last character set."""
+    token = issuer.sign(claims(issuer, clock), key=issuer.published[1])  # ES256: 86 chars, 4 spare bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return token[:-1] + alphabet[alphabet.index(token[-1]) | 0x01]  # canonical: those bits are 0
+
+
+def _infinite_exp(issuer: LocalIssuer, clock: Clock) -> str:
+    key = issuer.published[0]
+    body = json.dumps(claims(issuer, clock, exp="__inf__")).replace('"__inf__"', "1e400")
+    signing_input = b64url(json.dumps({"alg": "RS256", "kid": key.kid}).encode()) + "." + b64url(body.encode())
+    return signing_input + "." + b64url(key.sign(signing_input.encode()))
+
+
+def _path_in_namespace(issuer: LocalIssuer, clock: Clock) -> str:
+    """Signed by a trusted issuer, but a namespace no API server allows: it would reach a SAN."""
+    tampered = claims(issuer, clock, sub="system:serviceaccount:team-a/sa/admin:agent")
+    tampered["kubernetes.io"]["namespace"] = "team-a/sa/admin"
+    return issuer.sign(tampered)
+
+
 ATTACKS: list[tuple[str, str, Callable[[LocalIssuer, Clock], str]]] = [
     ("alg-none", "unsupported_algorithm", lambda i, c: raw_token({"alg": "none", "kid": "x"}, claims(i, c), b"")),
     ("alg-none-capitals", "unsupported_algorithm", lambda i, c: raw_token({"alg": "None"}, claims(i, c), b"")),
@@ -249,6 +270,29 @@ ATTACKS: list[tuple[str, str, Callable[[LocalIssuer, Clock], str]]] = [
     ("header-is-array", "malformed_token", lambda i, c: raw_token(b"[1]", claims(i, c))),
     ("other-issuer-other-key", "unknown_key", _other_issuer),
     ("other-cluster-same-kid", "bad_signature", _other_cluster_same_kid),
+    ("base64-non-canonical-signature", "malformed_token", _non_canonical_signature),
+    ("exp-infinite", "malformed_token", _infinite_exp),
+    ("nbf-null", "malformed_token", lambda i, c: i.sign(claims(i, c, nbf=None))),
+    ("typ-null", "malformed_token", lambda i, c: _header_swap(i, c, {"typ": None})),
+    ("jti-not-a-string", "malformed_token", lambda i, c: i.sign(claims(i, c, jti=7))),
+    ("namespace-with-path", "malformed_token", _path_in_namespace),
+    (
+        "pod-name-not-kubernetes",
+        "malformed_token",
+        lambda i, c: i.sign(
+            claims(
+                i,
+                c,
+                **{
+                    "kubernetes.io": {
+                        "namespace": "team-a",
+                        "serviceaccount": {"name": "agent", "uid": "u"},
+                        "pod": {"name": "Pod One", "uid": "u"},
+                    }
+                },
+            )
+        ),
+    ),
     ("exp-as-string", "malformed_token", lambda i, c: i.sign(claims(i, c, exp=str(int(c.now) + 60)))),
     ("exp-as-bool", "malformed_token", lambda i, c: i.sign(claims(i, c, exp=True))),
     ("aud-not-strings", "malformed_token", lambda i, c: i.sign(claims(i, c, aud=[AUDIENCE, 7]))),

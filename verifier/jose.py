@@ -39,10 +39,19 @@ def _malformed(message: str) -> VerificationError:
     return VerificationError(MALFORMED_TOKEN, message)
 
 
+# Bits of the last character that a canonical encoding leaves at zero, by len(part) % 4.
+_UNUSED_BITS: Final = {2: 0x0F, 3: 0x03}
+_SEXTET: Final = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+
+
 def b64url_decode(part: bytes, what: str) -> bytes:
-    """Decodes unpadded base64url, refusing padding and characters outside the alphabet."""
+    """Decodes unpadded base64url, refusing padding, characters outside the alphabet, and
+    non-canonical encodings (unused low bits set), so that one token has exactly one spelling."""
     if b"=" in part or b"+" in part or b"/" in part or len(part) % 4 == 1:
         raise _malformed(f"{what} is not unpadded base64url")
+    unused = _UNUSED_BITS.get(len(part) % 4)
+    if unused is not None and _SEXTET.get(part[-1], 0) & unused:
+        raise _malformed(f"{what} is not canonical base64url")
     try:
         return binascii.a2b_base64(part.translate(_TO_STANDARD_ALPHABET) + b"=" * (-len(part) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
@@ -93,8 +102,7 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
     for name in _REFUSED_HEADERS:
         if name in header:
             raise _malformed(f"header parameter {name!r} is not supported")
-    typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+    if "typ" in header and (not isinstance(header["typ"], str) or header["typ"].upper() != "JWT"):
         raise _malformed("header typ must be JWT or absent")
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or not kid):

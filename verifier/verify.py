@@ -3,6 +3,8 @@ cluster, and says exactly why not. The only way to get claims out of a token is 
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
@@ -67,15 +69,27 @@ def _short(value: object) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+_ABSENT: Final = object()
+
+
 def _number(claims: dict[str, Any], name: str, *, required: bool) -> int | None:
-    value = claims.get(name)
-    if value is None:
+    value = claims.get(name, _ABSENT)
+    if value is _ABSENT:
         if required:
             raise VerificationError(e.MISSING_CLAIM, f"claim {name!r} is required")
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise VerificationError(e.MALFORMED_TOKEN, f"claim {name!r} must be a number of seconds")
+    # null is not absent; bool is an int to Python; 1e400 parses as infinity
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise VerificationError(e.MALFORMED_TOKEN, f"claim {name!r} must be a finite number of seconds")
     return int(value)
+
+
+# Kubernetes object names, as the API server enforces them (DNS-1123 label for namespaces,
+# subdomain for the rest), and uids. A signed token with anything else comes from an issuer we
+# should not believe: these names end up in allow-rule matches and in certificate SANs.
+_NAMESPACE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_UID: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 def _ref(parent: dict[str, Any], field: str, path: str, code: str) -> ObjectRef:
@@ -84,6 +98,8 @@ def _ref(parent: dict[str, Any], field: str, path: str, code: str) -> ObjectRef:
     uid = value.get("uid") if isinstance(value, dict) else None
     if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
         raise VerificationError(code, f"claim {path}.{field} must have a name and a uid")
+    if not _NAME.fullmatch(name) or not _UID.fullmatch(uid):
+        raise VerificationError(e.MALFORMED_TOKEN, f"claim {path}.{field} is not a Kubernetes name and uid")
     return ObjectRef(name, uid)
 
 
@@ -220,6 +236,8 @@ class Verifier:
         namespace = binding.get("namespace")
         if not isinstance(namespace, str) or not namespace:
             raise VerificationError(e.MISSING_CLAIM, "claim kubernetes.io.namespace is required")
+        if not _NAMESPACE.fullmatch(namespace):
+            raise VerificationError(e.MALFORMED_TOKEN, "claim kubernetes.io.namespace is not a Kubernetes namespace")
         service_account = _ref(binding, "serviceaccount", "kubernetes.io", e.MISSING_CLAIM)
         if "pod" not in binding:
             bound_to = "a secret" if "secret" in binding else "no object"
@@ -234,7 +252,11 @@ class Verifier:
             raise VerificationError(e.MISSING_CLAIM, "claim 'sub' is required")
         if sub != expected_sub:
             raise VerificationError(e.SUBJECT_MISMATCH, f"sub is {_short(sub)}, expected {expected_sub!r}")
-        jti = claims.get("jti")
+        jti = claims.get("jti", _ABSENT)
+        if jti is _ABSENT:
+            jti = None
+        elif not isinstance(jti, str):
+            raise VerificationError(e.MALFORMED_TOKEN, "claim 'jti' must be a string")
         return Identity(
             namespace=namespace,
             service_account=service_account,
@@ -242,7 +264,7 @@ class Verifier:
             node=node,
             issuer=iss,
             audiences=audiences,
-            jti=jti if isinstance(jti, str) else None,
+            jti=jti,
             issued_at=iat,
             expires_at=exp,
             not_before=nbf,
