@@ -140,7 +140,7 @@ class Verifier:
         self._leeway = leeway
         self._max_ttl = max_ttl
         self._clock = clock
-        self._cache: LRUCache[str, tuple[Identity, VerifyingKey]] | None = (
+        self._cache: LRUCache[str, tuple[Identity, VerifyingKey, float, float]] | None = (
             LRUCache(maxsize=cache_size) if cache_size > 0 else None
         )
         self._headers: HeaderMemo = {}
@@ -156,14 +156,15 @@ class Verifier:
         if self._cache is not None:
             cached = self._cache.get(token)
             if cached is not None:
-                identity, key = cached
+                identity, key, earliest, latest = cached
                 # Trusted only while its key is still in the key set and its issuer still the one
                 # required (in_cluster learns the issuer from discovery, which can change).
                 expected = self.source.issuer
                 if self.source.cached_key(key.kid) is key and (expected is None or identity.issuer == expected):
+                    if earliest <= self._clock() <= latest:
+                        self.cache_hits += 1
+                        return identity
                     self._check_times(identity.expires_at, identity.not_before, identity.issued_at)
-                    self.cache_hits += 1
-                    return identity
                 del self._cache[token]
             self.cache_misses += 1
         parsed = parse_compact(token, self._headers)
@@ -179,7 +180,9 @@ class Verifier:
             raise VerificationError(e.BAD_SIGNATURE, f"signature does not verify with key {key.kid[:64]!r}")
         identity = self._check_claims(parsed.claims)
         if self._cache is not None:
-            self._cache[token] = (identity, key)
+            # the times at which _check_times would pass, so that a hit costs two comparisons
+            earliest = max(identity.issued_at, identity.not_before or identity.issued_at) - self._leeway
+            self._cache[token] = (identity, key, earliest, identity.expires_at + self._leeway)
         return identity
 
     def _check_times(self, exp: int, nbf: int | None, iat: int) -> None:
