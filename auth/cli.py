@@ -34,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: say so in one line rather than a traceback, and exit 2
+        print(
+            f"kubejoin {args.command}: internal error ({type(exc).__name__}: {exc}); please report it", file=sys.stderr
+        )
+        return EXIT_USAGE
 
 
 def entry_point() -> None:

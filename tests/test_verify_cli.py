@@ -148,3 +148,18 @@ async def _run_cli(*argv: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from auth.commands import verify_cmd
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(verify_cmd, "read_token", broken)
+    code = main(["verify", "--audience", "a", "--jwks", str(KUBE_FIXTURES / "jwks.json")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "kubejoin verify: internal error (RuntimeError: unexpected); please report it"
