@@ -10,7 +10,9 @@ the same server settings, it measures:
   join, unknown kid kubejoin serve, a flood of tokens naming keys the issuer does not have
 and prints requests/s, latency percentiles and each ratio to the minimal endpoint.
 
-    python bench/http.py [--duration 5] [--connections 32] [--tokens 15000] [--json]
+    python bench/http.py [--duration 5] [--connections 32] [--tokens 15000] [--uvloop] [--json]
+
+--uvloop runs both servers on uvloop's event loop (pip install uvloop), to see whether it pays.
 
 Needs wrk (apt-get install wrk). Everything listens on 127.0.0.1 and stops at the end.
 """
@@ -104,8 +106,19 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=15000, help="unique valid tokens (more than are sent)")
+    parser.add_argument("--uvloop", action="store_true", help="run both servers on uvloop")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # Both servers start through the same launcher, which installs uvloop first when asked.
+    launcher = [
+        sys.executable,
+        "-P",
+        "-c",
+        "import sys, runpy; "
+        + ("import uvloop; uvloop.install(); " if args.uvloop else "")
+        + "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__') "
+        "if sys.argv[0].endswith('.py') else runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)",
+    ]
     if shutil.which("wrk") is None:
         print("bench/http.py needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
@@ -140,7 +153,7 @@ def main() -> int:
 
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-P", str(ROOT / "bench" / "minimal_server.py"), f"127.0.0.1:{port}"],
+            [*launcher, str(ROOT / "bench" / "minimal_server.py"), f"127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -161,7 +174,7 @@ def main() -> int:
             (work / "config.yaml").write_text(
                 f"cluster_name: {AUDIENCE}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n"
             )
-            command = [sys.executable, "-m", "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
+            command = [*launcher, "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work, env=env)
             try:
@@ -183,7 +196,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one server process each, Python {sys.version.split()[0]}")
+    loop = "uvloop" if args.uvloop else "asyncio's default loop"
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.duration}s, one server process each on {loop}, "
+        f"Python {sys.version.split()[0]}"
+    )
     print(f"{'case':30} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x minimal':>9}")
     for row in results:
         print(
