@@ -8,10 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import commands
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
+from .commands.common import EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

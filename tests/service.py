@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import socket
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -95,3 +98,25 @@ class AuditLog(io.StringIO):
         import json
 
         return [json.loads(line) for line in self.getvalue().splitlines()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until_ok(url: str, process: asyncio.subprocess.Process, what: str) -> None:
+    """Polls url until it answers 200 (bounded: 30 s); fails early if the process exits."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if process.returncode is not None:
+                raise AssertionError(f"{what} exited with {process.returncode}")
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} did not become ready")

@@ -9,7 +9,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import stat
 import sys
 import time
@@ -17,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -25,14 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from auth.devtls import make_loopback_tls
 from auth.issuer import IssuerKey, LocalIssuer
-from tests.service import CLUSTER, token_doc, write_tokens
+from tests.service import CLUSTER, free_port, token_doc, wait_until_ok, write_tokens
 from tests.test_tokens import SEED
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def run_cli(*argv: str, limit: float = 60) -> tuple[int, str, str]:
@@ -92,18 +84,11 @@ async def cluster(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Cluster]
         stderr=asyncio.subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):  # bounded: 30 s
-            try:
-                async with session.get(base + "/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        else:
-            process.kill()
-            raise AssertionError("kubejoin serve did not become ready")
+    try:
+        await wait_until_ok(base + "/readyz", process, "kubejoin serve")
+    except AssertionError:
+        process.kill()
+        raise
     yield Cluster(issuer, base, tmp_path, process)
     if process.returncode is None:
         process.kill()

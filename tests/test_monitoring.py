@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from auth.issuer import IssuerKey, LocalIssuer
 from auth.server import create_app
 from tests.conftest import ROOT
-from tests.service import AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
+from tests.service import AuditLog, free_port, join_body, make_config, pod_token, token_doc, wait_until_ok, write_tokens
 
 MONITORING = ROOT / "k8s" / "monitoring"
 RULES = MONITORING / "kubejoin-rules.yaml"
@@ -66,12 +65,6 @@ def dashboard_queries() -> list[str]:
 def concrete(expr: str) -> str:
     """A Grafana query with its variables filled in, as Grafana would send it."""
     return expr.replace("$__rate_interval", "1m").replace('"$job"', '".*"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -124,19 +117,7 @@ async def prometheus(tmp_path: Path, kubejoin: tuple[Any, LocalIssuer]) -> Async
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):  # bounded: 30 s
-                try:
-                    async with session.get(base + "/-/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if process.returncode is not None:
-                    raise AssertionError("prometheus exited: " + (await process.stderr.read()).decode())  # type: ignore[union-attr]
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("prometheus did not become ready")
+        await wait_until_ok(base + "/-/ready", process, "prometheus")
         yield base
     finally:
         if process.returncode is None:
