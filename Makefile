@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Policy scan of the manifests and the Dockerfile. checkov lives in its own venv: its pinned
 # dependencies must not decide ours.

@@ -29,11 +29,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
-from auth.ca import CertificateAuthority, parse_public_key
-from auth.config import parse_config
-from auth.issuer import IssuerKey, LocalIssuer
-from auth.loadtest import join_token_document, mint_tokens, public_keys
-from auth.server import SERVICE, create_app
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.devtools.loadtest import join_token_document, mint_tokens, public_keys
+from auth.service.ca import CertificateAuthority, parse_public_key
+from auth.service.config import parse_config
+from auth.service.server import SERVICE, create_app
 from verifier import StaticKeySource, Verifier, parse_jwks
 from verifier.jose import parse_compact
 

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from auth.loadtest import join_token_document, mint_tokens
+from auth.devtools.loadtest import join_token_document, mint_tokens
 
 AUDIENCE = "example.teleport.sh"
 

@@ -40,8 +40,8 @@ import time
 import urllib.request
 from typing import Any
 
-from auth.issuer import IssuerKey, LocalIssuer, sign_token
-from auth.loadtest import join_token_document, mint_tokens, public_keys
+from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
+from auth.devtools.loadtest import join_token_document, mint_tokens, public_keys
 
 AUDIENCE = "example.teleport.sh"
 ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from auth.config import parse_config
-from auth.issuer import IssuerKey, LocalIssuer
-from auth.loadtest import join_token_document, mint_tokens, public_keys
-from auth.server import SERVICE, create_app
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.devtools.loadtest import join_token_document, mint_tokens, public_keys
+from auth.service.config import parse_config
+from auth.service.server import SERVICE, create_app
 from verifier.verify import DEFAULT_CACHE_SIZE
 
 AUDIENCE = "example.teleport.sh"

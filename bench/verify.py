@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from auth.issuer import IssuerKey, LocalIssuer
+from auth.devtools.issuer import IssuerKey, LocalIssuer
 from verifier import StaticKeySource, Verifier, parse_jwks
 from verifier.jose import b64url_decode
 

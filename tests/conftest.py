@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from auth.issuer import IssuerKey, LocalIssuer
+from auth.devtools.issuer import IssuerKey, LocalIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures"

@@ -13,8 +13,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from auth.config import Config, parse_config
-from auth.issuer import LocalIssuer
+from auth.devtools.issuer import LocalIssuer
+from auth.service.config import Config, parse_config
 
 CLUSTER = "example.teleport.sh"
 

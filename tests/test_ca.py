@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from auth.ca import CertificateAuthority, PublicKeyError, parse_public_key
-from auth.config import ConfigError
+from auth.service.ca import CertificateAuthority, PublicKeyError, parse_public_key
+from auth.service.config import ConfigError
 from tests.service import public_key_pem
 
 
@@ -48,7 +48,7 @@ def test_world_readable_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_leaf_certificate_is_not_a_ca(tmp_path: Path) -> None:
-    from auth.devtls import make_loopback_tls
+    from auth.devtools.devtls import make_loopback_tls
 
     tls = make_loopback_tls(tmp_path)
     tls.key_file.chmod(0o600)

@@ -10,9 +10,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from auth.client import write_atomically
-from auth.issuer import IssuerKey, LocalIssuer
-from auth.server import create_app
+from auth.agent.client import write_atomically
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.service.server import create_app
 from tests.service import CLUSTER, AuditLog, make_config, token_doc, write_tokens
 
 

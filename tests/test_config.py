@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from auth.cli import main
-from auth.config import ConfigError, load_config, parse_config
+from auth.service.config import ConfigError, load_config, parse_config
 
 
 def test_contract_example_loads(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from auth.der import WorkloadCertificates, spki_der
+from auth.service.der import WorkloadCertificates, spki_der
 
 CLUSTER = "example.teleport.sh"
 

@@ -21,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from auth.devtls import make_loopback_tls
-from auth.issuer import IssuerKey, LocalIssuer
+from auth.devtools.devtls import make_loopback_tls
+from auth.devtools.issuer import IssuerKey, LocalIssuer
 from tests.service import CLUSTER, free_port, token_doc, wait_until_ok, write_tokens
 from tests.test_tokens import SEED
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from auth.issuer import IssuerKey, LocalIssuer, b64url, sign_token
+from auth.devtools.issuer import IssuerKey, LocalIssuer, b64url, sign_token
 from tests.conftest import AUDIENCE, Clock
 from verifier import StaticKeySource, VerificationError, Verifier, parse_jwks
 from verifier.errors import VERIFICATION_CODES

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from auth.issuer import IssuerKey, LocalIssuer
+from auth.devtools.issuer import IssuerKey, LocalIssuer
 from tests.conftest import KUBE_FIXTURES, ServeIssuer, kube_test_keys
 
 

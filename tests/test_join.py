@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
-from auth.issuer import IssuerKey, LocalIssuer
-from auth.server import SERVICE, create_app
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.service.server import SERVICE, create_app
 from tests.conftest import ServeIssuer
 from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, public_key_pem, token_doc, write_tokens
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from auth.issuer import IssuerKey, _uint
+from auth.devtools.issuer import IssuerKey, _uint
 from tests.conftest import EKS_FIXTURES, KUBE_FIXTURES
 from verifier import KeySourceError, parse_jwks
 

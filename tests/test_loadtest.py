@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from auth.issuer import IssuerKey, LocalIssuer
-from auth.loadtest import Outcome, Report, plot
-from auth.server import create_app
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.devtools.loadtest import Outcome, Report, plot
+from auth.service.server import create_app
 from tests.conftest import ROOT
 from tests.service import CLUSTER, AuditLog, make_config, token_doc, write_tokens
 

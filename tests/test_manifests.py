@@ -10,8 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from auth.config import parse_config
-from auth.tokens import parse_tokens
+from auth.service.config import parse_config
+from auth.service.tokens import parse_tokens
 from tests.conftest import ROOT
 
 K8S = ROOT / "k8s"

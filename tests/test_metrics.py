@@ -14,9 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from auth.errors import JOIN_REASONS
-from auth.issuer import IssuerKey, LocalIssuer, sign_token
-from auth.server import SERVICE, create_app
+from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
+from auth.service.errors import JOIN_REASONS
+from auth.service.server import SERVICE, create_app
 from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
 
 Client = TestClient[Any, Any]
@@ -156,7 +156,7 @@ async def test_openmetrics_when_asked(client: Client) -> None:
 
 
 async def test_metrics_on_their_own_listener(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> None:
-    from auth.server import create_metrics_app
+    from auth.service.server import create_metrics_app
 
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
     app = create_app(

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from auth.issuer import IssuerKey, LocalIssuer
-from auth.server import create_app
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.service.server import create_app
 from tests.conftest import ROOT
 from tests.service import AuditLog, free_port, join_body, make_config, pod_token, token_doc, wait_until_ok, write_tokens
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from auth.devtls import make_loopback_tls
-from auth.issuer import IssuerKey, LocalIssuer, sign_token
+from auth.devtools.devtls import make_loopback_tls
+from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
 from tests.conftest import AUDIENCE, Clock, ServeIssuer
 from verifier import InClusterKeySource, KeySourceError, OIDCKeySource, VerificationError, Verifier
 from verifier.sources import max_age_of

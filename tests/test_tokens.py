@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from auth.cli import main
-from auth.config import ConfigError
-from auth.issuer import LocalIssuer
-from auth.tokens import parse_tokens
+from auth.devtools.issuer import LocalIssuer
+from auth.service.config import ConfigError
+from auth.service.tokens import parse_tokens
 
 SEED = """\
 kind: token

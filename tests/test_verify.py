@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 
-from auth.issuer import IssuerKey, LocalIssuer, b64url, sign_token
+from auth.devtools.issuer import IssuerKey, LocalIssuer, b64url, sign_token
 from tests.conftest import AUDIENCE, EKS_FIXTURES, Clock, kube_test_keys
 from verifier import StaticKeySource, VerificationError, Verifier, parse_jwks
 from verifier.errors import VERIFICATION_CODES

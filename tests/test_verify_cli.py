@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from auth.cli import main
-from auth.issuer import LocalIssuer
+from auth.devtools.issuer import LocalIssuer
 from tests.conftest import EKS_FIXTURES, KUBE_FIXTURES, ServeIssuer, kube_test_keys
 
 EKS_IAT = 1763969878
@@ -153,7 +153,7 @@ async def _run_cli(*argv: str) -> tuple[int, str, str]:
 def test_an_unexpected_failure_is_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from auth.commands import verify_cmd
+    from auth.cli import verify as verify_cmd
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("unexpected")

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..durations import parse_duration
+from ..service.durations import parse_duration
 
 EXIT_OK = 0
 EXIT_REFUSED = 1

@@ -20,11 +20,11 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .client import JoinRefused, join_once
-from .config import parse_config
+from ..agent.client import JoinRefused, join_once
+from ..service.config import parse_config
+from ..service.server import create_app
 from .devtls import make_loopback_tls
 from .issuer import IssuerKey, LocalIssuer
-from .server import create_app
 
 CLUSTER_NAME = "example.teleport.sh"
 TOKEN_YAML = """\

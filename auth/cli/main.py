@@ -6,9 +6,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import commands
-from .commands.common import EXIT_USAGE
+from . import ca, demo, issuer, join, loadtest, serve, tokens, verify
+from .common import EXIT_USAGE
+
+Register = Callable[["argparse._SubParsersAction[Any]"], None]
+# The order of `kubejoin --help`.
+REGISTRY: list[Register] = [
+    serve.register,
+    demo.register,
+    join.register,
+    tokens.register,
+    verify.register,
+    issuer.register,
+    ca.register,
+    loadtest.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ServiceAccount tokens offline.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in commands.REGISTRY:
+    for register in REGISTRY:
         register(sub)
     return parser
 

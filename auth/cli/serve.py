@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import Config, ConfigError, load_config
-from ..server import SERVICE, create_app, create_metrics_app
+from ..service.config import Config, ConfigError, load_config
+from ..service.server import SERVICE, create_app, create_metrics_app
 from .common import EXIT_OK, EXIT_USAGE, say
-from .issuer_cmd import split_host_port
+from .issuer import split_host_port
 
 SHUTDOWN_TIMEOUT = 30.0
 

@@ -1,4 +1,4 @@
-"""`kubejoin demo`: the embedded default; see auth/demo.py."""
+"""`kubejoin demo`: the embedded default; see auth/devtools/demo.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from ..demo import run_demo
+from ..devtools.demo import run_demo
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

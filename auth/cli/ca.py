@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from ..ca import CertificateAuthority
+from ..service.ca import CertificateAuthority
 from .common import EXIT_OK, EXIT_USAGE, say
 
 

@@ -1,4 +1,4 @@
-"""`kubejoin loadtest`: drive a running kubejoin at a fixed arrival rate; see auth/loadtest.py."""
+"""`kubejoin loadtest`: drive a running kubejoin at a fixed arrival rate; see auth/devtools/loadtest.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import ssl
 import sys
 from typing import Any
 
-from ..loadtest import mint_tokens, plot, print_summary, public_keys, run_load
+from ..devtools.loadtest import mint_tokens, plot, print_summary, public_keys, run_load
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, duration_arg, emit_json, say
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from ..client import Joined, JoinRefused, join_once
+from ..agent.client import Joined, JoinRefused, join_once
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, emit_json, error_json, say
 
 RETRY_MIN = 2.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import ConfigError
-from ..tokens import load_tokens
+from ..service.config import ConfigError
+from ..service.tokens import load_tokens
 from .common import EXIT_OK, EXIT_REFUSED, emit_json, say
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..issuer import IssuerKey, LocalIssuer
+from ..devtools.issuer import IssuerKey, LocalIssuer
 from .common import EXIT_OK, EXIT_USAGE, duration_arg, emit_json, say
 
 
