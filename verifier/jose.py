@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .errors import MALFORMED_TOKEN, TOKEN_TOO_LARGE, UNSUPPORTED_ALGORITHM, VerificationError
+from .errors import Reason, VerificationError
 
 MAX_TOKEN_BYTES: Final = 16 * 1024
 SUPPORTED_ALGORITHMS: Final = frozenset({"RS256", "ES256", "ES384", "ES512"})
@@ -36,7 +36,7 @@ class ParsedToken:
 
 
 def _malformed(message: str) -> VerificationError:
-    return VerificationError(MALFORMED_TOKEN, message)
+    return VerificationError(Reason.MALFORMED_TOKEN, message)
 
 
 # Bits of the last character that a canonical encoding leaves at zero, by len(part) % 4.
@@ -96,7 +96,7 @@ def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
         raise _malformed("header has no alg")
     if alg not in SUPPORTED_ALGORITHMS:
         raise VerificationError(
-            UNSUPPORTED_ALGORITHM,
+            Reason.UNSUPPORTED_ALGORITHM,
             f"alg {alg[:16]!r} is not accepted; expected one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}",
         )
     for name in _REFUSED_HEADERS:
@@ -117,7 +117,9 @@ def parse_compact(token: str, header_memo: HeaderMemo | None = None) -> ParsedTo
     checked parse is remembered; it holds at most HEADER_MEMO_SIZE entries, so a flood of made-up
     headers cannot grow it."""
     if len(token) > MAX_TOKEN_BYTES:
-        raise VerificationError(TOKEN_TOO_LARGE, f"token is {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted")
+        raise VerificationError(
+            Reason.TOKEN_TOO_LARGE, f"token is {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted"
+        )
     if not token:
         raise _malformed("token is empty")
     if not token.isascii():

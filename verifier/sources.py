@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from .errors import KEYS_UNAVAILABLE, UNKNOWN_KEY, KeySourceError, VerificationError
+from .errors import KeySourceError, Reason, VerificationError
 from .jose import parse_json_object
 from .keys import KeySet, VerifyingKey, parse_jwks
 
@@ -66,7 +66,7 @@ class KeySource(Protocol):
 
 
 def _unknown(kid: str, label: str) -> VerificationError:
-    return VerificationError(UNKNOWN_KEY, f"no key with kid {kid[:64]!r} in the key set of {label}")
+    return VerificationError(Reason.UNKNOWN_KEY, f"no key with kid {kid[:64]!r} in the key set of {label}")
 
 
 class StaticKeySource:
@@ -168,7 +168,8 @@ class RemoteKeySource:
         keys = self._keys
         if keys is None:
             raise VerificationError(
-                KEYS_UNAVAILABLE, f"no keys could be fetched yet for {self.label}: {self.last_error or 'not tried'}"
+                Reason.KEYS_UNAVAILABLE,
+                f"no keys could be fetched yet for {self.label}: {self.last_error or 'not tried'}",
             )
         key = keys.keys.get(kid)
         if key is None:

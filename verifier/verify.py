@@ -11,8 +11,7 @@ from typing import Any, Final, NamedTuple
 
 from cachetools import LRUCache
 
-from . import errors as e
-from .errors import VerificationError
+from .errors import Reason, VerificationError
 from .jose import HeaderMemo, parse_compact
 from .keys import VerifyingKey
 from .sources import KeySource
@@ -76,11 +75,11 @@ def _number(claims: dict[str, Any], name: str, *, required: bool) -> int | None:
     value = claims.get(name, _ABSENT)
     if value is _ABSENT:
         if required:
-            raise VerificationError(e.MISSING_CLAIM, f"claim {name!r} is required")
+            raise VerificationError(Reason.MISSING_CLAIM, f"claim {name!r} is required")
         return None
     # null is not absent; bool is an int to Python; 1e400 parses as infinity
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise VerificationError(e.MALFORMED_TOKEN, f"claim {name!r} must be a finite number of seconds")
+        raise VerificationError(Reason.MALFORMED_TOKEN, f"claim {name!r} must be a finite number of seconds")
     return int(value)
 
 
@@ -92,26 +91,26 @@ _NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _UID: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
-def _ref(parent: dict[str, Any], field: str, path: str, code: str) -> ObjectRef:
+def _ref(parent: dict[str, Any], field: str, path: str, code: Reason) -> ObjectRef:
     value = parent.get(field)
     name = value.get("name") if isinstance(value, dict) else None
     uid = value.get("uid") if isinstance(value, dict) else None
     if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
         raise VerificationError(code, f"claim {path}.{field} must have a name and a uid")
     if not _NAME.fullmatch(name) or not _UID.fullmatch(uid):
-        raise VerificationError(e.MALFORMED_TOKEN, f"claim {path}.{field} is not a Kubernetes name and uid")
+        raise VerificationError(Reason.MALFORMED_TOKEN, f"claim {path}.{field} is not a Kubernetes name and uid")
     return ObjectRef(name, uid)
 
 
 def _audiences(claims: dict[str, Any]) -> tuple[str, ...]:
     aud = claims.get("aud")
     if aud is None:
-        raise VerificationError(e.MISSING_CLAIM, "claim 'aud' is required")
+        raise VerificationError(Reason.MISSING_CLAIM, "claim 'aud' is required")
     if isinstance(aud, str):
         return (aud,)
     if isinstance(aud, list) and aud and all(isinstance(item, str) for item in aud):
         return tuple(aud)
-    raise VerificationError(e.MALFORMED_TOKEN, "claim 'aud' must be a string or a list of strings")
+    raise VerificationError(Reason.MALFORMED_TOKEN, "claim 'aud' must be a string or a list of strings")
 
 
 class Verifier:
@@ -169,15 +168,15 @@ class Verifier:
             self.cache_misses += 1
         parsed = parse_compact(token, self._headers)
         if parsed.kid is None:
-            raise VerificationError(e.UNKNOWN_KEY, "token header has no kid")
+            raise VerificationError(Reason.UNKNOWN_KEY, "token header has no kid")
         key = self.source.cached_key(parsed.kid) or await self.source.get_key(parsed.kid)
         if key.alg != parsed.alg:
             raise VerificationError(
-                e.UNSUPPORTED_ALGORITHM,
+                Reason.UNSUPPORTED_ALGORITHM,
                 f"alg {parsed.alg} does not fit key {key.kid[:64]!r} ({key.description}); expected {key.alg}",
             )
         if not key.verify(parsed.signing_input, parsed.signature):
-            raise VerificationError(e.BAD_SIGNATURE, f"signature does not verify with key {key.kid[:64]!r}")
+            raise VerificationError(Reason.BAD_SIGNATURE, f"signature does not verify with key {key.kid[:64]!r}")
         identity = self._check_claims(parsed.claims)
         if self._cache is not None:
             # the times at which _check_times would pass, so that a hit costs two comparisons
@@ -188,28 +187,28 @@ class Verifier:
     def _check_times(self, exp: int, nbf: int | None, iat: int) -> None:
         now = self._clock()
         if now > exp + self._leeway:
-            raise VerificationError(e.TOKEN_EXPIRED, f"token expired at {exp}; now is {int(now)}")
+            raise VerificationError(Reason.TOKEN_EXPIRED, f"token expired at {exp}; now is {int(now)}")
         if nbf is not None and now < nbf - self._leeway:
-            raise VerificationError(e.TOKEN_NOT_YET_VALID, f"token is valid from {nbf}; now is {int(now)}")
+            raise VerificationError(Reason.TOKEN_NOT_YET_VALID, f"token is valid from {nbf}; now is {int(now)}")
         if iat > now + self._leeway:
-            raise VerificationError(e.TOKEN_ISSUED_IN_FUTURE, f"token issued at {iat}, after now ({int(now)})")
+            raise VerificationError(Reason.TOKEN_ISSUED_IN_FUTURE, f"token issued at {iat}, after now ({int(now)})")
 
     def _check_claims(self, claims: dict[str, Any]) -> Identity:
         binding = claims.get("kubernetes.io")
         if binding is None and any(name.startswith(_LEGACY_PREFIX) for name in claims):
             raise VerificationError(
-                e.LEGACY_TOKEN, "legacy secret-based ServiceAccount token; use a projected (bound) token"
+                Reason.LEGACY_TOKEN, "legacy secret-based ServiceAccount token; use a projected (bound) token"
             )
         iss = claims.get("iss")
         if not isinstance(iss, str):
-            raise VerificationError(e.MISSING_CLAIM, "claim 'iss' is required")
+            raise VerificationError(Reason.MISSING_CLAIM, "claim 'iss' is required")
         expected = self.source.issuer
         if expected is not None and iss != expected:
-            raise VerificationError(e.INVALID_ISSUER, f"expected issuer {expected!r}, got {_short(iss)}")
+            raise VerificationError(Reason.INVALID_ISSUER, f"expected issuer {expected!r}, got {_short(iss)}")
         audiences = _audiences(claims)
         if self._audiences.isdisjoint(audiences):
             raise VerificationError(
-                e.INVALID_AUDIENCE,
+                Reason.INVALID_AUDIENCE,
                 f"expected audience {' or '.join(sorted(map(repr, self._audiences)))}, got {_short(list(audiences))}",
             )
         exp = _number(claims, "exp", required=True)
@@ -219,7 +218,7 @@ class Verifier:
         self._check_times(exp, nbf, iat)
         if exp - iat > self._max_ttl:
             raise VerificationError(
-                e.TOKEN_TTL_TOO_LONG,
+                Reason.TOKEN_TTL_TOO_LONG,
                 f"token lifetime is {exp - iat} s; at most {self._max_ttl:g} s is accepted",
             )
         return self._check_binding(claims, binding, iss, audiences, exp, iat, nbf)
@@ -235,31 +234,33 @@ class Verifier:
         nbf: int | None,
     ) -> Identity:
         if not isinstance(binding, dict):
-            raise VerificationError(e.MISSING_CLAIM, "claim 'kubernetes.io' is required")
+            raise VerificationError(Reason.MISSING_CLAIM, "claim 'kubernetes.io' is required")
         namespace = binding.get("namespace")
         if not isinstance(namespace, str) or not namespace:
-            raise VerificationError(e.MISSING_CLAIM, "claim kubernetes.io.namespace is required")
+            raise VerificationError(Reason.MISSING_CLAIM, "claim kubernetes.io.namespace is required")
         if not _NAMESPACE.fullmatch(namespace):
-            raise VerificationError(e.MALFORMED_TOKEN, "claim kubernetes.io.namespace is not a Kubernetes namespace")
-        service_account = _ref(binding, "serviceaccount", "kubernetes.io", e.MISSING_CLAIM)
+            raise VerificationError(
+                Reason.MALFORMED_TOKEN, "claim kubernetes.io.namespace is not a Kubernetes namespace"
+            )
+        service_account = _ref(binding, "serviceaccount", "kubernetes.io", Reason.MISSING_CLAIM)
         if "pod" not in binding:
             bound_to = "a secret" if "secret" in binding else "no object"
             raise VerificationError(
-                e.NOT_POD_BOUND, f"token is bound to {bound_to}, not a pod; mount a projected token"
+                Reason.NOT_POD_BOUND, f"token is bound to {bound_to}, not a pod; mount a projected token"
             )
-        pod = _ref(binding, "pod", "kubernetes.io", e.NOT_POD_BOUND)
-        node = _ref(binding, "node", "kubernetes.io", e.MISSING_CLAIM) if "node" in binding else None
+        pod = _ref(binding, "pod", "kubernetes.io", Reason.NOT_POD_BOUND)
+        node = _ref(binding, "node", "kubernetes.io", Reason.MISSING_CLAIM) if "node" in binding else None
         expected_sub = f"system:serviceaccount:{namespace}:{service_account.name}"
         sub = claims.get("sub")
         if not isinstance(sub, str):
-            raise VerificationError(e.MISSING_CLAIM, "claim 'sub' is required")
+            raise VerificationError(Reason.MISSING_CLAIM, "claim 'sub' is required")
         if sub != expected_sub:
-            raise VerificationError(e.SUBJECT_MISMATCH, f"sub is {_short(sub)}, expected {expected_sub!r}")
+            raise VerificationError(Reason.SUBJECT_MISMATCH, f"sub is {_short(sub)}, expected {expected_sub!r}")
         jti = claims.get("jti", _ABSENT)
         if jti is _ABSENT:
             jti = None
         elif not isinstance(jti, str):
-            raise VerificationError(e.MALFORMED_TOKEN, "claim 'jti' must be a string")
+            raise VerificationError(Reason.MALFORMED_TOKEN, "claim 'jti' must be a string")
         return Identity(
             namespace=namespace,
             service_account=service_account,

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from verifier import KeySourceError, OIDCKeySource, StaticKeySource, VerificationError, Verifier, parse_jwks
-from verifier.errors import KEYS_UNAVAILABLE, MALFORMED_TOKEN, TOKEN_TOO_LARGE
+from verifier.errors import Reason
 from verifier.jose import MAX_TOKEN_BYTES
 from verifier.sources import KeySource, RemoteKeySource
 from verifier.verify import DEFAULT_LEEWAY, DEFAULT_MAX_TTL
@@ -45,11 +45,11 @@ def read_token(path: str | None) -> str:
             raw = handle.read(limit + 1)
     raw = raw.strip()
     if len(raw) > MAX_TOKEN_BYTES:
-        raise VerificationError(TOKEN_TOO_LARGE, f"token is over {MAX_TOKEN_BYTES} bytes")
+        raise VerificationError(Reason.TOKEN_TOO_LARGE, f"token is over {MAX_TOKEN_BYTES} bytes")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise VerificationError(MALFORMED_TOKEN, "token is not UTF-8 text") from None
+        raise VerificationError(Reason.MALFORMED_TOKEN, "token is not UTF-8 text") from None
 
 
 def _source(args: argparse.Namespace) -> KeySource:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except VerificationError as exc:
         emit_json(error_json(exc.code, exc.message))
-        if exc.code == KEYS_UNAVAILABLE:
+        if exc.code == Reason.KEYS_UNAVAILABLE:
             say(f"kubejoin verify: could not get keys: {exc.message}")
             return EXIT_USAGE
         say(f"refused ({exc.code}): {exc.message}")

@@ -18,10 +18,10 @@ from typing import Any, Final, TextIO
 from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
 from verifier import Identity, VerificationError
+from verifier.errors import Reason
 
-from . import errors as e
 from .ca import CertificateAuthority, PublicKeyError, WorkloadKey, parse_public_key
-from .errors import JoinError
+from .errors import Code, JoinError, JoinReason
 from .keyring import Keyring
 from .tokens import KUBERNETES, ROLES, JoinToken
 
@@ -42,24 +42,26 @@ class JoinRequest:
 
 def parse_join_request(body: object) -> JoinRequest:
     if not isinstance(body, dict):
-        raise JoinError(e.BAD_REQUEST, "the body must be a JSON object")
+        raise JoinError(JoinReason.BAD_REQUEST, "the body must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise JoinError(e.BAD_REQUEST, f"unknown field {unknown[0][:40]!r}; expected {', '.join(sorted(_FIELDS))}")
+        raise JoinError(
+            JoinReason.BAD_REQUEST, f"unknown field {unknown[0][:40]!r}; expected {', '.join(sorted(_FIELDS))}"
+        )
     values: dict[str, str] = {}
     for field in ("token_name", "id_token", "role", "public_key"):
         value = body.get(field)
         if not isinstance(value, str) or not value:
-            raise JoinError(e.BAD_REQUEST, f"field {field!r} is required and must be a non-empty string")
+            raise JoinError(JoinReason.BAD_REQUEST, f"field {field!r} is required and must be a non-empty string")
         values[field] = value
     host_name = body.get("host_name")
     if host_name is not None and (not isinstance(host_name, str) or len(host_name) > 253):
-        raise JoinError(e.BAD_REQUEST, "field 'host_name' must be a string of at most 253 characters")
+        raise JoinError(JoinReason.BAD_REQUEST, "field 'host_name' must be a string of at most 253 characters")
     role = ROLES.get(values["role"].lower())
     if values["role"].lower() == "auth":
         role = "Auth"
     if role is None:
-        raise JoinError(e.BAD_REQUEST, f"field 'role' must be one of {', '.join(ROLES.values())}")
+        raise JoinError(JoinReason.BAD_REQUEST, f"field 'role' must be one of {', '.join(ROLES.values())}")
     return JoinRequest(values["token_name"], values["id_token"], role, values["public_key"], host_name)
 
 
@@ -67,7 +69,7 @@ def _public_key(pem: str) -> WorkloadKey:
     try:
         return parse_public_key(pem)
     except PublicKeyError as exc:
-        raise JoinError(e.BAD_REQUEST, str(exc)) from None
+        raise JoinError(JoinReason.BAD_REQUEST, str(exc)) from None
 
 
 def buffered_stdout() -> TextIO:
@@ -120,7 +122,7 @@ class JoinService:
             "remote": remote,
         }
         token_label = UNKNOWN_TOKEN
-        reason = e.INTERNAL_ERROR
+        reason: Code | str = JoinReason.INTERNAL_ERROR  # "ok" on success
         try:
             request = parse_join_request(body)
             record["role"] = request.role
@@ -144,7 +146,7 @@ class JoinService:
             )
             self._write_audit(record)
 
-    def refuse(self, code: str, message: str, remote: str | None) -> JoinError:
+    def refuse(self, code: Code, message: str, remote: str | None) -> JoinError:
         """Counts and logs an attempt refused before its body could be read; returns the error."""
         self.metrics.join_finished(UNKNOWN_TOKEN, code, 0.0)
         self._write_audit(
@@ -154,14 +156,17 @@ class JoinService:
 
     async def _join(self, request: JoinRequest, token: JoinToken | None, record: dict[str, Any]) -> dict[str, Any]:
         if token is None:
-            raise JoinError(e.JOIN_TOKEN_NOT_FOUND, "no join token has that name")
+            raise JoinError(JoinReason.JOIN_TOKEN_NOT_FOUND, "no join token has that name")
         if token.join_method != KUBERNETES:
             raise JoinError(
-                e.WRONG_JOIN_METHOD, f"join token {token.name} uses join method {token.join_method}, not kubernetes"
+                JoinReason.WRONG_JOIN_METHOD,
+                f"join token {token.name} uses join method {token.join_method}, not kubernetes",
             )
         now = self._clock()
         if token.expires is not None and now >= token.expires:
-            raise JoinError(e.JOIN_TOKEN_EXPIRED, f"join token {token.name} expired at {_rfc3339(_utc(token.expires))}")
+            raise JoinError(
+                JoinReason.JOIN_TOKEN_EXPIRED, f"join token {token.name} expired at {_rfc3339(_utc(token.expires))}"
+            )
         identity = await self._verify(token, request.id_token)
         account = f"{identity.namespace}:{identity.service_account.name}"
         record.update(
@@ -172,11 +177,12 @@ class JoinService:
         )
         if not token.allows(identity.namespace, identity.service_account.name):
             raise JoinError(
-                e.NO_MATCHING_ALLOW_RULE, f"service account {account} is not allowed by join token {token.name}"
+                JoinReason.NO_MATCHING_ALLOW_RULE,
+                f"service account {account} is not allowed by join token {token.name}",
             )
         if request.role not in token.roles:
             raise JoinError(
-                e.ROLE_NOT_ALLOWED,
+                JoinReason.ROLE_NOT_ALLOWED,
                 f"role {request.role} not granted by join token {token.name}, which grants {', '.join(token.roles)}",
             )
         return self._issue(request, token, identity, now)
@@ -184,7 +190,7 @@ class JoinService:
     async def _verify(self, token: JoinToken, id_token: str) -> Identity:
         verifier = self.keyring.verifier_for(token.name)
         if verifier is None:  # a token loaded a moment ago whose sources are being built
-            raise JoinError(e.KEYS_UNAVAILABLE, f"keys for join token {token.name} are not loaded yet")
+            raise JoinError(Reason.KEYS_UNAVAILABLE, f"keys for join token {token.name} are not loaded yet")
         try:
             identity = await verifier.verify(id_token)
         except VerificationError as exc:

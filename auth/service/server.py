@@ -18,11 +18,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from metrics import Metrics
+from verifier.errors import Reason
 
-from . import errors as e
 from .ca import CertificateAuthority
 from .config import Config, ConfigError
-from .errors import JoinError
+from .errors import STATUS, Code, JoinError, JoinReason
 from .join import JoinService
 from .keyring import Keyring
 from .tokens import JoinToken, file_stamp, load_tokens
@@ -103,16 +103,16 @@ class Service:
 SERVICE: Final = web.AppKey("service", Service)
 
 
-def _error(code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=e.STATUS[code], headers=headers)
+def _error(code: Code, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=STATUS[code], headers=headers)
 
 
 async def handle_join(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     remote = request.remote
     if service.in_flight >= service.config.limits.max_in_flight:
-        service.join.refuse(e.OVERLOADED, "too many joins in flight", remote)
-        return _error(e.OVERLOADED, "too many joins in flight; retry shortly", {"Retry-After": "1"})
+        service.join.refuse(JoinReason.OVERLOADED, "too many joins in flight", remote)
+        return _error(JoinReason.OVERLOADED, "too many joins in flight; retry shortly", {"Retry-After": "1"})
     service.in_flight += 1
     service.idle.clear()
     service.metrics.joins_in_flight.inc()
@@ -120,11 +120,11 @@ async def handle_join(request: web.Request) -> web.Response:
         body = await _read_body(request, service)
         return web.json_response(await service.join.join(body, remote))
     except JoinError as exc:
-        headers = {"Retry-After": "5"} if exc.code == e.KEYS_UNAVAILABLE else None
+        headers = {"Retry-After": "5"} if exc.code == Reason.KEYS_UNAVAILABLE else None
         return _error(exc.code, exc.message, headers)
     except Exception:  # counted and logged by the join service; the caller gets JSON, not a trace
         log.exception("join failed unexpectedly")
-        return _error(e.INTERNAL_ERROR, "internal error; the service log has the details")
+        return _error(JoinReason.INTERNAL_ERROR, "internal error; the service log has the details")
     finally:
         service.in_flight -= 1
         if not service.in_flight:
@@ -136,9 +136,9 @@ async def _read_body(request: web.Request, service: Service) -> object:
     """The request's JSON body; refusals before the join logic are counted as join attempts too."""
     refuse = service.join.refuse
     if request.content_type != "application/json":
-        raise refuse(e.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json", request.remote)
+        raise refuse(JoinReason.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json", request.remote)
     if (request.content_length or 0) > MAX_BODY:
-        raise refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote)
+        raise refuse(JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote)
     try:
         if request.content.is_eof():  # the whole body is here already: no timer needed
             raw = await request.read()
@@ -146,13 +146,13 @@ async def _read_body(request: web.Request, service: Service) -> object:
             async with asyncio.timeout(service.config.limits.request_timeout):
                 raw = await request.read()
     except TimeoutError:
-        raise refuse(e.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
+        raise refuse(JoinReason.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
     except web.HTTPRequestEntityTooLarge:
-        raise refuse(e.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote) from None
+        raise refuse(JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote) from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise refuse(e.BAD_REQUEST, "the body is not valid JSON", request.remote) from None
+        raise refuse(JoinReason.BAD_REQUEST, "the body is not valid JSON", request.remote) from None
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
