@@ -56,6 +56,9 @@ def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"cluster_name": "c", "tls": {"cert_file": "a"}}, "tls: cert_file and key_file go together"),
         ({"cluster_name": "c", "tls": {}}, "tls: give either"),
         ({"cluster_name": "c", "tls": {"dns_names": "kubejoin"}}, "tls.dns_names"),
+        ({"cluster_name": "c", "binding": {"mode": "poll"}}, "binding.mode: expected watch or off"),
+        ({"cluster_name": "c", "binding": {"nodes": "yes"}}, "binding.nodes: expected true or false"),
+        ({"cluster_name": "c", "binding": {"mode": "watch", "pods": True}}, "binding.pods: unknown key"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path: Path, document: object, message: str) -> None:
@@ -78,3 +81,13 @@ def test_serve_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"), [("", "off"), ("binding: {mode: off}", "off"), ("binding: {mode: watch}", "watch")]
+)
+def test_binding_mode_reads_yamls_unquoted_off(tmp_path: Path, text: str, mode: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"cluster_name: c\n{text}\n")
+    config = load_config(str(path))
+    assert (config.binding.mode, config.binding.nodes) == (mode, True)

@@ -221,6 +221,24 @@ def _infinite_exp(issuer: LocalIssuer, clock: Clock) -> str:
     return signing_input + "." + b64url(key.sign(signing_input.encode()))
 
 
+def _with_warnafter(values: dict[str, Any], warn_after: object) -> dict[str, Any]:
+    values["kubernetes.io"]["warnafter"] = warn_after
+    return values
+
+
+async def test_warnafter_is_decoded_into_the_identity(issuer: LocalIssuer, clock: Clock) -> None:
+    token = issuer.sign(_with_warnafter(claims(issuer, clock), int(clock.now) - 5))
+    identity = await verifier_for(issuer, clock).verify(token)
+    assert identity.warn_after == int(clock.now) - 5
+
+
+async def test_max_ttl_zero_means_no_lifetime_cap(issuer: LocalIssuer, clock: Clock) -> None:
+    year_long = issuer.sign(claims(issuer, clock, exp=int(clock.now) + 365 * 86400))
+    assert await refusal(verifier_for(issuer, clock), year_long) == "token_ttl_too_long"
+    identity = await verifier_for(issuer, clock, max_ttl=0).verify(year_long)
+    assert identity.expires_at - identity.issued_at > 364 * 86400
+
+
 def _path_in_namespace(issuer: LocalIssuer, clock: Clock) -> str:
     """Signed by a trusted issuer, but a namespace no API server allows: it would reach a SAN."""
     tampered = claims(issuer, clock, sub="system:serviceaccount:team-a/sa/admin:agent")
@@ -295,6 +313,9 @@ ATTACKS: list[tuple[str, str, Callable[[LocalIssuer, Clock], str]]] = [
     ),
     ("exp-as-string", "malformed_token", lambda i, c: i.sign(claims(i, c, exp=str(int(c.now) + 60)))),
     ("exp-as-bool", "malformed_token", lambda i, c: i.sign(claims(i, c, exp=True))),
+    # 400 digits: once an OverflowError and a 500 (float conversion of a huge int)
+    ("exp-400-digits", "malformed_token", lambda i, c: i.sign(claims(i, c, exp=10**400))),
+    ("warnafter-as-string", "malformed_token", lambda i, c: i.sign(_with_warnafter(claims(i, c), "soon"))),
     ("aud-not-strings", "malformed_token", lambda i, c: i.sign(claims(i, c, aud=[AUDIENCE, 7]))),
     (
         "pod-without-uid",

@@ -3,14 +3,13 @@ cluster, and says exactly why not. The only way to get claims out of a token is 
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
 
 from cachetools import LRUCache
 
+from .claims import INCOMPLETE, ObjectRef, decode_claims
 from .errors import Reason, VerificationError
 from .jose import HeaderMemo, parse_compact
 from .keys import VerifyingKey
@@ -19,15 +18,6 @@ from .sources import KeySource
 DEFAULT_LEEWAY: Final = 10.0
 DEFAULT_MAX_TTL: Final = 1800.0
 DEFAULT_CACHE_SIZE: Final = 16384
-_LEGACY_PREFIX: Final = "kubernetes.io/serviceaccount/"
-
-
-class ObjectRef(NamedTuple):
-    name: str
-    uid: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "uid": self.uid}
 
 
 class Identity(NamedTuple):
@@ -43,6 +33,7 @@ class Identity(NamedTuple):
     issued_at: int
     expires_at: int
     not_before: int | None
+    warn_after: int | None = None  # kubernetes.io.warnafter: kubelet should have rotated it by then
 
     @property
     def username(self) -> str:
@@ -68,51 +59,6 @@ def _short(value: object) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-_ABSENT: Final = object()
-
-
-def _number(claims: dict[str, Any], name: str, *, required: bool) -> int | None:
-    value = claims.get(name, _ABSENT)
-    if value is _ABSENT:
-        if required:
-            raise VerificationError(Reason.MISSING_CLAIM, f"claim {name!r} is required")
-        return None
-    # null is not absent; bool is an int to Python; 1e400 parses as infinity
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise VerificationError(Reason.MALFORMED_TOKEN, f"claim {name!r} must be a finite number of seconds")
-    return int(value)
-
-
-# Kubernetes object names, as the API server enforces them (DNS-1123 label for namespaces,
-# subdomain for the rest), and uids. A signed token with anything else comes from an issuer we
-# should not believe: these names end up in allow-rule matches and in certificate SANs.
-_NAMESPACE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-_UID: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
-
-
-def _ref(parent: dict[str, Any], field: str, path: str, code: Reason) -> ObjectRef:
-    value = parent.get(field)
-    name = value.get("name") if isinstance(value, dict) else None
-    uid = value.get("uid") if isinstance(value, dict) else None
-    if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
-        raise VerificationError(code, f"claim {path}.{field} must have a name and a uid")
-    if not _NAME.fullmatch(name) or not _UID.fullmatch(uid):
-        raise VerificationError(Reason.MALFORMED_TOKEN, f"claim {path}.{field} is not a Kubernetes name and uid")
-    return ObjectRef(name, uid)
-
-
-def _audiences(claims: dict[str, Any]) -> tuple[str, ...]:
-    aud = claims.get("aud")
-    if aud is None:
-        raise VerificationError(Reason.MISSING_CLAIM, "claim 'aud' is required")
-    if isinstance(aud, str):
-        return (aud,)
-    if isinstance(aud, list) and aud and all(isinstance(item, str) for item in aud):
-        return tuple(aud)
-    raise VerificationError(Reason.MALFORMED_TOKEN, "claim 'aud' must be a string or a list of strings")
-
-
 class Verifier:
     """Verifies tokens against one key source and one audience policy.
 
@@ -120,6 +66,9 @@ class Verifier:
     claims. A verified token is remembered (bounded LRU) so a repeated join costs a dictionary
     lookup; a remembered token is re-checked against the clock and is forgotten as soon as its key
     leaves the key set.
+
+    `max_ttl` caps exp - iat; 0 means no cap (kubelet's year-long tokens), which is only safe
+    together with a live binding check.
     """
 
     def __init__(
@@ -193,83 +142,67 @@ class Verifier:
         if iat > now + self._leeway:
             raise VerificationError(Reason.TOKEN_ISSUED_IN_FUTURE, f"token issued at {iat}, after now ({int(now)})")
 
-    def _check_claims(self, claims: dict[str, Any]) -> Identity:
-        binding = claims.get("kubernetes.io")
-        if binding is None and any(name.startswith(_LEGACY_PREFIX) for name in claims):
+    def _check_claims(self, raw: dict[str, Any]) -> Identity:
+        """Decodes the claims, then judges them in kube-apiserver's order of concern."""
+        claims = decode_claims(raw)
+        kube = claims.kubernetes
+        if kube is None and claims.legacy:
             raise VerificationError(
                 Reason.LEGACY_TOKEN, "legacy secret-based ServiceAccount token; use a projected (bound) token"
             )
-        iss = claims.get("iss")
-        if not isinstance(iss, str):
+        if claims.iss is None:
             raise VerificationError(Reason.MISSING_CLAIM, "claim 'iss' is required")
         expected = self.source.issuer
-        if expected is not None and iss != expected:
-            raise VerificationError(Reason.INVALID_ISSUER, f"expected issuer {expected!r}, got {_short(iss)}")
-        audiences = _audiences(claims)
-        if self._audiences.isdisjoint(audiences):
+        if expected is not None and claims.iss != expected:
+            raise VerificationError(Reason.INVALID_ISSUER, f"expected issuer {expected!r}, got {_short(claims.iss)}")
+        if claims.audiences is None:
+            raise VerificationError(Reason.MISSING_CLAIM, "claim 'aud' is required")
+        if self._audiences.isdisjoint(claims.audiences):
+            wanted = " or ".join(sorted(map(repr, self._audiences)))
             raise VerificationError(
-                Reason.INVALID_AUDIENCE,
-                f"expected audience {' or '.join(sorted(map(repr, self._audiences)))}, got {_short(list(audiences))}",
+                Reason.INVALID_AUDIENCE, f"expected audience {wanted}, got {_short(list(claims.audiences))}"
             )
-        exp = _number(claims, "exp", required=True)
-        iat = _number(claims, "iat", required=True)
-        nbf = _number(claims, "nbf", required=False)
-        assert exp is not None and iat is not None
-        self._check_times(exp, nbf, iat)
-        if exp - iat > self._max_ttl:
+        exp, iat = claims.exp, claims.iat
+        if exp is None or iat is None:
+            raise VerificationError(Reason.MISSING_CLAIM, f"claim {'exp' if exp is None else 'iat'!r} is required")
+        self._check_times(exp, claims.nbf, iat)
+        if self._max_ttl and exp - iat > self._max_ttl:
             raise VerificationError(
                 Reason.TOKEN_TTL_TOO_LONG,
                 f"token lifetime is {exp - iat} s; at most {self._max_ttl:g} s is accepted",
             )
-        return self._check_binding(claims, binding, iss, audiences, exp, iat, nbf)
-
-    def _check_binding(
-        self,
-        claims: dict[str, Any],
-        binding: object,
-        iss: str,
-        audiences: tuple[str, ...],
-        exp: int,
-        iat: int,
-        nbf: int | None,
-    ) -> Identity:
-        if not isinstance(binding, dict):
+        if kube is None:
             raise VerificationError(Reason.MISSING_CLAIM, "claim 'kubernetes.io' is required")
-        namespace = binding.get("namespace")
-        if not isinstance(namespace, str) or not namespace:
+        if kube.namespace is None:
             raise VerificationError(Reason.MISSING_CLAIM, "claim kubernetes.io.namespace is required")
-        if not _NAMESPACE.fullmatch(namespace):
+        if kube.service_account is None or kube.service_account is INCOMPLETE:
             raise VerificationError(
-                Reason.MALFORMED_TOKEN, "claim kubernetes.io.namespace is not a Kubernetes namespace"
+                Reason.MISSING_CLAIM, "claim kubernetes.io.serviceaccount must have a name and a uid"
             )
-        service_account = _ref(binding, "serviceaccount", "kubernetes.io", Reason.MISSING_CLAIM)
-        if "pod" not in binding:
-            bound_to = "a secret" if "secret" in binding else "no object"
+        if kube.pod is None:
+            bound_to = "a secret" if kube.secret else "no object"
             raise VerificationError(
                 Reason.NOT_POD_BOUND, f"token is bound to {bound_to}, not a pod; mount a projected token"
             )
-        pod = _ref(binding, "pod", "kubernetes.io", Reason.NOT_POD_BOUND)
-        node = _ref(binding, "node", "kubernetes.io", Reason.MISSING_CLAIM) if "node" in binding else None
-        expected_sub = f"system:serviceaccount:{namespace}:{service_account.name}"
-        sub = claims.get("sub")
-        if not isinstance(sub, str):
+        if kube.pod is INCOMPLETE:
+            raise VerificationError(Reason.NOT_POD_BOUND, "claim kubernetes.io.pod must have a name and a uid")
+        if kube.node is INCOMPLETE:
+            raise VerificationError(Reason.MISSING_CLAIM, "claim kubernetes.io.node must have a name and a uid")
+        expected_sub = f"system:serviceaccount:{kube.namespace}:{kube.service_account.name}"
+        if claims.sub is None:
             raise VerificationError(Reason.MISSING_CLAIM, "claim 'sub' is required")
-        if sub != expected_sub:
-            raise VerificationError(Reason.SUBJECT_MISMATCH, f"sub is {_short(sub)}, expected {expected_sub!r}")
-        jti = claims.get("jti", _ABSENT)
-        if jti is _ABSENT:
-            jti = None
-        elif not isinstance(jti, str):
-            raise VerificationError(Reason.MALFORMED_TOKEN, "claim 'jti' must be a string")
+        if claims.sub != expected_sub:
+            raise VerificationError(Reason.SUBJECT_MISMATCH, f"sub is {_short(claims.sub)}, expected {expected_sub!r}")
         return Identity(
-            namespace=namespace,
-            service_account=service_account,
-            pod=pod,
-            node=node,
-            issuer=iss,
-            audiences=audiences,
-            jti=jti,
+            namespace=kube.namespace,
+            service_account=kube.service_account,
+            pod=kube.pod,
+            node=kube.node,
+            issuer=claims.iss,
+            audiences=claims.audiences,
+            jti=claims.jti,
             issued_at=iat,
             expires_at=exp,
-            not_before=nbf,
+            not_before=claims.nbf,
+            warn_after=kube.warn_after,
         )

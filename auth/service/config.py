@@ -35,6 +35,15 @@ class InCluster:
 
 
 @dataclass(frozen=True)
+class Binding:
+    """Live binding: with mode "watch", tokens verified against this cluster's keys must also name
+    a service account, pod (and node) that exist with the token's uids (CONTRACT.md)."""
+
+    mode: str = "off"  # "off" or "watch"
+    nodes: bool = True
+
+
+@dataclass(frozen=True)
 class Limits:
     max_in_flight: int = 1024  # joins served at once; more get 429 with Retry-After
     request_timeout: float = 10.0  # a client must send its whole request within this
@@ -64,6 +73,7 @@ class Config:
     in_cluster: InCluster | None = None
     limits: Limits = Limits()
     tls: Tls | None = None
+    binding: Binding = Binding()
 
 
 def default_api_server() -> str:
@@ -151,6 +161,20 @@ def _tls(top: _Reader, base_dir: Path) -> Tls | None:
     return Tls(str(base_dir / cert) if cert else None, str(base_dir / key) if key else None, tuple(names))
 
 
+def _binding(top: _Reader) -> Binding:
+    reader = _Reader(top.get("binding", {}), "binding")
+    mode = reader.get("mode", "off")
+    if mode is False:  # YAML 1.1 reads an unquoted `off` as false
+        mode = "off"
+    if mode not in ("off", "watch"):
+        raise ConfigError(f"binding.mode: expected watch or off, got {mode!r}")
+    nodes = reader.get("nodes", True)
+    if not isinstance(nodes, bool):
+        raise ConfigError(f"binding.nodes: expected true or false, got {nodes!r}")
+    reader.finish()
+    return Binding(mode, nodes)
+
+
 def parse_config(document: object, base_dir: Path) -> Config:
     """Builds a Config from parsed YAML; relative file names are relative to base_dir."""
     top = _Reader(document, "")
@@ -194,6 +218,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
         verification=checks,
         in_cluster=in_cluster,
         limits=limits,
+        binding=_binding(top),
     )
     top.finish()
     return config

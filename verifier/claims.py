@@ -1,0 +1,153 @@
+"""Claims decoded into a typed shape, before any policy is applied.
+
+`decode_claims` only answers "what does the token say", refusing values of the wrong type or syntax
+(`malformed_token`); a claim that is simply absent decodes to None and the verifier's policy decides
+what its absence means. kube-apiserver reads tokens the same way (pkg/serviceaccount/claims.go):
+unmarshal into a typed private-claims struct first, then validate.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+from .errors import Reason, VerificationError
+
+# JSON numbers beyond int64 seconds are not times any issuer writes; refusing them early keeps
+# float conversion (OverflowError) and year-300000 datetimes out of every later step.
+_MAX_SECONDS: Final = 2**62
+LEGACY_PREFIX: Final = "kubernetes.io/serviceaccount/"
+
+# Kubernetes object names, as the API server enforces them (DNS-1123 label for namespaces,
+# subdomain for the rest), and uids. A signed token with anything else comes from an issuer we
+# should not believe: these names end up in allow-rule matches and in certificate SANs.
+NAMESPACE_SYNTAX: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+NAME_SYNTAX: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_UID_SYNTAX: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+class ObjectRef(NamedTuple):
+    """A Kubernetes object a token is bound to, by name and uid."""
+
+    name: str
+    uid: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "uid": self.uid}
+
+
+# A bound object claim that is present but lacks its name or uid.
+INCOMPLETE: Final = ObjectRef("", "")
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesClaim:
+    """The private `kubernetes.io` claim. Each object is None when absent, INCOMPLETE when
+    present without a name and uid."""
+
+    namespace: str | None
+    service_account: ObjectRef | None
+    pod: ObjectRef | None
+    node: ObjectRef | None
+    secret: bool
+    warn_after: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a token says, typed. None means the claim is absent."""
+
+    iss: str | None
+    sub: str | None
+    audiences: tuple[str, ...] | None
+    exp: int | None
+    iat: int | None
+    nbf: int | None
+    jti: str | None
+    kubernetes: KubernetesClaim | None
+    legacy: bool  # carries the `kubernetes.io/serviceaccount/*` claims of secret-based tokens
+
+
+def _malformed(message: str) -> VerificationError:
+    return VerificationError(Reason.MALFORMED_TOKEN, message)
+
+
+_ABSENT: Final = object()
+
+
+def _seconds(value: object, name: str) -> int | None:
+    if value is _ABSENT:
+        return None
+    # bool is an int to Python; 1e400 parses as infinity and a 400-digit int overflows float
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -_MAX_SECONDS < value < _MAX_SECONDS:
+        raise _malformed(f"claim {name!r} must be a finite number of seconds")
+    return int(value)
+
+
+def _string(value: object, name: str) -> str | None:
+    if value is _ABSENT:
+        return None
+    if not isinstance(value, str):
+        raise _malformed(f"claim {name!r} must be a string")
+    return value
+
+
+def _audiences(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise _malformed("claim 'aud' must be a string or a list of strings")
+
+
+def _object(parent: dict[str, Any], field: str) -> ObjectRef | None:
+    if field not in parent:
+        return None
+    value = parent[field]
+    name = value.get("name") if isinstance(value, dict) else None
+    uid = value.get("uid") if isinstance(value, dict) else None
+    if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
+        return INCOMPLETE
+    if not NAME_SYNTAX.fullmatch(name) or not _UID_SYNTAX.fullmatch(uid):
+        raise _malformed(f"claim kubernetes.io.{field} is not a Kubernetes name and uid")
+    return ObjectRef(name, uid)
+
+
+def _kubernetes(value: object) -> KubernetesClaim | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _malformed("claim 'kubernetes.io' must be an object")
+    namespace = value.get("namespace")
+    if namespace is not None and namespace != "":
+        if not isinstance(namespace, str) or not NAMESPACE_SYNTAX.fullmatch(namespace):
+            raise _malformed("claim kubernetes.io.namespace is not a namespace name")
+    else:
+        namespace = None
+    return KubernetesClaim(
+        namespace=namespace,
+        service_account=_object(value, "serviceaccount"),
+        pod=_object(value, "pod"),
+        node=_object(value, "node"),
+        secret="secret" in value,
+        warn_after=_seconds(value.get("warnafter", _ABSENT), "kubernetes.io.warnafter"),
+    )
+
+
+def decode_claims(claims: dict[str, Any]) -> Claims:
+    """The typed claims of a token whose signature has been checked. Raises VerificationError
+    (`malformed_token`) for a claim of the wrong type or syntax."""
+    return Claims(
+        iss=_string(claims.get("iss", _ABSENT), "iss"),
+        sub=_string(claims.get("sub", _ABSENT), "sub"),
+        audiences=_audiences(claims.get("aud")),
+        exp=_seconds(claims.get("exp", _ABSENT), "exp"),
+        iat=_seconds(claims.get("iat", _ABSENT), "iat"),
+        nbf=_seconds(claims.get("nbf", _ABSENT), "nbf"),
+        jti=_string(claims.get("jti", _ABSENT), "jti"),
+        kubernetes=_kubernetes(claims.get("kubernetes.io")),
+        legacy=any(name.startswith(LEGACY_PREFIX) for name in claims),
+    )
