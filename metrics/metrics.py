@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 # A join verifies a cached token in tens of microseconds and a fresh one with a certificate in a
@@ -59,9 +60,18 @@ class _CacheCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+    """The service's metrics. With `multiprocess_dir` (a worker of `kubejoin serve --workers N`,
+    whose PROMETHEUS_MULTIPROC_DIR names the same directory), values live in prometheus_client's
+    per-process files and `render` reports the sums over all workers: counters and histograms
+    summed (a dead worker's counts stay), gauges each with the mode that keeps its meaning."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, process: bool = True, multiprocess_dir: str | None = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._exposed = self.registry
+        self._shared: _SharedStats | None = None
         r = self.registry
         self.join_attempts = Counter(
             "kubejoin_join_attempts",
@@ -82,12 +92,19 @@ class Metrics:
         self.jwks_fetches = Counter(
             "kubejoin_jwks_fetches", "Key set fetches by issuer and result.", ["issuer", "result"], registry=r
         )
-        self.jwks_keys = Gauge("kubejoin_jwks_keys", "Usable signing keys held per issuer.", ["issuer"], registry=r)
+        self.jwks_keys = Gauge(
+            "kubejoin_jwks_keys",
+            "Usable signing keys held per issuer.",
+            ["issuer"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.jwks_last_success = Gauge(
             "kubejoin_jwks_last_success_timestamp_seconds",
             "When the keys of an issuer were last fetched successfully.",
             ["issuer"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.certificates_issued = Counter(
             "kubejoin_certificates_issued", "Certificates issued by role.", ["role"], registry=r
@@ -105,17 +122,29 @@ class Metrics:
             buckets=JOIN_BUCKETS,
             registry=r,
         )
-        self.join_tokens = Gauge("kubejoin_join_tokens", "Join tokens loaded.", registry=r)
+        self.join_tokens = Gauge("kubejoin_join_tokens", "Join tokens loaded.", registry=r, multiprocess_mode="livemax")
         self.config_reloads = Counter(
             "kubejoin_config_reloads", "Reloads of the join token file by result.", ["result"], registry=r
         )
-        self.joins_in_flight = Gauge("kubejoin_joins_in_flight", "Join requests being served now.", registry=r)
+        self.joins_in_flight = Gauge(
+            "kubejoin_joins_in_flight", "Join requests being served now.", registry=r, multiprocess_mode="livesum"
+        )
+        # With workers: 1 while any worker serves joins (each worker is a whole replica).
         self.ready = Gauge(
-            "kubejoin_ready", "1 while this replica serves joins (CA and join tokens loaded).", registry=r
+            "kubejoin_ready",
+            "1 while this replica serves joins (CA and join tokens loaded).",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
-        if process:
+        if multiprocess_dir is not None:
+            # Scrape-time collectors see only the process that answers the scrape; the values they
+            # would report are published into the shared files instead (see publish).
+            self._shared = _SharedStats(r)
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, multiprocess_dir)  # type: ignore[no-untyped-call]
+        elif process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
@@ -131,7 +160,16 @@ class Metrics:
         return found
 
     def watch_cache(self, read: Callable[[], CacheStats]) -> None:
-        self.registry.register(_CacheCollector(read))
+        if self._shared is not None:
+            self._shared.cache = read
+        else:
+            self.registry.register(_CacheCollector(read))
+
+    def publish(self) -> None:
+        """With workers: copies this process's verified-token cache statistics and resource use
+        into the shared files (the service calls it twice a second and before each scrape)."""
+        if self._shared is not None:
+            self._shared.publish()
 
     def tokens_loaded(self, names: Iterable[str]) -> None:
         """Creates each token's success series at 0, so rates and alerts work before any join."""
@@ -165,4 +203,51 @@ class Metrics:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the scraper asked for (OpenMetrics or text 0.0.4)."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        self.publish()
+        return encoder(self._exposed), content_type
+
+
+class _SharedStats:
+    """What the scrape-time collectors report in one process, kept in prometheus_client's
+    multiprocess files instead, so that any worker's /metrics reports the whole service."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.cache: Callable[[], CacheStats] | None = None
+        self._cache_requests = Counter(
+            "kubejoin_verified_token_cache_requests",
+            "Verified-token cache lookups by result.",
+            ["result"],
+            registry=r,
+        )
+        self._cache_entries = Gauge(
+            "kubejoin_verified_token_cache_entries",
+            "Tokens held in the verified-token cache.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._memory = Gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes, summed over the workers.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._cpu = Counter("process_cpu_seconds", "User and system CPU time in seconds, all workers.", registry=r)
+        self._own = ProcessCollector(registry=None)
+        self._published = CacheStats(0, 0, 0)
+        self._cpu_published = 0.0
+
+    def publish(self) -> None:
+        if self.cache is not None:
+            stats, last = self.cache(), self._published
+            # Retired key sources keep their counts, so these never go backwards.
+            self._cache_requests.labels("hit").inc(max(0, stats.hits - last.hits))
+            self._cache_requests.labels("miss").inc(max(0, stats.misses - last.misses))
+            self._cache_entries.set(stats.entries)
+            self._published = stats
+        for family in self._own.collect():
+            if family.name == "process_resident_memory_bytes" and family.samples:
+                self._memory.set(family.samples[0].value)
+            elif family.name == "process_cpu_seconds" and family.samples:
+                cpu = family.samples[0].value
+                self._cpu.inc(max(0.0, cpu - self._cpu_published))
+                self._cpu_published = cpu

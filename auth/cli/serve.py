@@ -1,5 +1,6 @@
-"""`kubejoin serve --config FILE`: runs until SIGTERM or SIGINT, then drains in-flight requests
-and exits 0."""
+"""`kubejoin serve --config FILE [--workers N|auto]`: runs until SIGTERM or SIGINT, then drains
+in-flight requests and exits 0. With more than one worker, this process supervises the workers
+(auth/cli/supervisor.py) and each worker runs `serve` on the sockets it inherits."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import datetime
 import logging
 import os
 import signal
+import socket
 import ssl
 import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from ..service.config import Config, ConfigError, load_config
+from ..service.config import Config, ConfigError, load_config, parse_workers
 from ..service.server import SERVICE, create_app, create_metrics_app
 from .common import EXIT_OK, EXIT_USAGE, say
 from .issuer import split_host_port
+from .supervisor import MULTIPROC_ENV, supervise
 
 SHUTDOWN_TIMEOUT = 30.0
 
@@ -28,36 +33,66 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser("serve", help="run the join service")
     parser.add_argument("--config", required=True, metavar="FILE")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="processes serving the same listeners (default: the config's `workers`, else 1; auto: one per CPU)",
+    )
+    # Internal: set by the supervisor for each worker it starts (the inherited listening sockets).
+    parser.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    parser.add_argument("--lifeline", help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
-async def serve(app: web.Application, config: Config, stop: asyncio.Event) -> None:
+async def serve(
+    app: web.Application, config: Config, stop: asyncio.Event, sockets: list[socket.socket] | None = None
+) -> None:
+    """Serves until `stop` is set. A worker passes the listening sockets it inherited (the join
+    listener, then the metrics listener if configured) and says nothing: its supervisor does."""
     listen, metrics_listen = config.listen, config.metrics_listen
     runner = web.AppRunner(
         app, shutdown_timeout=SHUTDOWN_TIMEOUT, keepalive_timeout=config.limits.idle_timeout, access_log=None
     )
     await runner.setup()
     runners = [runner]
+    quiet = sockets is not None
     try:
         host, port = split_host_port(listen)
         context = server_tls_context(config, app)
-        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context).start()
-        say(f"kubejoin serving joins on {'https' if context else 'http'}://{listen}")
-        if context is None and host not in ("127.0.0.1", "::1", "localhost"):
-            say("kubejoin: WARNING: joins are served without TLS; ServiceAccount tokens cross the network in clear")
+        site: web.BaseSite
+        if sockets is not None:
+            site = web.SockSite(runner, sockets[0], ssl_context=context)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
+        await site.start()
+        if not quiet:
+            say(f"kubejoin serving joins on {'https' if context else 'http'}://{listen}")
+            warn_if_clear(config)
         if metrics_listen:
             metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
             await metrics_runner.setup()
             runners.append(metrics_runner)
             host, port = split_host_port(metrics_listen)
-            await web.TCPSite(metrics_runner, host, port, reuse_address=True).start()
-            say(f"kubejoin serving metrics on {metrics_listen}")
+            if sockets is not None:
+                site = web.SockSite(metrics_runner, sockets[1])
+            else:
+                site = web.TCPSite(metrics_runner, host, port, reuse_address=True)
+            await site.start()
+            if not quiet:
+                say(f"kubejoin serving metrics on {metrics_listen}")
         await stop.wait()
-        say("kubejoin stopping: no new connections; draining requests in flight")
+        if not quiet:
+            say("kubejoin stopping: no new connections; draining requests in flight")
         await drain(app, runner)
     finally:
         for each in reversed(runners):
             await each.cleanup()
+
+
+def warn_if_clear(config: Config) -> None:
+    host, _ = split_host_port(config.listen)
+    if config.tls is None and host not in ("127.0.0.1", "::1", "localhost"):
+        say("kubejoin: WARNING: joins are served without TLS; ServiceAccount tokens cross the network in clear")
 
 
 SELF_ISSUED_LIFETIME = datetime.timedelta(days=365)
@@ -105,10 +140,39 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         say(f"kubejoin serve: {exc}")
         return EXIT_USAGE
+    if args.worker_fds:
+        return run_worker(config, [int(fd) for fd in args.worker_fds.split(",")], int(args.lifeline))
+    if args.workers is not None:
+        try:
+            config = replace(config, workers=parse_workers(args.workers, "--workers"))
+        except ConfigError as exc:
+            say(f"kubejoin serve: {exc}")
+            return EXIT_USAGE
+    if config.workers > 1:
+        return asyncio.run(supervise(args.config, config, args.log_level))
+    return run_server(config)
 
+
+def run_worker(config: Config, fds: list[int], lifeline: int) -> int:
+    """One worker started by the supervisor: serves the inherited sockets, and stops (draining)
+    at SIGTERM or when the supervisor is gone (`lifeline`, a pipe only it writes to, reads EOF)."""
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+
+    async def orphaned(stop: asyncio.Event) -> None:
+        asyncio.get_running_loop().add_reader(lifeline, stop.set)
+
+    return run_server(config, sockets, os.environ.get(MULTIPROC_ENV), orphaned)
+
+
+def run_server(
+    config: Config,
+    sockets: list[socket.socket] | None = None,
+    multiprocess_dir: str | None = None,
+    watchdog: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+) -> int:
     async def main() -> int:
         try:
-            app = create_app(config)
+            app = create_app(config, multiprocess_dir=multiprocess_dir)
         except (ConfigError, OSError) as exc:
             say(f"kubejoin serve: {exc}")
             return EXIT_USAGE
@@ -116,11 +180,15 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        watching = asyncio.ensure_future(watchdog(stop)) if watchdog is not None else None
         try:
-            await serve(app, config, stop)
+            await serve(app, config, stop, sockets)
         except (OSError, ssl.SSLError) as exc:
             say(f"kubejoin serve: cannot listen: {exc}")
             return EXIT_USAGE
+        finally:
+            if watching is not None:
+                watching.cancel()
         return EXIT_OK
 
     return asyncio.run(main())

@@ -14,6 +14,7 @@ import yaml
 from .durations import parse_duration
 
 DEFAULT_LISTEN: Final = "127.0.0.1:3025"
+MAX_WORKERS: Final = 256
 SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -74,6 +75,32 @@ class Config:
     limits: Limits = Limits()
     tls: Tls | None = None
     binding: Binding = Binding()
+    workers: int = 1  # processes serving the same listeners; `auto` resolved to usable CPUs
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity set, capped by a cgroup v2 CPU quota (a container's
+    `resources.limits.cpu`), which os.cpu_count() does not see."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as handle:
+            quota, period = handle.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def parse_workers(value: object, where: str = "workers") -> int:
+    """A worker count: an integer from 1 to MAX_WORKERS, or `auto` for one per usable CPU."""
+    if value == "auto":
+        return usable_cpus()
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{where}: expected auto or an integer from 1 to {MAX_WORKERS}, got {value!r}")
+    return value
 
 
 def default_api_server() -> str:
@@ -219,6 +246,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
         in_cluster=in_cluster,
         limits=limits,
         binding=_binding(top),
+        workers=parse_workers(top.get("workers", 1)),
     )
     top.finish()
     return config

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import io
 import json
 import logging
 import sys
@@ -13,13 +12,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
 from verifier import Identity, VerificationError
 from verifier.errors import Reason
 
+from .auditlog import UNVERIFIED_REFUSALS, JunkLimiter, WholeLineWriter
 from .ca import CertificateAuthority, PublicKeyError, WorkloadKey, parse_public_key
 from .errors import Code, JoinError, JoinReason
 from .keyring import Keyring
@@ -74,9 +74,9 @@ def _public_key(pem: str) -> WorkloadKey:
 
 def buffered_stdout() -> TextIO:
     """stdout with a buffer of its own, flushed by the service twice a second: one write(2) per
-    join line (as PYTHONUNBUFFERED=1 in containers would make it) costs more than the line."""
-    raw = io.FileIO(sys.stdout.fileno(), "w", closefd=False)
-    return io.TextIOWrapper(io.BufferedWriter(raw, 64 * 1024), encoding="utf-8", write_through=False)
+    join line (as PYTHONUNBUFFERED=1 in containers would make it) costs more than the line. Only
+    whole lines are written, so the workers sharing stdout never split one another's lines."""
+    return cast(TextIO, WholeLineWriter(sys.stdout.fileno()))
 
 
 def _rfc3339(moment: datetime.datetime) -> str:
@@ -107,6 +107,7 @@ class JoinService:
         self._audit = audit if audit is not None else buffered_stdout()
         self._audit_second = -1
         self._audit_time = ""
+        self._junk = JunkLimiter()
 
     async def join(self, body: object, remote: str | None) -> dict[str, Any]:
         """Answers one join request body, or raises JoinError. Counts and logs the attempt."""
@@ -141,17 +142,28 @@ class JoinService:
         finally:
             seconds = time.perf_counter() - started
             self.metrics.join_finished(token_label, reason, seconds)
-            record.update(
-                result="success" if reason == "ok" else "failure", reason=reason, duration_ms=round(seconds * 1000, 3)
-            )
-            self._write_audit(record)
+            if self._admit(reason):
+                record.update(
+                    result="success" if reason == "ok" else "failure",
+                    reason=reason,
+                    duration_ms=round(seconds * 1000, 3),
+                )
+                self._write_audit(record)
 
     def refuse(self, code: Code, message: str, remote: str | None) -> JoinError:
         """Counts and logs an attempt refused before its body could be read; returns the error."""
         self.metrics.join_finished(UNKNOWN_TOKEN, code, 0.0)
-        self._write_audit(
-            {"event": "join", "token": None, "result": "failure", "reason": code, "message": message, "remote": remote}
-        )
+        if self._admit(code):
+            self._write_audit(
+                {
+                    "event": "join",
+                    "token": None,
+                    "result": "failure",
+                    "reason": code,
+                    "message": message,
+                    "remote": remote,
+                }
+            )
         return JoinError(code, message)
 
     async def _join(self, request: JoinRequest, token: JoinToken | None, record: dict[str, Any]) -> dict[str, Any]:
@@ -232,17 +244,43 @@ class JoinService:
             "expires_at": _rfc3339(issued.not_after),
         }
 
-    def _write_audit(self, record: dict[str, Any]) -> None:
+    def _admit(self, reason: str) -> bool:
+        """Whether this attempt gets a full log line: always, unless it is one more unverified
+        refusal of a reason already logged in full a few times this second (auditlog.py)."""
         second = int(self._clock())
         if second != self._audit_second:  # formatting a time costs more than the rest of the line
+            self._summarize(second)
             self._audit_second, self._audit_time = second, _rfc3339(_utc(second))
+        return reason not in UNVERIFIED_REFUSALS or self._junk.admit(reason, second)
+
+    def _summarize(self, second: int) -> None:
+        summary = self._junk.summary(second)
+        if summary is not None:
+            when, counts = summary
+            self._write_line(
+                {
+                    "event": "join_refusals_suppressed",
+                    "time": _rfc3339(_utc(when)),
+                    "suppressed": counts,
+                    "total": sum(counts.values()),
+                    "message": f"refusals beyond the first {self._junk.per_second} per reason in this second",
+                }
+            )
+
+    def _write_audit(self, record: dict[str, Any]) -> None:
         record["time"] = self._audit_time
+        self._write_line(record)
+
+    def _write_line(self, record: dict[str, Any]) -> None:
         try:
             self._audit.write(_COMPACT_JSON.encode(record) + "\n")
         except (OSError, ValueError):  # a closed stdout must not fail joins
             log.warning("could not write the join log line")
 
-    def flush_audit(self) -> None:
+    def flush_audit(self, *, final: bool = False) -> None:
+        """Writes out buffered lines, and the summary of suppressed refusals once their second is
+        over (`final`: the service is stopping, the current second is over too)."""
+        self._summarize(int(self._clock()) + (1 if final else 0))
         with contextlib.suppress(OSError, ValueError):
             self._audit.flush()
 

@@ -201,10 +201,12 @@ def _observe(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
 
 
 async def _housekeeping(service: Service, interval: float) -> None:
-    """Re-reads a changed token file and flushes the join log (written without a flush per line)."""
+    """Re-reads a changed token file, flushes the join log (written without a flush per line) and
+    publishes this worker's scrape-time statistics for the others' /metrics."""
     while True:
         await asyncio.sleep(interval)
         service.join.flush_audit()
+        service.metrics.publish()
         try:
             await service.reload_tokens()
         except Exception:  # the watcher must outlive any one bad reload
@@ -218,9 +220,11 @@ def create_app(
     clock: Callable[[], float] = time.time,
     audit: TextIO | None = None,
     reload_interval: float = 0.5,
+    multiprocess_dir: str | None = None,
 ) -> web.Application:
-    """Builds the service. Raises ConfigError when the CA or the join tokens cannot be loaded."""
-    metrics = Metrics(registry)
+    """Builds the service. Raises ConfigError when the CA or the join tokens cannot be loaded.
+    `multiprocess_dir`: this is one of several workers sharing metrics through that directory."""
+    metrics = Metrics(registry, multiprocess_dir=multiprocess_dir)
     service = Service(config, metrics, clock, audit)
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_observe(metrics)])
     app[SERVICE] = service
@@ -241,7 +245,7 @@ def create_app(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        service.join.flush_audit()
+        service.join.flush_audit(final=True)
         await service.keyring.close()
 
     app.cleanup_ctx.append(lifecycle)
