@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     # Internal: set by the supervisor for each worker it starts (the inherited listening sockets).
     parser.add_argument("--worker-fds", help=argparse.SUPPRESS)
     parser.add_argument("--lifeline", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -141,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"kubejoin serve: {exc}")
         return EXIT_USAGE
     if args.worker_fds:
-        return run_worker(config, [int(fd) for fd in args.worker_fds.split(",")], int(args.lifeline))
+        fds = [int(fd) for fd in args.worker_fds.split(",")]
+        return run_worker(config, fds, int(args.lifeline), int(args.worker_index))
     if args.workers is not None:
         try:
             config = replace(config, workers=parse_workers(args.workers, "--workers"))
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     return run_server(config)
 
 
-def run_worker(config: Config, fds: list[int], lifeline: int) -> int:
+def run_worker(config: Config, fds: list[int], lifeline: int, index: int) -> int:
     """One worker started by the supervisor: serves the inherited sockets, and stops (draining)
     at SIGTERM or when the supervisor is gone (`lifeline`, a pipe only it writes to, reads EOF)."""
     sockets = [socket.socket(fileno=fd) for fd in fds]
@@ -161,7 +163,7 @@ def run_worker(config: Config, fds: list[int], lifeline: int) -> int:
     async def orphaned(stop: asyncio.Event) -> None:
         asyncio.get_running_loop().add_reader(lifeline, stop.set)
 
-    return run_server(config, sockets, os.environ.get(MULTIPROC_ENV), orphaned)
+    return run_server(config, sockets, os.environ.get(MULTIPROC_ENV), orphaned, index)
 
 
 def run_server(
@@ -169,10 +171,11 @@ def run_server(
     sockets: list[socket.socket] | None = None,
     multiprocess_dir: str | None = None,
     watchdog: Callable[[asyncio.Event], Awaitable[None]] | None = None,
+    worker: int | None = None,
 ) -> int:
     async def main() -> int:
         try:
-            app = create_app(config, multiprocess_dir=multiprocess_dir)
+            app = create_app(config, multiprocess_dir=multiprocess_dir, worker=worker)
         except (ConfigError, OSError) as exc:
             say(f"kubejoin serve: {exc}")
             return EXIT_USAGE

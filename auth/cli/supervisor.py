@@ -82,7 +82,10 @@ class Supervisor:
         """Keeps one worker running on `sockets` until the service stops; its last exit status."""
         loop = asyncio.get_running_loop()
         fds = [sock.fileno() for sock in sockets]
-        arguments = ["--worker-fds", ",".join(map(str, fds)), "--lifeline", str(self._lifeline)]
+        arguments = [
+            *("--worker-fds", ",".join(map(str, fds))),
+            *("--lifeline", str(self._lifeline), "--worker-index", str(index)),
+        ]
         while True:
             started = loop.time()
             process = await asyncio.create_subprocess_exec(

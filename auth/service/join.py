@@ -96,8 +96,10 @@ class JoinService:
         certificate_ttl: float,
         clock: Callable[[], float] = time.time,
         audit: TextIO | None = None,
+        worker: int | None = None,
     ) -> None:
         self.cluster_name = cluster_name
+        self.worker = worker  # with `serve --workers N`: this worker's slot, in every log line
         self.ca = ca
         self.keyring = keyring
         self._tokens = tokens
@@ -272,6 +274,8 @@ class JoinService:
         self._write_line(record)
 
     def _write_line(self, record: dict[str, Any]) -> None:
+        if self.worker is not None:
+            record["worker"] = self.worker
         try:
             self._audit.write(_COMPACT_JSON.encode(record) + "\n")
         except (OSError, ValueError):  # a closed stdout must not fail joins

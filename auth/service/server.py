@@ -55,7 +55,12 @@ class Service:
     """Everything one running kubejoin holds."""
 
     def __init__(
-        self, config: Config, metrics: Metrics, clock: Callable[[], float], audit: TextIO | None = None
+        self,
+        config: Config,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        audit: TextIO | None = None,
+        worker: int | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -71,6 +76,7 @@ class Service:
             certificate_ttl=config.certificate_ttl,
             clock=clock,
             audit=audit,
+            worker=worker,
         )
         self.in_flight = 0
         self.idle = asyncio.Event()  # set whenever no join is in flight
@@ -221,11 +227,12 @@ def create_app(
     audit: TextIO | None = None,
     reload_interval: float = 0.5,
     multiprocess_dir: str | None = None,
+    worker: int | None = None,
 ) -> web.Application:
     """Builds the service. Raises ConfigError when the CA or the join tokens cannot be loaded.
-    `multiprocess_dir`: this is one of several workers sharing metrics through that directory."""
+    `worker`: this is worker number `worker` of several, sharing metrics through `multiprocess_dir`."""
     metrics = Metrics(registry, multiprocess_dir=multiprocess_dir)
-    service = Service(config, metrics, clock, audit)
+    service = Service(config, metrics, clock, audit, worker)
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_observe(metrics)])
     app[SERVICE] = service
     app.router.add_post("/v1/join", handle_join)

@@ -1,0 +1,181 @@
+"""`kubejoin serve --workers 2`: one port served by two processes, metrics summed over them,
+SIGTERM draining every worker, a killed worker replaced. Real subprocesses on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from tests.service import CLUSTER, free_port, join_body, pod_token, token_doc, wait_until_ok, write_tokens
+
+WORKERS = 2
+
+
+class Served:
+    def __init__(self, process: asyncio.subprocess.Process, issuer: LocalIssuer, port: int, metrics_port: int) -> None:
+        self.process, self.issuer, self.port, self.metrics_port = process, issuer, port, metrics_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def workers(self) -> set[int]:
+        """The pids of the supervisor's children (its workers)."""
+        pid = self.process.pid
+        return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+    async def metric(self, line_prefix: str) -> float:
+        """The sum of the samples whose exposition line starts with line_prefix."""
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
+                text = await response.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix))
+
+    async def stop(self) -> tuple[int, list[dict[str, object]]]:
+        """SIGTERM; the exit status and the join log lines."""
+        self.process.send_signal(signal.SIGTERM)
+        assert self.process.stdout is not None
+        out = await asyncio.wait_for(self.process.stdout.read(), 60)
+        status = await asyncio.wait_for(self.process.wait(), 60)
+        return status, [json.loads(line) for line in out.splitlines()]
+
+
+@contextlib.asynccontextmanager
+async def serve_workers(tmp_path: Path) -> AsyncIterator[Served]:
+    issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer, allow=[{"service_account": "teleport-agent:app"}]))
+    port, metrics_port = free_port(), free_port()
+    (tmp_path / "config.yaml").write_text(
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\nmetrics_listen: 127.0.0.1:{metrics_port}\n"
+        "tokens_file: tokens.yaml\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml")),
+        *("--workers", str(WORKERS)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    served = Served(process, issuer, port, metrics_port)
+    try:
+        await wait_until_ok(served.url + "/readyz", process, "kubejoin serve --workers 2")
+        yield served
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def join(served: Served, body: dict[str, object]) -> int:
+    """One join over a connection of its own, so that the kernel may hand it to either worker."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(served.url + "/v1/join", json=body) as response:
+            await response.read()
+            return response.status
+
+
+async def test_metrics_sum_the_joins_of_every_worker(tmp_path: Path) -> None:
+    async with serve_workers(tmp_path) as served:
+        assert len(served.workers()) == WORKERS
+        valid = [join(served, join_body(pod_token(served.issuer))) for _ in range(40)]
+        refused = [join(served, join_body(pod_token(served.issuer), token_name="nope")) for _ in range(12)]
+        statuses = await asyncio.gather(*valid, *refused)
+        assert statuses == [200] * 40 + [403] * 12
+        attempts = "kubejoin_join_attempts_total{"
+        assert await served.metric(attempts + 'reason="ok",result="success",token="kubernetes-token"}') == 40
+        assert await served.metric(attempts + 'reason="join_token_not_found"') == 12
+        assert await served.metric('kubejoin_certificates_issued_total{role="App"}') == 40
+        assert await served.metric("kubejoin_join_duration_seconds_count") == 52
+        assert await served.metric("kubejoin_ready ") == 1
+        assert await served.metric("kubejoin_verified_token_cache_requests_total") == 40  # published, summed
+        assert await served.metric("process_resident_memory_bytes ") > 0
+        status, lines = await served.stop()
+    assert status == 0
+    joined = [line for line in lines if line["event"] == "join" and line["reason"] == "ok"]
+    assert len(joined) == 40
+    assert {line["worker"] for line in joined} == set(range(WORKERS))  # both served joins
+    # 12 refusals of one reason: logged in full up to 5 per worker and second, the rest summarized
+    refusals = [line for line in lines if line.get("reason") == "join_token_not_found"]
+    summaries = [line for line in lines if line["event"] == "join_refusals_suppressed"]
+    assert len(refusals) + sum(int(str(s["total"])) for s in summaries) == 12
+
+
+async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    async with serve_workers(tmp_path) as served:
+        body = json.dumps(join_body(pod_token(served.issuer))).encode()
+        head = b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        connections = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(16)]
+        for _, writer in connections:
+            writer.write(head + body[:10])
+            await writer.drain()
+        for _ in range(300):  # bounded: until every join is in flight (waiting for its body)
+            if await served.metric("kubejoin_joins_in_flight ") == len(connections):
+                break
+            await asyncio.sleep(0.1)
+        assert await served.metric("kubejoin_joins_in_flight ") == len(connections)
+        served.process.send_signal(signal.SIGTERM)
+        for _ in range(300):  # bounded: until every worker has stopped taking new joins
+            if await served.metric("kubejoin_ready ") == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await served.metric("kubejoin_ready ") == 0
+        assert served.process.returncode is None  # still draining
+        for _, writer in connections:
+            writer.write(body[10:])
+            await writer.drain()
+        for reader, writer in connections:
+            assert b" 200 " in await asyncio.wait_for(reader.readline(), 30)
+            writer.close()
+        assert served.process.stdout is not None
+        out = await asyncio.wait_for(served.process.stdout.read(), 60)
+        assert await asyncio.wait_for(served.process.wait(), 60) == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["reason"] for line in lines] == ["ok"] * len(connections)
+    assert {line["worker"] for line in lines} == set(range(WORKERS))  # both workers had joins to drain
+
+
+async def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+    async with serve_workers(tmp_path) as served:
+        assert await join(served, join_body(pod_token(served.issuer))) == 200
+        before = served.workers()
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(300):  # bounded: until the supervisor has started a replacement
+            now = served.workers()
+            if victim not in now and len(now) == WORKERS:
+                break
+            await asyncio.sleep(0.1)
+        assert victim not in served.workers() and len(served.workers()) == WORKERS
+        # every connection is served, whichever socket the kernel hands it to
+        statuses = await asyncio.gather(*(join(served, join_body(pod_token(served.issuer))) for _ in range(20)))
+        assert statuses == [200] * 20
+        # the dead worker's counts stay in the sums
+        assert await served.metric('kubejoin_join_attempts_total{reason="ok"') == 21
+        status, _ = await served.stop()
+        assert served.process.stderr is not None
+        stderr = (await served.process.stderr.read()).decode()
+    assert status == 0
+    assert f"(pid {victim}) exited with status -9; starting another" in stderr
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "from 1 to 256"), ("many", "expected auto")])
+async def test_bad_worker_count_is_a_usage_error(tmp_path: Path, value: str, message: str) -> None:
+    (tmp_path / "config.yaml").write_text(f"cluster_name: {CLUSTER}\ntokens_file: tokens.yaml\n")
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), "--workers", value),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert message in err.decode()
