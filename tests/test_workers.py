@@ -36,9 +36,9 @@ class Served:
 
     async def metric(self, line_prefix: str) -> float:
         """The sum of the samples whose exposition line starts with line_prefix."""
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
-                text = await response.text()
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            text = await response.text()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix))
 
     async def stop(self) -> tuple[int, list[dict[str, object]]]:
@@ -78,10 +78,12 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Served]:
 async def join(served: Served, body: dict[str, object]) -> int:
     """One join over a connection of its own, so that the kernel may hand it to either worker."""
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.post(served.url + "/v1/join", json=body) as response:
-            await response.read()
-            return response.status
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(served.url + "/v1/join", json=body) as response,
+    ):
+        await response.read()
+        return response.status
 
 
 async def test_metrics_sum_the_joins_of_every_worker(tmp_path: Path) -> None:
