@@ -141,7 +141,7 @@ class Metrics:
         if multiprocess_dir is not None:
             # Scrape-time collectors see only the process that answers the scrape; the values they
             # would report are published into the shared files instead (see publish).
-            self._shared = _SharedStats(r)
+            self._shared = _SharedStats(r, self.joins_in_flight)
             self._exposed = CollectorRegistry()
             MultiProcessCollector(self._exposed, multiprocess_dir)  # type: ignore[no-untyped-call]
         elif process:
@@ -164,6 +164,13 @@ class Metrics:
             self._shared.cache = read
         else:
             self.registry.register(_CacheCollector(read))
+
+    def watch_in_flight(self, read: Callable[[], int]) -> None:
+        """Reports joins in flight from `read` (no gauge update on the join path)."""
+        if self._shared is not None:
+            self._shared.in_flight = read
+        else:
+            self.joins_in_flight.set_function(read)
 
     def publish(self) -> None:
         """With workers: copies this process's verified-token cache statistics and resource use
@@ -211,8 +218,10 @@ class _SharedStats:
     """What the scrape-time collectors report in one process, kept in prometheus_client's
     multiprocess files instead, so that any worker's /metrics reports the whole service."""
 
-    def __init__(self, r: CollectorRegistry) -> None:
+    def __init__(self, r: CollectorRegistry, in_flight: Gauge) -> None:
         self.cache: Callable[[], CacheStats] | None = None
+        self.in_flight: Callable[[], int] | None = None
+        self._in_flight = in_flight
         self._cache_requests = Counter(
             "kubejoin_verified_token_cache_requests",
             "Verified-token cache lookups by result.",
@@ -237,6 +246,8 @@ class _SharedStats:
         self._cpu_published = 0.0
 
     def publish(self) -> None:
+        if self.in_flight is not None:
+            self._in_flight.set(self.in_flight())
         if self.cache is not None:
             stats, last = self.cache(), self._published
             # Retired key sources keep their counts, so these never go backwards.
