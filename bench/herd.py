@@ -67,6 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pods", type=int, default=10000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="kubejoin serve --workers N")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     kubejoin = [sys.executable, "-m", "auth"]
@@ -123,7 +124,16 @@ def main() -> int:
                 "--json",
             ]
             server = subprocess.Popen(
-                [*kubejoin, "serve", "--config", "config.yaml", "--log-level", "WARNING"],
+                [
+                    *kubejoin,
+                    "serve",
+                    "--config",
+                    "config.yaml",
+                    "--log-level",
+                    "WARNING",
+                    "--workers",
+                    str(args.workers),
+                ],
                 cwd=work,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -156,7 +166,8 @@ def main() -> int:
     else:
         latency = summary["latency_ms"]
         print(
-            f"{args.pods} pods over {args.seconds:g} s against a cold kubejoin: {summary['requests']} joins, "
+            f"{args.pods} pods over {args.seconds:g} s against a cold kubejoin ({args.workers} workers): "
+            f"{summary['requests']} joins, "
             f"{summary['achieved_rate']}/s; statuses {summary['by_status']}"
         )
         print("latency ms " + " ".join(f"{k} {v}" for k, v in latency.items()))

@@ -8,9 +8,11 @@ the same server settings, it measures:
   join, bad sig     kubejoin serve, a flood of tokens whose signature does not verify
   join, malformed   kubejoin serve, a flood of tokens that are not JWTs
   join, unknown kid kubejoin serve, a flood of tokens naming keys the issuer does not have
-and prints requests/s, latency percentiles and each ratio to the minimal endpoint.
+  join, valid, N workers  the valid case again with `kubejoin serve --workers N` (--workers 2)
+and prints requests/s, latency percentiles, each ratio to the minimal endpoint, the N-worker
+valid case's ratio to the one-process one, and the join log bytes written per request.
 
-    python bench/http.py [--duration 5] [--connections 32] [--tokens 15000] [--uvloop] [--json]
+    python bench/http.py [--duration 5] [--connections 32] [--tokens 15000] [--workers 2] [--uvloop] [--json]
 
 --uvloop runs both servers on uvloop's event loop (pip install uvloop), to see whether it pays.
 
@@ -106,6 +108,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=15000, help="unique valid tokens (more than are sent)")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the extra valid case; 0: skip it")
     parser.add_argument("--uvloop", action="store_true", help="run both servers on uvloop")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -164,19 +167,26 @@ def main() -> int:
             process.terminate()
             process.wait(30)
 
-        for case, name in (
-            ("valid", "join, unique valid tokens"),
-            ("bad_signature", "join, bad signature flood"),
-            ("malformed", "join, malformed flood"),
-            ("unknown_kid", "join, unknown kid flood"),
-        ):
+        cases = [
+            ("valid", "join, unique valid tokens", 1),
+            ("bad_signature", "join, bad signature flood", 1),
+            ("malformed", "join, malformed flood", 1),
+            ("unknown_kid", "join, unknown kid flood", 1),
+        ]
+        if args.workers > 1:
+            cases.append(("valid", f"join, valid, {args.workers} workers", args.workers))
+        for case, name, workers in cases:
             port = free_port()
             (work / "config.yaml").write_text(
                 f"cluster_name: {AUDIENCE}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n"
             )
             command = [*launcher, "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
+            if workers > 1:
+                command += ["--workers", str(workers)]
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work, env=env)
+            log = work / "join.log"
+            with log.open("wb") as stdout:
+                process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, cwd=work, env=env)
             try:
                 wait_ready(f"http://127.0.0.1:{port}/readyz", process)
                 row = {"case": name, **run_wrk(port, bodies[case], args)}
@@ -185,10 +195,11 @@ def main() -> int:
                 row["cache_hits"] = int(
                     metric(exposition, 'kubejoin_verified_token_cache_requests_total{result="hit"}')
                 )
-                results.append(row)
             finally:
                 process.terminate()
-                process.wait(30)
+                process.wait(60)
+            row["log_bytes_per_request"] = round(log.stat().st_size / max(1, row["requests"]), 1)
+            results.append(row)
 
     baseline = results[0]["rps"]
     for row in results:
@@ -201,13 +212,19 @@ def main() -> int:
         f"wrk -t1 -c{args.connections} -d{args.duration}s, one server process each on {loop}, "
         f"Python {sys.version.split()[0]}"
     )
-    print(f"{'case':30} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x minimal':>9}")
+    print(
+        f"{'case':30} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x minimal':>9} "
+        f"{'log B/req':>9}"
+    )
     for row in results:
         print(
             f"{row['case']:30} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} {row['p99_ms']:8.2f} "
-            f"{row['non_2xx']:8d} {row['ratio_to_minimal']:9.2f}"
+            f"{row['non_2xx']:8d} {row['ratio_to_minimal']:9.2f} {row.get('log_bytes_per_request', 0):9.1f}"
         )
     valid_row = next(r for r in results if r["case"].startswith("join, unique"))
+    workers_row = next((r for r in results if r["case"].endswith("workers")), None)
+    if workers_row is not None:
+        print(f"{workers_row['case']}: {workers_row['rps'] / valid_row['rps']:.2f} x one process")
     print(
         f"valid joins: {valid_row['certificates']} certificates issued, {valid_row['cache_hits']} cache hits "
         f"({len(valid)} unique tokens)"
