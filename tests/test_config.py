@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from auth.cli import main
+from auth.service import config as config_module
 from auth.service.config import ConfigError, load_config, parse_config
 
 
@@ -59,6 +61,9 @@ def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"cluster_name": "c", "binding": {"mode": "poll"}}, "binding.mode: expected watch or off"),
         ({"cluster_name": "c", "binding": {"nodes": "yes"}}, "binding.nodes: expected true or false"),
         ({"cluster_name": "c", "binding": {"mode": "watch", "pods": True}}, "binding.pods: unknown key"),
+        ({"cluster_name": "c", "workers": 0}, "workers: expected auto or an integer from 1 to 256"),
+        ({"cluster_name": "c", "workers": True}, "workers: expected auto"),
+        ({"cluster_name": "c", "workers": "all"}, "workers: expected auto"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path: Path, document: object, message: str) -> None:
@@ -91,3 +96,11 @@ def test_binding_mode_reads_yamls_unquoted_off(tmp_path: Path, text: str, mode: 
     path.write_text(f"cluster_name: c\n{text}\n")
     config = load_config(str(path))
     assert (config.binding.mode, config.binding.nodes) == (mode, True)
+
+
+def test_workers_auto_is_one_per_usable_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module, "usable_cpus", lambda: 3)
+    assert parse_config({"cluster_name": "c", "workers": "auto"}, tmp_path).workers == 3
+    assert parse_config({"cluster_name": "c", "workers": 4}, tmp_path).workers == 4
+    assert parse_config({"cluster_name": "c"}, tmp_path).workers == 1
+    assert 1 <= config_module.usable_cpus() <= (os.cpu_count() or 1)
