@@ -99,8 +99,8 @@ def test_binding_mode_reads_yamls_unquoted_off(tmp_path: Path, text: str, mode: 
 
 
 def test_workers_auto_is_one_per_usable_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert 1 <= config_module.usable_cpus() <= (os.cpu_count() or 1)
     monkeypatch.setattr(config_module, "usable_cpus", lambda: 3)
     assert parse_config({"cluster_name": "c", "workers": "auto"}, tmp_path).workers == 3
     assert parse_config({"cluster_name": "c", "workers": 4}, tmp_path).workers == 4
     assert parse_config({"cluster_name": "c"}, tmp_path).workers == 1
-    assert 1 <= config_module.usable_cpus() <= (os.cpu_count() or 1)
