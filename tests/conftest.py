@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import hypothesis
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -18,6 +20,11 @@ if not FIXTURES.is_dir():  # a checkout without shared/ beside it uses the copie
 KUBE_FIXTURES = FIXTURES / "kubernetes-apiserver"
 EKS_FIXTURES = FIXTURES / "eks-real"
 AUDIENCE = "kubejoin.example"
+
+# Differential tests (Hypothesis): in CI the same examples every run and no example database, so
+# a red build is reproducible from its log; locally new examples each run, failures remembered.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 
 class Clock:

@@ -53,8 +53,9 @@ def positive_integer(value: int) -> bytes:
 
 
 def _time(moment: datetime.datetime) -> bytes:
-    """UTCTime before 2050 and GeneralizedTime from then on (RFC 5280, 4.1.2.5)."""
-    m = moment.astimezone(datetime.UTC)
+    """UTCTime before 2050 and GeneralizedTime from then on (RFC 5280, 4.1.2.5). A naive datetime
+    is read as UTC, as CertificateBuilder reads it (astimezone would take it for local time)."""
+    m = moment.astimezone(datetime.UTC) if moment.tzinfo is not None else moment
     # f-strings rather than strftime, which costs three times as much on this path
     clock = f"{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}Z".encode("ascii")
     if 1950 <= m.year < 2050:
