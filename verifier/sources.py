@@ -297,10 +297,14 @@ def _string_field(document: dict[str, Any], name: str) -> str:
     return value
 
 
+def url_scheme_allowed(url: str, *, allow_http: bool) -> bool:
+    """The one scheme rule for issuers, key set URLs and API servers: https://, or http:// only
+    where the configuration explicitly allows it."""
+    return url.startswith("https://") or (allow_http and url.startswith("http://"))
+
+
 def check_url_scheme(url: str, *, allow_http: bool, what: str) -> None:
-    if url.startswith("https://"):
-        return
-    if url.startswith("http://") and allow_http:
+    if url_scheme_allowed(url, allow_http=allow_http):
         return
     raise KeySourceError(
         f"{what} {url!r} must be https://" + ("" if allow_http else " (http:// only with insecure_allow_http_issuer)")

@@ -1,4 +1,10 @@
-"""The workload side of a join: make a key, present the pod's token, write the certificate."""
+"""The workload side of a join: make a key, present the pod's token, write the certificate.
+
+The agent stands alone (an import-linter contract): it imports nothing from the service, so it
+keeps its own small copies of what the service has helpers for: reading the error shape
+`{"error": {"code", "message"}}` (auth.service.errors.error_body writes it) and writing the key
+file 0600 (here atomically by rename, since a renewal replaces the previous key).
+"""
 
 from __future__ import annotations
 

@@ -26,9 +26,5 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def error_json(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -12,6 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from ..devtools.issuer import IssuerKey, LocalIssuer
+from ..service.config import split_host_port
+from ..service.files import write_private_file
 from .common import EXIT_OK, EXIT_USAGE, duration_arg, emit_json, say
 
 
@@ -62,9 +64,7 @@ def load_or_create_key(path: str, kind: str) -> IssuerKey:
         with open(path, "rb") as handle:
             return IssuerKey.from_pem(handle.read())
     key = IssuerKey.generate(kind)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.private_pem())
+    write_private_file(path, key.private_pem())
     return key
 
 
@@ -98,13 +98,6 @@ def _jwks(args: argparse.Namespace) -> int:
 
     emit_json(json.loads(_issuer(args).jwks_document()))
     return EXIT_OK
-
-
-def split_host_port(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
 
 
 @_guard

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 
 from ..agent.client import Joined, JoinRefused, join_once
-from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, emit_json, error_json, say
+from ..service.errors import error_body
+from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, emit_json, say
 
 RETRY_MIN = 2.0
 RETRY_MAX = 60.0
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             joined = await _join(args)
         except JoinRefused as exc:
-            emit_json(error_json(exc.code, exc.message))
+            emit_json(error_body(exc.code, exc.message))
             say(f"join refused ({exc.code}): {exc.message}")
             return EXIT_REFUSED
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

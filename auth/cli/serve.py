@@ -20,10 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..service.config import Config, ConfigError, load_config, parse_workers
+from ..service.config import Config, ConfigError, load_config, parse_workers, split_host_port
+from ..service.files import write_private_file
 from ..service.server import SERVICE, create_app, create_metrics_app
 from .common import EXIT_OK, EXIT_USAGE, say
-from .issuer import split_host_port
 from .supervisor import MULTIPROC_ENV, supervise
 
 SHUTDOWN_TIMEOUT = 30.0
@@ -114,9 +114,7 @@ def server_tls_context(config: Config, app: web.Application) -> ssl.SSLContext |
         cert_path, key_path = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
         with open(cert_path, "wb") as handle:
             handle.write(chain)
-        descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(key)
+        write_private_file(key_path, key)
         context.load_cert_chain(cert_path, key_path)
     return context
 

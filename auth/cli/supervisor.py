@@ -26,10 +26,9 @@ import tempfile
 from prometheus_client import multiprocess
 
 from ..service.ca import CertificateAuthority
-from ..service.config import Config, ConfigError
+from ..service.config import Config, ConfigError, split_host_port
 from ..service.tokens import load_tokens
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, say
-from .issuer import split_host_port
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A worker's own drain is bounded by serve's SHUTDOWN_TIMEOUT (30 s); this is the backstop.

@@ -13,7 +13,8 @@ from verifier.jose import MAX_TOKEN_BYTES
 from verifier.sources import KeySource, RemoteKeySource
 from verifier.verify import DEFAULT_LEEWAY, DEFAULT_MAX_TTL
 
-from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, duration_arg, emit_json, error_json, say
+from ..service.errors import error_body
+from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, duration_arg, emit_json, say
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"kubejoin verify: cannot read the token: {exc}")
         return EXIT_USAGE
     except VerificationError as exc:
-        emit_json(error_json(exc.code, exc.message))
+        emit_json(error_body(exc.code, exc.message))
         if exc.code == Reason.KEYS_UNAVAILABLE:
             say(f"kubejoin verify: could not get keys: {exc.message}")
             return EXIT_USAGE

@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .config import ConfigError
 from .der import WorkloadCertificates, pem_certificate, random_serial, spki_der
+from .files import write_private_file
 
 CA_LIFETIME: Final = datetime.timedelta(days=3650)
 BACKDATE: Final = datetime.timedelta(minutes=1)  # tolerate clients whose clocks run a little behind
@@ -149,9 +150,7 @@ class CertificateAuthority:
         key_pem = self._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(key_pem)
+        write_private_file(key_file, key_pem)
         with open(cert_file, "w", encoding="ascii") as handle:
             handle.write(self.certificate_pem)
 

@@ -11,6 +11,8 @@ from typing import Any, Final
 
 import yaml
 
+from verifier.sources import url_scheme_allowed
+
 from .durations import parse_duration
 
 DEFAULT_LISTEN: Final = "127.0.0.1:3025"
@@ -162,13 +164,22 @@ class _Reader:
             raise ConfigError(f"{self.where(unknown[0])}: unknown key")
 
 
+def split_host_port(listen: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host without brackets, port); ValueError if not."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
 def _host_port(reader: _Reader, key: str, default: str | None) -> str | None:
     value = reader.string(key, default)
     if value is None:
         return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{reader.where(key)}: expected HOST:PORT, got {value!r}")
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise ConfigError(f"{reader.where(key)}: {exc}") from None
     return str(value)
 
 
@@ -223,7 +234,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
         ca_file=cluster.string("ca_file", f"{SERVICE_ACCOUNT_DIR}/ca.crt"),
         token_file=cluster.string("token_file", f"{SERVICE_ACCOUNT_DIR}/token"),
     )
-    if not in_cluster.api_server.startswith("https://"):
+    if not url_scheme_allowed(in_cluster.api_server, allow_http=False):
         raise ConfigError(f"in_cluster.api_server: must be https://, got {in_cluster.api_server!r}")
     cluster.finish()
     limits_reader = _Reader(top.get("limits", {}), "limits")

@@ -48,6 +48,12 @@ STATUS: Final[dict[Code, int]] = {
 JOIN_REASONS: Final = tuple(STATUS)
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The one shape of every refusal (CONTRACT.md), over HTTP and from the command line:
+    `{"error": {"code": REASON, "message": TEXT}}`."""
+    return {"error": {"code": code, "message": message}}
+
+
 class JoinError(Exception):
     """A join refused for `code`; `message` helps the caller and never echoes a secret."""
 

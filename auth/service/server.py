@@ -22,7 +22,7 @@ from verifier.errors import Reason
 
 from .ca import CertificateAuthority
 from .config import Config, ConfigError
-from .errors import STATUS, Code, JoinError, JoinReason
+from .errors import STATUS, Code, JoinError, JoinReason, error_body
 from .join import JoinService
 from .keyring import Keyring
 from .tokens import JoinToken, file_stamp, load_tokens
@@ -115,7 +115,7 @@ JOIN_ROUTE: Final = "/v1/join"
 
 
 def _error(code: Code, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = _COMPACT_JSON.encode({"error": {"code": code, "message": message}}).encode()
+    body = _COMPACT_JSON.encode(error_body(code, message)).encode()
     return web.Response(body=body, status=STATUS[code], headers=headers, content_type="application/json")
 
 

@@ -15,6 +15,8 @@ from typing import Any, Final
 import yaml
 
 from verifier import KeySourceError, parse_jwks
+from verifier.claims import NAME_SYNTAX, NAMESPACE_SYNTAX
+from verifier.sources import url_scheme_allowed
 
 from .config import ConfigError, load_yaml
 
@@ -52,8 +54,6 @@ _SPEC_KEYS: Final = frozenset(
     }
 )
 _METADATA_KEYS: Final = frozenset({"name", "expires", "labels", "description", "revision", "namespace"})
-_NAMESPACE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_ACCOUNT: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _NAMESPACE_GLOB: Final = re.compile(r"[-a-z0-9*?]{1,63}")
 _ACCOUNT_GLOB: Final = re.compile(r"[-a-z0-9.*?]{1,253}")
 
@@ -176,7 +176,7 @@ def _allow_rule(value: object, path: str) -> AllowRule:
             )
         account = _text(rule["service_account"], f"{path}.service_account")
         namespace, sep, name = account.partition(":")
-        if not sep or ":" in name or not _NAMESPACE.fullmatch(namespace) or not _ACCOUNT.fullmatch(name):
+        if not sep or ":" in name or not NAMESPACE_SYNTAX.fullmatch(namespace) or not NAME_SYNTAX.fullmatch(name):
             raise TokenError(f"{path}.service_account", f'expected "namespace:name", got {account!r}')
         return AllowRule(namespace, name)
     if "service_account_namespace" not in rule or "service_account_name" not in rule:
@@ -192,7 +192,7 @@ def _allow_rule(value: object, path: str) -> AllowRule:
 
 def _issuer_url(value: object, path: str, *, allow_http: bool) -> str:
     url = _text(value, path)
-    if url.startswith("https://") or (allow_http and url.startswith("http://")):
+    if url_scheme_allowed(url, allow_http=allow_http):
         return url
     raise TokenError(path, f"expected an https:// URL (http:// only with insecure_allow_http_issuer), got {url!r}")
 
