@@ -35,6 +35,8 @@ UNKNOWN_TOKEN: Final = "unknown"
 
 @dataclass(frozen=True)
 class CacheStats:
+    """Verified-token cache counts at one moment, read when Prometheus scrapes."""
+
     hits: int
     misses: int
     entries: int
@@ -60,8 +62,13 @@ class _CacheCollector(Collector):
 
 
 class Metrics:
-    """The service's metrics. With `multiprocess_dir` (a worker of `kubejoin serve --workers N`,
-    whose PROMETHEUS_MULTIPROC_DIR names the same directory), values live in prometheus_client's
+    """Every metric kubejoin exports, on its own CollectorRegistry rather than the global one, so
+    two services in one process (and one test after another) never share counters. Label values
+    are bounded by construction and known series are created at 0, so dashboards and alerts see
+    them before the first event.
+
+    With `multiprocess_dir` (a worker of `kubejoin serve --workers N`, whose
+    PROMETHEUS_MULTIPROC_DIR names the same directory), values live in prometheus_client's
     per-process files and `render` reports the sums over all workers: counters and histograms
     summed (a dead worker's counts stay), gauges each with the mode that keeps its meaning."""
 

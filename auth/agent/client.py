@@ -22,6 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 
 class JoinRefused(Exception):
+    """The server refused the join: its reason code, message and HTTP status, so `kubejoin join`
+    can print the code and a caller can branch on it."""
+
     def __init__(self, code: str, message: str, status: int) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -31,6 +34,9 @@ class JoinRefused(Exception):
 
 @dataclass(frozen=True)
 class Joined:
+    """A successful join: the host id and role the certificate carries, when it expires (the
+    renewal loop schedules the next join from it), and the server's whole answer."""
+
     host_id: str
     role: str
     expires_at: datetime.datetime

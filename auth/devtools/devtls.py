@@ -19,6 +19,9 @@ from ..service.files import write_private_file
 
 @dataclass
 class LoopbackTLS:
+    """Files of a throwaway CA and a certificate for 127.0.0.1 and localhost, so the demo and the
+    tests speak real TLS to a local API server or issuer without any setup."""
+
     ca_file: Path
     cert_file: Path
     key_file: Path

@@ -125,7 +125,9 @@ def sign_token(key: IssuerKey, header: dict[str, Any], claims: dict[str, Any]) -
 
 
 class LocalIssuer:
-    """Keys, documents and token minting of one fake cluster issuer."""
+    """A fake cluster issuer: its keys, discovery document and JWKS served like kube-apiserver
+    serves them, and bound tokens minted like kube-apiserver mints them. Tests, the demo and load
+    tests use it instead of a cluster; failure injection (status, hang) drives the outage tests."""
 
     def __init__(self, issuer: str, keys: list[IssuerKey] | None = None) -> None:
         self.issuer = issuer

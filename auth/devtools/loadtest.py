@@ -31,6 +31,9 @@ LAG_WARNING = 0.005  # requests sent this late mean the generator, not the serve
 
 @dataclass
 class Outcome:
+    """One request of a load test, timed from when it was due (open loop), so that a slow server
+    shows as latency instead of silently lowering the request rate."""
+
     due: float  # seconds since start when the request was due
     latency: float  # from due to answer
     lag: float  # from due to sent
@@ -40,6 +43,9 @@ class Outcome:
 
 @dataclass
 class Report:
+    """All outcomes of one load test run and the summary (rate achieved, latency percentiles,
+    statuses and reasons) that `kubejoin loadtest` prints."""
+
     rate: float
     duration: float
     outcomes: list[Outcome] = field(default_factory=list)

@@ -26,12 +26,18 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Verification:
+    """Token checks beyond the signature: clock leeway for exp/nbf/iat and the longest token
+    lifetime (exp - iat) accepted, in seconds."""
+
     leeway: float = 10.0
     max_token_ttl: float = 1800.0
 
 
 @dataclass(frozen=True)
 class InCluster:
+    """Where the `in_cluster` key source reads discovery and the JWKS: the API server, its CA and
+    the pod's own token (re-read on every fetch, since kubelet rotates it)."""
+
     api_server: str
     ca_file: str
     token_file: str
@@ -48,6 +54,8 @@ class Binding:
 
 @dataclass(frozen=True)
 class Limits:
+    """Bounds that keep one replica answering under overload and against slow or silent clients."""
+
     max_in_flight: int = 1024  # joins served at once; more get 429 with Retry-After
     request_timeout: float = 10.0  # a client must send its whole request within this
     idle_timeout: float = 15.0  # an idle or silent connection is closed after this
@@ -65,6 +73,9 @@ class Tls:
 
 @dataclass(frozen=True)
 class Config:
+    """The validated service configuration; file names are absolute (resolved against the config
+    file's directory), durations are seconds."""
+
     cluster_name: str
     tokens_file: str
     ca_cert_file: str

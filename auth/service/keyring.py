@@ -29,6 +29,11 @@ def source_key(token: JoinToken) -> SourceKey:
 
 
 class Keyring:
+    """The verifiers of the join tokens in force, one per key source: tokens naming the same
+    source share one verifier, so a cluster's keys are fetched and cached once however many tokens
+    trust it. On a token reload, sources still named are kept (with their warm caches) and the
+    others are handed back to be closed."""
+
     def __init__(self, config: Config, metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._metrics = metrics

@@ -52,7 +52,9 @@ class TokenStore:
 
 
 class Service:
-    """Everything one running kubejoin holds."""
+    """Everything one running kubejoin holds: config, metrics, join tokens, CA, keyring and the
+    join service, plus the in-flight count that overload refusals and graceful shutdown read.
+    Built by create_app and stored under an AppKey: no module-level state."""
 
     def __init__(
         self,

@@ -96,6 +96,9 @@ def _glob_regex(namespace: str, name: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class KubernetesRules:
+    """The `spec.kubernetes` block of a join token: which key source verifies the ServiceAccount
+    token, and which service accounts may join."""
+
     type: str
     allow: tuple[AllowRule, ...]
     static_jwks: str | None = None
@@ -106,6 +109,9 @@ class KubernetesRules:
 
 @dataclass(frozen=True)
 class JoinToken:
+    """One Teleport `kind: token, version: v2` join token, validated; only `join_method:
+    kubernetes` tokens carry rules (others load, and their joins are refused as wrong_join_method)."""
+
     name: str
     roles: tuple[str, ...]
     join_method: str
