@@ -22,7 +22,6 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -214,11 +213,10 @@ class Metrics:
         if ok:
             self.jwks_last_success.labels(issuer).set(when)
 
-    def render(self, accept: str | None) -> tuple[bytes, str]:
-        """The exposition in the format the scraper asked for (OpenMetrics or text 0.0.4)."""
-        encoder, content_type = choose_encoder(accept or "")
-        self.publish()
-        return encoder(self._exposed), content_type
+    @property
+    def exposed(self) -> CollectorRegistry:
+        """The registry a scrape reads: this process's, or with workers the sums over all."""
+        return self._exposed
 
 
 class _SharedStats:

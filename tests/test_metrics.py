@@ -155,6 +155,14 @@ async def test_openmetrics_when_asked(client: Client) -> None:
     assert "process_resident_memory_bytes" in await plain.text()
 
 
+async def test_gzip_when_asked(client: Client) -> None:
+    compressed = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert compressed.headers["Content-Encoding"] == "gzip"
+    assert "kubejoin_join_attempts_total" in await compressed.text()
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+
+
 async def test_metrics_on_their_own_listener(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> None:
     from auth.service.server import create_metrics_app
 

@@ -16,6 +16,7 @@ from typing import Final, TextIO
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from metrics import Metrics
 from verifier.errors import Reason
@@ -193,10 +194,15 @@ async def handle_readyz(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle_metrics(request: web.Request) -> web.Response:
-        body, content_type = metrics.render(request.headers.get("Accept"))
-        return web.Response(body=body, headers={"Content-Type": content_type})
+def metrics_handler(metrics: Metrics) -> Handler:
+    """prometheus_client's own handler: it picks OpenMetrics or text 0.0.4 from Accept with the
+    library's encoder choice, and gzips when the scraper sends Accept-Encoding (Prometheus does).
+    With workers, this worker publishes its scrape-time statistics first, so the sums are current."""
+    scrape = make_aiohttp_handler(metrics.exposed)
+
+    async def handle_metrics(request: web.Request) -> web.StreamResponse:
+        metrics.publish()
+        return await scrape(request)
 
     return handle_metrics
 
