@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SCAN_STAMP := .venv-scan/.installed-stamp
 
-.PHONY: demo test lint install clean scan wheel-check
+.PHONY: demo test quick lint install clean scan wheel-check
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kubejoin needs Python 3.11 or newer; set PYTHON=...")'
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the bench smoke tests (marked slow), for the edit-test loop. CI runs `make test`.
+quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,41 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], what: str = "condition", within: float = 10.0
+) -> None:
+    """Returns as soon as condition() holds; fails after `within` seconds. For states that
+    signal nothing one could await (another task's counter, another process's metrics), so they
+    are checked every 10 ms instead of sleeping a guessed time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = condition()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"{what}: not reached within {within} s")
+        await asyncio.sleep(0.01)
+
+
+async def metric_value(base: str, name: str) -> float | None:
+    """One unlabelled sample from a running kubejoin's /metrics."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+async def read_line_containing(stream: asyncio.StreamReader, text: bytes, within: float = 10.0) -> bytes:
+    """Reads a process's output until a line containing text (for at most `within` seconds)."""
+    async with asyncio.timeout(within):
+        while line := await stream.readline():
+            if text in line:
+                return line
+    raise AssertionError(f"the output ended without a line containing {text!r}")
 
 
 async def wait_until_ok(url: str, process: asyncio.subprocess.Process, what: str) -> None:

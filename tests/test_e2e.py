@@ -23,7 +23,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
-from tests.service import CLUSTER, free_port, token_doc, wait_until_ok, write_tokens
+from tests.service import (
+    CLUSTER,
+    free_port,
+    metric_value,
+    read_line_containing,
+    token_doc,
+    wait_for,
+    wait_until_ok,
+    write_tokens,
+)
 from tests.test_tokens import SEED
 
 
@@ -151,9 +160,14 @@ async def test_sigterm_drains_the_request_in_flight(cluster: Cluster) -> None:
         b"Content-Length: %d\r\n\r\n" % len(body) + body[:10]
     )
     await writer.drain()
-    await asyncio.sleep(0.3)  # the handler is now waiting for the rest of the body
+
+    async def body_awaited() -> bool:
+        return await metric_value(cluster.base, "kubejoin_joins_in_flight") == 1
+
+    await wait_for(body_awaited, "the handler waits for the rest of the body")
     cluster.process.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    assert cluster.process.stderr is not None
+    await read_line_containing(cluster.process.stderr, b"kubejoin stopping")
     assert cluster.process.returncode is None  # still draining
     writer.write(body[10:])
     await writer.drain()

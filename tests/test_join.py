@@ -19,7 +19,17 @@ from prometheus_client import CollectorRegistry
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
 from tests.conftest import ServeIssuer
-from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, public_key_pem, token_doc, write_tokens
+from tests.service import (
+    CLUSTER,
+    AuditLog,
+    join_body,
+    make_config,
+    pod_token,
+    public_key_pem,
+    token_doc,
+    wait_for,
+    write_tokens,
+)
 
 Client = TestClient[web.Request, web.Application]
 StartService = Callable[..., Awaitable[Client]]
@@ -251,25 +261,17 @@ async def _hold_open(client: Client, body_length: int = 1000) -> tuple[asyncio.S
     return reader, writer
 
 
-async def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
-
-
 async def test_too_many_in_flight_is_429(start_service: StartService, issuer: LocalIssuer) -> None:
     client = await start_service(token_doc(issuer=issuer), limits={"max_in_flight": 1})
     service = client.app[SERVICE]
     _, writer = await _hold_open(client)
-    await _wait_for(lambda: service.in_flight == 1)
+    await wait_for(lambda: service.in_flight == 1)
     response = await client.post("/v1/join", json=join_body(pod_token(issuer)))
     assert response.status == 429
     assert response.headers["Retry-After"] == "1"
     assert (await response.json())["error"]["code"] == "overloaded"
     writer.close()
-    await _wait_for(lambda: service.in_flight == 0)
+    await wait_for(lambda: service.in_flight == 0)
     assert (await client.post("/v1/join", json=join_body(pod_token(issuer)))).status == 200
 
 
@@ -294,13 +296,13 @@ async def test_hot_reload_and_broken_edit(start_service: StartService, issuer: L
     service = client.app[SERVICE]
     tokens_file = tmp_path / "tokens.yaml"
     write_tokens(tokens_file, token_doc(issuer=issuer), token_doc("db-token", issuer=issuer, roles=["Db"]))
-    await _wait_for(lambda: "db-token" in service.tokens.tokens)
+    await wait_for(lambda: "db-token" in service.tokens.tokens)
     assert (
         await client.post("/v1/join", json=join_body(pod_token(issuer), token_name="db-token", role="Db"))
     ).status == 200
 
     tokens_file.write_text(tokens_file.read_text().replace("Db", "Auth"))  # a typo an operator could make
-    await _wait_for(lambda: bool(service.tokens.last_error))
+    await wait_for(lambda: bool(service.tokens.last_error))
     assert "spec.roles[0]" in service.tokens.last_error
     # nothing lost: the last good tokens still work
     assert (
@@ -321,9 +323,9 @@ async def test_reload_closes_sources_no_token_uses(
     assert (await client.post("/v1/join", json=join_body(pod_token(live)))).status == 200
     source = service.keyring.verifier_for("kubernetes-token").source  # type: ignore[union-attr]
     write_tokens(tmp_path / "tokens.yaml", token_doc("other", issuer=live))
-    await _wait_for(lambda: service.keyring.verifier_for("kubernetes-token") is None)
+    await wait_for(lambda: service.keyring.verifier_for("kubernetes-token") is None)
     # the source no token names any more is closed right after the swap: its refresher stops
-    await _wait_for(lambda: source._refresher is None)  # type: ignore[attr-defined]
+    await wait_for(lambda: source._refresher is None)  # type: ignore[attr-defined]
 
 
 async def test_unexpected_failure_is_a_json_500_and_counted(

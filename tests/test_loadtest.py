@@ -111,6 +111,7 @@ def test_plot_draws_a_png(tmp_path: Path) -> None:
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 async def test_bench_verify_runs() -> None:
     code, out, err = await run(sys.executable, "bench/verify.py", "--tokens", "20", "--rounds", "1", "--json")
     assert code == 0, err
@@ -120,6 +121,7 @@ async def test_bench_verify_runs() -> None:
     assert all("ratio_to_raw" in row for row in rows if "error" not in row)
 
 
+@pytest.mark.slow
 async def test_bench_http_runs() -> None:
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
@@ -135,12 +137,14 @@ async def test_bench_http_runs() -> None:
     assert rows["join, malformed flood"]["non_2xx"] == rows["join, malformed flood"]["requests"]
 
 
+@pytest.mark.slow
 async def test_bench_breakdown_runs() -> None:
     code, out, err = await run(sys.executable, "bench/breakdown.py", "--tokens", "20", "--rounds", "1")
     assert code == 0, err
     assert "whole join logic" in out and "signature (key.verify)" in out
 
 
+@pytest.mark.slow
 async def test_bench_herd_and_memory_run() -> None:
     code, out, err = await run(sys.executable, "bench/herd.py", "--pods", "60", "--seconds", "1", "--json")
     assert code == 0, err

@@ -13,6 +13,7 @@ from aiohttp import web
 from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
 from tests.conftest import AUDIENCE, Clock, ServeIssuer
+from tests.service import wait_for
 from verifier import InClusterKeySource, KeySourceError, OIDCKeySource, VerificationError, Verifier
 from verifier.sources import max_age_of
 
@@ -204,10 +205,7 @@ async def test_background_refresh_runs_without_any_join(serve_issuer: ServeIssue
     issuer = await serve_issuer()
     source = OIDCKeySource(issuer.issuer, allow_http=True, min_ttl=0.02, max_ttl=0.02)
     source.start()
-    for _ in range(200):  # bounded: at most 10 s
-        if source.fetch_count >= 3:
-            break
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: source.fetch_count >= 3, "three background refreshes")
     await source.close()
     assert source.fetch_count >= 3
     assert source.key_count == 2
