@@ -140,13 +140,13 @@ def pyjwt_case(issuer: LocalIssuer, tokens: list[str]) -> Callable[[], None]:
 
     public = issuer.signing_key.private_key.public_key()
     alg = issuer.signing_key.alg
-    options = {"require": ["exp", "iat", "iss", "aud", "sub"]}
+    options: dict[str, Any] = {"require": ["exp", "iat", "iss", "aud", "sub"]}
 
     def run() -> None:
         for token in tokens:
             claims = jwt.decode(
                 token, public, algorithms=[alg], audience=AUDIENCE, issuer=ISSUER, leeway=LEEWAY, options=options
-            )  # type: ignore[arg-type]
+            )
             kube_checks(claims)
 
     return run

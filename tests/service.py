@@ -61,7 +61,7 @@ def make_config(directory: Path, **overrides: Any) -> Config:
 
 
 def public_key_pem(kind: str = "P-256") -> str:
-    key: Any
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
     if kind == "P-256":
         key = ec.generate_private_key(ec.SECP256R1())
     elif kind == "P-384":
@@ -83,7 +83,7 @@ _P256 = public_key_pem()
 
 
 def join_body(
-    id_token: str, *, token_name: str = "kubernetes-token", role: str = "App", **extra: Any
+    id_token: str, *, token_name: str = "kubernetes-token", role: object = "App", **extra: Any
 ) -> dict[str, Any]:
     return {"token_name": token_name, "id_token": id_token, "role": role, "public_key": _P256, **extra}
 

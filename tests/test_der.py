@@ -9,8 +9,7 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import hypothesis
 import pytest
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import strategies as st
 
+from auth.service.ca import SigningKey, WorkloadKey
 from auth.service.der import WorkloadCertificates, spki_der
 from auth.service.tokens import ROLES
 from verifier.claims import NAME_SYNTAX, NAMESPACE_SYNTAX
@@ -27,12 +27,17 @@ from verifier.claims import NAME_SYNTAX, NAMESPACE_SYNTAX
 CLUSTER = "example.teleport.sh"
 
 
-def make_ca(kind: str) -> tuple[x509.Certificate, Any]:
-    key: Any = {
-        "EC": lambda: ec.generate_private_key(ec.SECP256R1()),
-        "Ed25519": ed25519.Ed25519PrivateKey.generate,
-        "RSA": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
-    }[kind]()
+KEY_MAKERS: dict[str, Callable[[], SigningKey]] = {
+    "EC": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "P-256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "P-384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "Ed25519": ed25519.Ed25519PrivateKey.generate,
+    "RSA": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+}
+
+
+def make_ca(kind: str) -> tuple[x509.Certificate, SigningKey]:
+    key = KEY_MAKERS[kind]()
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, CLUSTER),
@@ -54,19 +59,14 @@ def make_ca(kind: str) -> tuple[x509.Certificate, Any]:
     return certificate, key
 
 
-def workload_key(kind: str) -> Any:
-    return {
-        "P-256": lambda: ec.generate_private_key(ec.SECP256R1()),
-        "P-384": lambda: ec.generate_private_key(ec.SECP384R1()),
-        "Ed25519": ed25519.Ed25519PrivateKey.generate,
-        "RSA": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
-    }[kind]().public_key()
+def workload_key(kind: str) -> WorkloadKey:
+    return KEY_MAKERS[kind]().public_key()
 
 
 def reference(
     ca: x509.Certificate,
-    ca_key: Any,
-    public_key: Any,
+    ca_key: SigningKey,
+    public_key: WorkloadKey,
     serial: int,
     role: str,
     cn: str,
@@ -168,7 +168,7 @@ def test_encoding_is_the_builders(
 # bytes are the builder's bytes. Keys are made once (RSA generation is slow); Hypothesis draws
 # which ones to use.
 @functools.cache
-def key_pool() -> dict[str, Any]:
+def key_pool() -> dict[str, SigningKey]:
     return {
         "P-256": ec.generate_private_key(ec.SECP256R1()),
         "P-384": ec.generate_private_key(ec.SECP384R1()),

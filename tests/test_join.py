@@ -30,6 +30,7 @@ from tests.service import (
     wait_for,
     write_tokens,
 )
+from verifier.sources import RemoteKeySource
 
 Client = TestClient[web.Request, web.Application]
 StartService = Callable[..., Awaitable[Client]]
@@ -321,11 +322,13 @@ async def test_reload_closes_sources_no_token_uses(
     client = await start_service(token_doc(issuer=live, kind="oidc"))
     service = client.app[SERVICE]
     assert (await client.post("/v1/join", json=join_body(pod_token(live)))).status == 200
-    source = service.keyring.verifier_for("kubernetes-token").source  # type: ignore[union-attr]
+    verifier = service.keyring.verifier_for("kubernetes-token")
+    assert verifier is not None and isinstance(verifier.source, RemoteKeySource)
+    source = verifier.source
     write_tokens(tmp_path / "tokens.yaml", token_doc("other", issuer=live))
     await wait_for(lambda: service.keyring.verifier_for("kubernetes-token") is None)
     # the source no token names any more is closed right after the swap: its refresher stops
-    await wait_for(lambda: source._refresher is None)  # type: ignore[attr-defined]
+    await wait_for(lambda: source._refresher is None)
 
 
 async def test_unexpected_failure_is_a_json_500_and_counted(

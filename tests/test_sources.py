@@ -260,7 +260,8 @@ async def test_in_cluster_refuses_an_unknown_server_certificate(
     aiohttp_server: Any, tmp_path: Path, clock: Clock
 ) -> None:
     tls = make_loopback_tls(tmp_path)
-    other = make_loopback_tls(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
+    (tmp_path / "other").mkdir()
+    other = make_loopback_tls(tmp_path / "other")
     server = await aiohttp_server(LocalIssuer("https://k").app(), ssl=tls.server_context())
     token_file = tmp_path / "token"
     token_file.write_text("t")
