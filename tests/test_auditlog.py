@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
-from auth.service import auditlog
 from auth.service.auditlog import UNVERIFIED_REFUSALS, JunkLimiter, WholeLineWriter
 from auth.service.errors import JOIN_REASONS
 from auth.service.server import SERVICE, create_app
@@ -60,7 +59,7 @@ def test_writer_writes_whole_lines_at_most_limit_bytes_each(monkeypatch: pytest.
         writes.append(bytes(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr(auditlog.os, "write", recording)
+    monkeypatch.setattr(os, "write", recording)  # the module object auditlog writes through
     reader, writer_fd = os.pipe()
     try:
         writer = WholeLineWriter(writer_fd, limit=100)
