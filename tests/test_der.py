@@ -305,3 +305,82 @@ def test_the_time_zone_used_above_is_not_utc() -> None:
     """Without this, the naive datetimes above would prove nothing on a machine whose zone is UTC."""
     with local_time_zone(NOT_UTC_TZ):
         assert datetime.datetime(2026, 1, 1).astimezone().utcoffset() == -datetime.timedelta(hours=3, minutes=30)
+
+
+# One encoder for many certificates, as the service uses it: it remembers the last validity and
+# each role's subject prefix, and what it remembers must never leak into the next certificate.
+# A fresh encoder per certificate is the reference (the tests above hold it to the builder).
+# Instants come from a small pool, spelled in UTC, another zone or naive, so that consecutive
+# certificates often share an instant in one or another spelling.
+POOLED_INSTANTS = st.sampled_from(
+    [datetime.datetime(2026, 11, 26, 6, 0, s, m, tzinfo=datetime.UTC) for s in (0, 1) for m in (0, 500000)]
+    + [datetime.datetime(2049, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)]
+).flatmap(spelled)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    certificates=st.lists(
+        st.tuples(POOLED_INSTANTS, POOLED_INSTANTS, st.sampled_from(["App", "Db", "Node", "x" * 70])),
+        min_size=2,
+        max_size=12,
+    )
+)
+def test_an_encoder_used_again_encodes_like_a_fresh_one(
+    certificates: list[tuple[datetime.datetime, datetime.datetime, str]],
+) -> None:
+    ca_key, public_key = key_pool()["P-256"], key_pool()["P-384"].public_key()
+    ca = make_ca_certificate(ca_key)
+    reused = WorkloadCertificates(ca, ca_key, CLUSTER)
+    for not_before, not_after, role in certificates:
+        fields = dict(
+            serial=12345,
+            spki=spki_der(public_key),
+            rsa_key=False,
+            role=role,
+            common_name="host",
+            namespace="ns",
+            service_account="sa",
+            not_before=not_before,
+            not_after=not_after,
+        )
+        assert reused.tbs(**fields) == WorkloadCertificates(ca, ca_key, CLUSTER).tbs(**fields)  # type: ignore[arg-type]
+
+
+def test_roles_beyond_the_cache_are_still_encoded() -> None:
+    ca_key = key_pool()["P-256"]
+    ca = make_ca_certificate(ca_key)
+    encoder = WorkloadCertificates(ca, ca_key, CLUSTER)
+    now = datetime.datetime(2026, 11, 26, 6, 0, 0, tzinfo=datetime.UTC)
+    spki = spki_der(key_pool()["Ed25519"].public_key())
+    for n in range(100):  # more roles than the encoder remembers
+        role = f"role-{n}"
+        tbs = encoder.tbs(
+            serial=1,
+            spki=spki,
+            rsa_key=False,
+            role=role,
+            common_name="host",
+            namespace="ns",
+            service_account="sa",
+            not_before=now,
+            not_after=now,
+        )
+        expected = reference(ca, ca_key, key_pool()["Ed25519"].public_key(), 1, role, "host", "ns", "sa", now, now)
+        assert tbs == expected.tbs_certificate_bytes
+
+
+def make_ca_certificate(ca_key: SigningKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, CLUSTER)])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, None if isinstance(ca_key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    )

@@ -3,16 +3,19 @@
 cryptography's CertificateBuilder takes about 120 us per certificate, four times the CA's
 signature itself (measured with bench/http.py and a profile: the builder's checks and object
 conversions dominate). The workload certificate always has the same shape, so its fixed parts are
-encoded once and each join only encodes serial, validity, subject, key and SAN, then signs.
+encoded once and each join only encodes serial, validity, subject, key and SAN, then signs;
+the role's part of the subject and the validity (shared by the joins of one second) are
+remembered too.
 tests/test_der.py holds the builder's output as the reference: the to-be-signed bytes must be
 identical for every CA and workload key type.
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import datetime
 import os
+from collections.abc import Callable
 from typing import Final
 
 from cryptography import x509
@@ -40,6 +43,11 @@ def tlv(tag: int, content: bytes) -> bytes:
     length = len(content)
     if length < 0x80:
         return bytes((tag, length)) + content
+    # the long forms a certificate needs, without the general arithmetic
+    if length < 0x100:
+        return bytes((tag, 0x81, length)) + content
+    if length < 0x10000:
+        return bytes((tag, 0x82, length >> 8, length & 0xFF)) + content
     size = (length.bit_length() + 7) // 8
     return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big") + content
 
@@ -87,13 +95,15 @@ def _key_usage(key_encipherment: bool) -> bytes:
 
 
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+# Roles are a handful of names; the cache of their encoded subject prefixes stays this small even
+# if a caller passes others.
+_ROLE_CACHE_SIZE: Final = 64
 
 
 class WorkloadCertificates:
     """Encodes and signs workload certificates for one CA and cluster."""
 
     def __init__(self, ca_certificate: x509.Certificate, ca_key: SigningKey, cluster_name: str) -> None:
-        self._key = ca_key
         if isinstance(ca_key, ec.EllipticCurvePrivateKey):
             self._algorithm = _ECDSA_SHA256
         elif isinstance(ca_key, ed25519.Ed25519PrivateKey):
@@ -113,6 +123,13 @@ class WorkloadCertificates:
             for rsa_key in (False, True)
         }
         self._after_san = _extension(_OID_AUTHORITY_KEY_ID, authority.public_bytes())
+        self._after_serial = self._algorithm + self._issuer  # the fields between serial and validity
+        self._subject_heads: dict[str, bytes] = {}  # role -> O and OU attributes, encoded
+        # The validity of the last certificate, as both ends are whole seconds: joins within one
+        # second share it. Only UTC datetimes are remembered (see _validity_der).
+        self._validity_of: tuple[datetime.datetime, datetime.datetime] | None = None
+        self._validity = b""
+        self._sign = _signer(ca_key)
 
     def tbs(
         self,
@@ -128,33 +145,51 @@ class WorkloadCertificates:
         not_after: datetime.datetime,
     ) -> bytes:
         """The TBSCertificate, in exactly the encoding CertificateBuilder produces."""
-        subject = sequence(
-            self._organization, _attribute(_OID_ORGANIZATIONAL_UNIT, role), _attribute(_OID_COMMON_NAME, common_name)
-        )
+        head = self._subject_heads.get(role)
+        if head is None:
+            head = self._organization + _attribute(_OID_ORGANIZATIONAL_UNIT, role)
+            if len(self._subject_heads) < _ROLE_CACHE_SIZE:
+                self._subject_heads[role] = head
+        subject = tlv(0x30, head + _attribute(_OID_COMMON_NAME, common_name))
         uri = f"{self._spiffe_prefix}{namespace}/sa/{service_account}".encode("ascii")
         san = _extension(_OID_SUBJECT_ALT_NAME, sequence(tlv(0x86, uri)))
         extensions = tlv(0xA3, sequence(self._before_san[rsa_key], san, self._after_san))
         return sequence(
             _VERSION_3,
             positive_integer(serial),
-            self._algorithm,
-            self._issuer,
-            sequence(_time(not_before), _time(not_after)),
+            self._after_serial,
+            self._validity_der(not_before, not_after),
             subject,
             spki,
             extensions,
         )
 
+    def _validity_der(self, not_before: datetime.datetime, not_after: datetime.datetime) -> bytes:
+        # Remembered only for datetimes in datetime.UTC: equal UTC datetimes are the same instant,
+        # so they encode alike. (Equal datetimes of one other zone may differ in `fold`, and so in
+        # instant; naive ones are rare here.)
+        times = (not_before, not_after)
+        if times == self._validity_of:
+            return self._validity
+        validity = sequence(_time(not_before), _time(not_after))
+        if not_before.tzinfo is datetime.UTC and not_after.tzinfo is datetime.UTC:
+            self._validity_of, self._validity = times, validity
+        return validity
+
     def sign(self, tbs: bytes) -> bytes:
         """The Certificate DER: tbs, the algorithm, and the CA's signature over tbs."""
-        key = self._key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, ed25519.Ed25519PrivateKey):
-            signature = key.sign(tbs)
-        else:
-            signature = key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
-        return sequence(tbs, self._algorithm, tlv(0x03, b"\x00" + signature))
+        return sequence(tbs, self._algorithm, tlv(0x03, b"\x00" + self._sign(tbs)))
+
+
+def _signer(key: SigningKey) -> Callable[[bytes], bytes]:
+    """The CA key's signing function, its algorithm objects built once rather than per join."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        ecdsa = ec.ECDSA(hashes.SHA256())
+        return lambda data: key.sign(data, ecdsa)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign
+    pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+    return lambda data: key.sign(data, pkcs1, sha256)
 
 
 def random_serial() -> int:
@@ -167,6 +202,6 @@ def spki_der(public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | 
 
 
 def pem_certificate(der: bytes) -> str:
-    encoded = base64.b64encode(der).decode("ascii")
-    lines = "\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64))
-    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+    # b2a_base64 of 48 bytes is one 64-character PEM line with its newline
+    lines = b"".join([binascii.b2a_base64(der[i : i + 48]) for i in range(0, len(der), 48)])
+    return f"-----BEGIN CERTIFICATE-----\n{lines.decode('ascii')}-----END CERTIFICATE-----\n"
