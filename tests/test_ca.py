@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from auth.service.ca import CertificateAuthority, PublicKeyError, parse_public_key
+from auth.service.ca import (
+    CertificateAuthority,
+    PublicKeyCache,
+    PublicKeyError,
+    parse_public_key,
+    prepare_public_key,
+)
 from auth.service.config import ConfigError
 from tests.service import public_key_pem
+
+SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def test_generated_at_first_start_with_private_key_file(tmp_path: Path) -> None:
@@ -60,3 +71,47 @@ def test_a_leaf_certificate_is_not_a_ca(tmp_path: Path) -> None:
 def test_weak_or_unusual_workload_keys_are_refused(kind: str) -> None:
     with pytest.raises(PublicKeyError):
         parse_public_key(public_key_pem(kind))
+
+
+@pytest.mark.parametrize("kind", ["P-256", "Ed25519", "RSA2048"])
+def test_a_remembered_key_is_the_key_its_pem_says(kind: str) -> None:
+    cache, pem = PublicKeyCache(size=2), public_key_pem(kind)
+    first, again, fresh = cache.prepare(pem), cache.prepare(pem), prepare_public_key(pem)
+    assert again is first  # remembered, not parsed again
+    assert (first.spki, first.rsa) == (fresh.spki, fresh.rsa) == (fresh.spki, kind.startswith("RSA"))
+    assert first.key.public_bytes(*SPKI) == parse_public_key(pem).public_bytes(*SPKI) == fresh.spki
+    for other in (public_key_pem(), public_key_pem()):  # pushed out by newer keys, then parsed again
+        cache.prepare(other)
+    assert cache.prepare(pem) is not first
+
+
+@pytest.mark.parametrize("kind", ["RSA1024", "P-521"])
+def test_a_refused_key_is_refused_every_time(kind: str) -> None:
+    cache, pem = PublicKeyCache(), public_key_pem(kind)
+    for _ in range(2):
+        with pytest.raises(PublicKeyError):
+            cache.prepare(pem)
+
+
+def test_an_oversized_pem_is_parsed_but_not_remembered() -> None:
+    cache = PublicKeyCache()
+    pem = public_key_pem() + " " * PublicKeyCache.MAX_CACHED_PEM  # trailing text after the PEM block
+    assert cache.prepare(pem).spki == prepare_public_key(pem).spki
+    assert cache.prepare(pem) is not cache.prepare(pem)
+
+
+@pytest.mark.parametrize("kind", ["P-384", "RSA2048"])
+def test_a_prepared_key_gets_the_certificate_a_plain_key_gets(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("auth.service.ca.random_serial", lambda: 0x1234)  # the one random field
+    ca = CertificateAuthority.generate("example.teleport.sh")
+    pem = public_key_pem(kind)
+    now = datetime.datetime(2026, 11, 26, 6, 0, 0, 250000, tzinfo=datetime.UTC)
+    fields = dict(host_id="h", role="App", namespace="ns", service_account="sa", now=now, not_after=now)
+    prepared = ca.issue(prepare_public_key(pem), **fields)  # type: ignore[arg-type]
+    plain = ca.issue(parse_public_key(pem), **fields)  # type: ignore[arg-type]
+    tbs = [x509.load_pem_x509_certificate(issued.pem.encode()).tbs_certificate_bytes for issued in (prepared, plain)]
+    assert tbs[0] == tbs[1]
+    assert x509.load_pem_x509_certificate(plain.pem.encode()).public_key().public_bytes(*SPKI) == (
+        prepare_public_key(pem).spki
+    )
+    assert prepared.not_after == plain.not_after == now.replace(microsecond=0)

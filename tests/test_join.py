@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
+import operator
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -348,3 +351,18 @@ async def test_unexpected_failure_is_a_json_500_and_counted(
     assert registry.get_sample_value("kubejoin_join_attempts_total", labels) == 1
     [record] = client.audit.records()  # type: ignore[attr-defined]
     assert (record["reason"], record["host_name"]) == ("internal_error", "node-a.example")
+
+
+def test_host_ids_are_random_version_4_uuids() -> None:
+    from auth.service.join import new_host_id
+
+    ids = {new_host_id() for _ in range(200)}
+    assert len(ids) == 200
+    for host_id in ids:
+        parsed = uuid.UUID(host_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (host_id, 4, uuid.RFC_4122)
+    # each of the 122 random bits is 1 in some id and 0 in another (a fixed byte would not be)
+    values = [uuid.UUID(host_id).int for host_id in ids]
+    random_bits = ((1 << 128) - 1) & ~(0xF << 76 | 0x3 << 62)  # all but version and variant
+    assert functools.reduce(operator.or_, values) & random_bits == random_bits
+    assert functools.reduce(operator.and_, values) & random_bits == 0

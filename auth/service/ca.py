@@ -8,10 +8,11 @@ key file that other users can read.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import stat
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,6 +49,37 @@ def parse_public_key(pem: str) -> WorkloadKey:
             raise PublicKeyError(f"public_key is RSA {key.key_size}; at least 2048 bits required")
         return key
     raise PublicKeyError("public_key must be EC P-256 or P-384, Ed25519, or RSA of 2048 bits or more")
+
+
+class PreparedKey(NamedTuple):
+    """A workload public key with what its certificate needs: the DER SubjectPublicKeyInfo and
+    whether it is RSA (which adds keyEncipherment)."""
+
+    key: WorkloadKey
+    spki: bytes
+    rsa: bool
+
+
+def prepare_public_key(pem: str) -> PreparedKey:
+    """parse_public_key, and the key's encodings for the certificate."""
+    key = parse_public_key(pem)
+    return PreparedKey(key, spki_der(key), isinstance(key, rsa.RSAPublicKey))
+
+
+class PublicKeyCache:
+    """prepare_public_key, remembered by PEM text: an agent that retries a join sends the same key,
+    and parsing and re-encoding it costs a third of the CA's signature. A PEM maps to one key, so
+    a remembered answer is the answer; refused keys are not remembered and are refused again.
+    Bounded in entries, and only PEMs of up to MAX_CACHED_PEM characters (RSA 4096 is about 800)
+    are kept, so a flood of big keys cannot grow it."""
+
+    MAX_CACHED_PEM: Final = 2048
+
+    def __init__(self, size: int = 1024) -> None:
+        self._prepare = functools.lru_cache(maxsize=size)(prepare_public_key)
+
+    def prepare(self, pem: str) -> PreparedKey:
+        return self._prepare(pem) if len(pem) <= self.MAX_CACHED_PEM else prepare_public_key(pem)
 
 
 @dataclass(frozen=True)
@@ -190,7 +222,7 @@ class CertificateAuthority:
 
     def issue(
         self,
-        public_key: WorkloadKey,
+        public_key: WorkloadKey | PreparedKey,
         *,
         host_id: str,
         role: str,
@@ -202,15 +234,17 @@ class CertificateAuthority:
         """A workload certificate: Subject O cluster, OU role, CN host_id; SAN URI
         spiffe://<cluster>/ns/<ns>/sa/<name>; EKU clientAuth and serverAuth; key usage
         digitalSignature (and keyEncipherment for RSA keys); valid from a minute ago."""
+        if not isinstance(public_key, PreparedKey):
+            public_key = PreparedKey(public_key, spki_der(public_key), isinstance(public_key, rsa.RSAPublicKey))
         tbs = self._workload.tbs(
             serial=random_serial(),
-            spki=spki_der(public_key),
-            rsa_key=isinstance(public_key, rsa.RSAPublicKey),
+            spki=public_key.spki,
+            rsa_key=public_key.rsa,
             role=role,
             common_name=host_id,
             namespace=namespace,
             service_account=service_account,
             not_before=(now - BACKDATE).replace(microsecond=0),
-            not_after=not_after.replace(microsecond=0),
+            not_after=(not_after := not_after.replace(microsecond=0)),
         )
-        return IssuedCertificate(pem_certificate(self._workload.sign(tbs)), not_after.replace(microsecond=0))
+        return IssuedCertificate(pem_certificate(self._workload.sign(tbs)), not_after)

@@ -7,9 +7,9 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NamedTuple, TextIO, cast
 
@@ -19,7 +19,7 @@ from verifier import Identity, VerificationError
 from verifier.errors import Reason
 
 from .auditlog import UNVERIFIED_REFUSALS, JunkLimiter, WholeLineWriter
-from .ca import CertificateAuthority, PublicKeyError, WorkloadKey, parse_public_key
+from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
 from .errors import Code, JoinError, JoinReason
 from .keyring import Keyring
 from .tokens import KUBERNETES, ROLES, JoinToken
@@ -64,11 +64,13 @@ def parse_join_request(body: object) -> JoinRequest:
     return JoinRequest(values["token_name"], values["id_token"], role, values["public_key"], host_name)
 
 
-def _public_key(pem: str) -> WorkloadKey:
-    try:
-        return parse_public_key(pem)
-    except PublicKeyError as exc:
-        raise JoinError(JoinReason.BAD_REQUEST, str(exc)) from None
+def new_host_id() -> str:
+    """A random (version 4) UUID as text, as str(uuid.uuid4()) writes it, for a third of the cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def buffered_stdout() -> TextIO:
@@ -114,6 +116,7 @@ class JoinService:
         self._audit_second = -1
         self._audit_time = ""
         self._junk = JunkLimiter()
+        self._public_keys = PublicKeyCache()
 
     async def join(self, body: object, remote: str | None) -> dict[str, Any]:
         """Answers one join request body, or raises JoinError. Counts and logs the attempt."""
@@ -218,8 +221,11 @@ class JoinService:
         return identity
 
     def _issue(self, request: JoinRequest, token: JoinToken, identity: Identity, now: float) -> dict[str, Any]:
-        public_key = _public_key(request.public_key_pem)
-        host_id = str(uuid.uuid4())
+        try:
+            public_key = self._public_keys.prepare(request.public_key_pem)
+        except PublicKeyError as exc:
+            raise JoinError(JoinReason.BAD_REQUEST, str(exc)) from None
+        host_id = new_host_id()
         not_after = now + self.certificate_ttl
         if token.expires is not None:
             not_after = min(not_after, token.expires)
