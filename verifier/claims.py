@@ -9,7 +9,6 @@ unmarshal into a typed private-claims struct first, then validate.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from .errors import Reason, VerificationError
@@ -25,6 +24,10 @@ LEGACY_PREFIX: Final = "kubernetes.io/serviceaccount/"
 NAMESPACE_SYNTAX: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 NAME_SYNTAX: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _UID_SYNTAX: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
+# NAME_SYNTAX, NUL, _UID_SYNTAX: one match per bound object instead of two. Neither syntax admits
+# a NUL, so the NUL splits name from uid in exactly one way and this accepts exactly the pairs
+# both patterns accept.
+_NAME_AND_UID: Final = re.compile(f"(?:{NAME_SYNTAX.pattern})\x00(?:{_UID_SYNTAX.pattern})")
 
 
 class ObjectRef(NamedTuple):
@@ -41,8 +44,7 @@ class ObjectRef(NamedTuple):
 INCOMPLETE: Final = ObjectRef("", "")
 
 
-@dataclass(frozen=True, slots=True)
-class KubernetesClaim:
+class KubernetesClaim(NamedTuple):  # tuples, like Identity: built for every token verified
     """The private `kubernetes.io` claim. Each object is None when absent, INCOMPLETE when
     present without a name and uid."""
 
@@ -54,8 +56,7 @@ class KubernetesClaim:
     warn_after: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Claims:
+class Claims(NamedTuple):
     """What a token says, typed. None means the claim is absent."""
 
     iss: str | None
@@ -111,7 +112,7 @@ def _object(parent: dict[str, Any], field: str) -> ObjectRef | None:
     uid = value.get("uid") if isinstance(value, dict) else None
     if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
         return INCOMPLETE
-    if not NAME_SYNTAX.fullmatch(name) or not _UID_SYNTAX.fullmatch(uid):
+    if not _NAME_AND_UID.fullmatch(f"{name}\x00{uid}"):
         raise _malformed(f"claim kubernetes.io.{field} is not a Kubernetes name and uid")
     return ObjectRef(name, uid)
 
@@ -127,27 +128,37 @@ def _kubernetes(value: object) -> KubernetesClaim | None:
             raise _malformed("claim kubernetes.io.namespace is not a namespace name")
     else:
         namespace = None
+    # positional (cheaper than keywords for a NamedTuple), in field order, which is also the
+    # order in which a malformed claim is reported
     return KubernetesClaim(
-        namespace=namespace,
-        service_account=_object(value, "serviceaccount"),
-        pod=_object(value, "pod"),
-        node=_object(value, "node"),
-        secret="secret" in value,
-        warn_after=_seconds(value.get("warnafter", _ABSENT), "kubernetes.io.warnafter"),
+        namespace,
+        _object(value, "serviceaccount"),
+        _object(value, "pod"),
+        _object(value, "node"),
+        "secret" in value,
+        _seconds(value.get("warnafter", _ABSENT), "kubernetes.io.warnafter"),
     )
 
 
 def decode_claims(claims: dict[str, Any]) -> Claims:
     """The typed claims of a token whose signature has been checked. Raises VerificationError
     (`malformed_token`) for a claim of the wrong type or syntax."""
-    return Claims(
-        iss=_string(claims.get("iss", _ABSENT), "iss"),
-        sub=_string(claims.get("sub", _ABSENT), "sub"),
-        audiences=_audiences(claims.get("aud")),
-        exp=_seconds(claims.get("exp", _ABSENT), "exp"),
-        iat=_seconds(claims.get("iat", _ABSENT), "iat"),
-        nbf=_seconds(claims.get("nbf", _ABSENT), "nbf"),
-        jti=_string(claims.get("jti", _ABSENT), "jti"),
-        kubernetes=_kubernetes(claims.get("kubernetes.io")),
-        legacy=any(name.startswith(LEGACY_PREFIX) for name in claims),
+    return Claims(  # positional, in field order (see _kubernetes)
+        _string(claims.get("iss", _ABSENT), "iss"),
+        _string(claims.get("sub", _ABSENT), "sub"),
+        _audiences(claims.get("aud")),
+        _seconds(claims.get("exp", _ABSENT), "exp"),
+        _seconds(claims.get("iat", _ABSENT), "iat"),
+        _seconds(claims.get("nbf", _ABSENT), "nbf"),
+        _string(claims.get("jti", _ABSENT), "jti"),
+        _kubernetes(claims.get("kubernetes.io")),
+        _legacy(claims),
     )
+
+
+def _legacy(claims: dict[str, Any]) -> bool:
+    # A name that starts with the prefix puts the prefix in the joined names, so the one substring
+    # search rules out the usual case; only a token that has it somewhere checks name by name.
+    if LEGACY_PREFIX not in "".join(claims):
+        return False
+    return any(name.startswith(LEGACY_PREFIX) for name in claims)

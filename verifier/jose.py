@@ -19,7 +19,6 @@ MAX_TOKEN_BYTES: Final = 16 * 1024
 SUPPORTED_ALGORITHMS: Final = frozenset({"RS256", "ES256", "ES384", "ES512"})
 # Header parameters that change how a token must be processed; we implement none of them.
 _REFUSED_HEADERS: Final = ("crit", "b64", "zip", "enc", "cty")
-_TO_STANDARD_ALPHABET: Final = bytes.maketrans(b"-_", b"+/")
 HEADER_MEMO_SIZE: Final = 256
 HeaderMemo = dict[bytes, tuple[str, str | None]]
 
@@ -41,19 +40,31 @@ def _malformed(message: str) -> VerificationError:
 
 # Bits of the last character that a canonical encoding leaves at zero, by len(part) % 4.
 _UNUSED_BITS: Final = {2: 0x0F, 3: 0x03}
-_SEXTET: Final = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_URLSAFE: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_SEXTET: Final = {c: i for i, c in enumerate(_URLSAFE)}
+# base64url to standard base64, and every byte outside the base64url alphabet to "*" (outside
+# both alphabets): one translate both converts and marks, so the decoder that follows need not
+# run in its slower strict mode to refuse stray bytes.
+_TO_STANDARD: Final = bytes(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[_URLSAFE.index(b)] if b in _URLSAFE else 0x2A
+    for b in range(256)
+)
 
 
 def b64url_decode(part: bytes, what: str) -> bytes:
     """Decodes unpadded base64url, refusing padding, characters outside the alphabet, and
     non-canonical encodings (unused low bits set), so that one token has exactly one spelling."""
-    if b"=" in part or b"+" in part or b"/" in part or len(part) % 4 == 1:
+    standard = part.translate(_TO_STANDARD)
+    stray = b"*" in standard
+    if len(part) % 4 == 1 or (stray and (b"=" in part or b"+" in part or b"/" in part)):
         raise _malformed(f"{what} is not unpadded base64url")
     unused = _UNUSED_BITS.get(len(part) % 4)
     if unused is not None and _SEXTET.get(part[-1], 0) & unused:
         raise _malformed(f"{what} is not canonical base64url")
-    try:
-        return binascii.a2b_base64(part.translate(_TO_STANDARD_ALPHABET) + b"=" * (-len(part) % 4), strict_mode=True)
+    if stray:
+        raise _malformed(f"{what} is not unpadded base64url")
+    try:  # only alphabet bytes are left, and the padding is right
+        return binascii.a2b_base64(standard + b"=" * (-len(part) % 4))
     except (binascii.Error, ValueError):
         raise _malformed(f"{what} is not unpadded base64url") from None
 

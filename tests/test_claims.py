@@ -1,0 +1,48 @@
+"""The typed claims decode: its shortcuts accept exactly what the plain checks accept."""
+
+from __future__ import annotations
+
+import hypothesis
+from hypothesis import strategies as st
+
+from verifier.claims import _NAME_AND_UID, _UID_SYNTAX, LEGACY_PREFIX, NAME_SYNTAX, _legacy
+
+# Names and uids near the edges of both syntaxes: valid ones, valid ones with one character
+# changed, and any text (NULs included, which the combined pattern uses as its separator).
+EDGY = st.sampled_from(["", "a", "-", ".", "\x00", "A", "a-", "a.b", "a\x00b", "\n", "a" * 64, "a" * 65, "a" * 253])
+NAMES = st.from_regex(NAME_SYNTAX, fullmatch=True) | st.text(max_size=20) | EDGY
+UIDS = st.from_regex(_UID_SYNTAX, fullmatch=True) | st.text(max_size=20) | EDGY
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(name=NAMES, uid=UIDS, edit=st.none() | st.tuples(st.booleans(), st.integers(0, 300), st.characters()))
+def test_one_pattern_for_name_and_uid_accepts_what_the_two_accept(
+    name: str, uid: str, edit: tuple[bool, int, str] | None
+) -> None:
+    if edit is not None:  # one character of a (usually valid) name or uid replaced
+        in_name, at, char = edit
+        text = name if in_name else uid
+        if text:
+            at %= len(text)
+            text = text[:at] + char + text[at + 1 :]
+        name, uid = (text, uid) if in_name else (name, text)
+    both = NAME_SYNTAX.fullmatch(name) is not None and _UID_SYNTAX.fullmatch(uid) is not None
+    assert (_NAME_AND_UID.fullmatch(f"{name}\x00{uid}") is not None) == both
+
+
+def test_the_pattern_pair_is_not_trivially_true() -> None:
+    assert _NAME_AND_UID.fullmatch("agent-0-pod\x005c3d6de9-6000-41a6-adad-2509159c5b95")
+    assert not _NAME_AND_UID.fullmatch("agent-0-pod\x00\x005c3d6de9")
+    assert not _NAME_AND_UID.fullmatch("Agent\x005c3d6de9")
+
+
+CLAIM_NAMES = st.text(max_size=12) | st.sampled_from(
+    [LEGACY_PREFIX, LEGACY_PREFIX + "secret.name", "x" + LEGACY_PREFIX, LEGACY_PREFIX[:-1], "iss", "kubernetes.io"]
+)
+
+
+@hypothesis.settings(max_examples=1000, deadline=None)
+@hypothesis.given(names=st.lists(CLAIM_NAMES, max_size=6))
+def test_legacy_claims_are_found_exactly_by_prefix(names: list[str]) -> None:
+    claims = dict.fromkeys(names, 1)
+    assert _legacy(claims) == any(name.startswith(LEGACY_PREFIX) for name in claims)
