@@ -1,6 +1,6 @@
 """Prometheus metrics of kubejoin. Knows nothing of the verifier or the service: they report
 through the methods of `Metrics`, which owns its own registry."""
 
-from .metrics import FETCH_BUCKETS, JOIN_BUCKETS, CacheStats, Metrics
+from .metrics import FETCH_BUCKETS, JOIN_BUCKETS, BindingStats, CacheStats, Metrics
 
-__all__ = ["FETCH_BUCKETS", "JOIN_BUCKETS", "CacheStats", "Metrics"]
+__all__ = ["FETCH_BUCKETS", "JOIN_BUCKETS", "BindingStats", "CacheStats", "Metrics"]

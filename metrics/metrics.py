@@ -8,7 +8,7 @@ Never a service account, pod, kid, jti or caller address.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,6 +39,49 @@ class CacheStats:
     hits: int
     misses: int
     entries: int
+
+
+@dataclass(frozen=True)
+class BindingStats:
+    """The live binding's state, read at scrape time: per kind (pod, serviceaccount, node)."""
+
+    objects: Mapping[str, int]
+    synced: Mapping[str, bool]
+    lookups: Mapping[tuple[str, str], int]  # (kind, result) -> count
+    restarts: Mapping[str, int]
+
+
+class _BindingCollector(Collector):
+    """The live binding counts lookups in plain integers (a join pays no metric call) and is
+    read here at scrape time."""
+
+    def __init__(self, read: Callable[[], BindingStats]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._read()
+        objects = GaugeMetricFamily(
+            "kubejoin_binding_objects",
+            "Objects held by the live binding cache, terminating ones included.",
+            labels=["kind"],
+        )
+        synced = GaugeMetricFamily(
+            "kubejoin_binding_synced", "1 while the list completed and the watch runs, else 0.", labels=["kind"]
+        )
+        for kind, count in stats.objects.items():
+            objects.add_metric([kind], count)
+            synced.add_metric([kind], 1 if stats.synced.get(kind) else 0)
+        lookups = CounterMetricFamily(
+            "kubejoin_binding_lookups", "Binding lookups by kind and result.", labels=["kind", "result"]
+        )
+        for (kind, result), count in stats.lookups.items():
+            lookups.add_metric([kind, result], count)
+        restarts = CounterMetricFamily(
+            "kubejoin_binding_watch_restarts", "Relists after a failed or expired (410) watch.", labels=["kind"]
+        )
+        for kind, count in stats.restarts.items():
+            restarts.add_metric([kind], count)
+        yield from (objects, synced, lookups, restarts)
 
 
 class _CacheCollector(Collector):
@@ -183,6 +226,9 @@ class Metrics:
         into the shared files (the service calls it twice a second and before each scrape)."""
         if self._shared is not None:
             self._shared.publish()
+
+    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
+        self.registry.register(_BindingCollector(read))
 
     def tokens_loaded(self, names: Iterable[str]) -> None:
         """Creates each token's success series at 0, so rates and alerts work before any join."""

@@ -143,6 +143,15 @@ def test_join_reason_codes_cover_the_contract() -> None:
         "unsupported_media_type",
         "overloaded",
         "keys_unavailable",
+        "service_account_not_found",
+        "service_account_uid_mismatch",
+        "service_account_deleted",
+        "pod_not_found",
+        "pod_uid_mismatch",
+        "pod_deleted",
+        "node_not_found",
+        "node_uid_mismatch",
+        "binding_unavailable",
     }
 
 

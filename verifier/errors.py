@@ -26,6 +26,16 @@ class Reason(StrEnum):
     TOKEN_TTL_TOO_LONG = "token_ttl_too_long"
     NOT_POD_BOUND = "not_pod_bound"
     SUBJECT_MISMATCH = "subject_mismatch"
+    # live binding (verifier/binding.py): the objects the token names, looked up in the cluster
+    SERVICE_ACCOUNT_NOT_FOUND = "service_account_not_found"
+    SERVICE_ACCOUNT_UID_MISMATCH = "service_account_uid_mismatch"
+    SERVICE_ACCOUNT_DELETED = "service_account_deleted"
+    POD_NOT_FOUND = "pod_not_found"
+    POD_UID_MISMATCH = "pod_uid_mismatch"
+    POD_DELETED = "pod_deleted"
+    NODE_NOT_FOUND = "node_not_found"
+    NODE_UID_MISMATCH = "node_uid_mismatch"
+    BINDING_UNAVAILABLE = "binding_unavailable"
 
 
 VERIFICATION_CODES: Final = tuple(Reason)

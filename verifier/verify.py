@@ -9,6 +9,7 @@ from typing import Any, Final, NamedTuple
 
 from cachetools import LRUCache
 
+from .binding import BindingCheck
 from .claims import INCOMPLETE, ObjectRef, decode_claims
 from .errors import Reason, VerificationError
 from .jose import HeaderMemo, parse_compact
@@ -69,6 +70,10 @@ class Verifier:
 
     `max_ttl` caps exp - iat; 0 means no cap (kubelet's year-long tokens), which is only safe
     together with a live binding check.
+
+    `binding`, when given, runs after every successful verification, cache hits included: a
+    remembered token is refused as soon as its pod or service account is gone. On a hit it is
+    normally a few dictionary lookups (`check_cached`), with no await.
     """
 
     def __init__(
@@ -80,8 +85,10 @@ class Verifier:
         max_ttl: float = DEFAULT_MAX_TTL,
         clock: Callable[[], float] = time.time,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        binding: BindingCheck | None = None,
     ) -> None:
         self.source = source
+        self.binding = binding
         self._audiences = frozenset(audiences)
         if not self._audiences:
             raise ValueError("at least one audience is required")
@@ -111,6 +118,9 @@ class Verifier:
                 if self.source.cached_key(key.kid) is key and (expected is None or identity.issuer == expected):
                     if earliest <= self._clock() <= latest:
                         self.cache_hits += 1
+                        binding = self.binding
+                        if binding is not None and not binding.check_cached(identity):
+                            await binding.check(identity)
                         return identity
                     self._check_times(identity.expires_at, identity.not_before, identity.issued_at)
                 del self._cache[token]
@@ -127,6 +137,9 @@ class Verifier:
         if not key.verify(parsed.signing_input, parsed.signature):
             raise VerificationError(Reason.BAD_SIGNATURE, f"signature does not verify with key {key.kid[:64]!r}")
         identity = self._check_claims(parsed.claims)
+        binding = self.binding
+        if binding is not None and not binding.check_cached(identity):
+            await binding.check(identity)
         if self._cache is not None:
             # the times at which _check_times would pass, so that a hit costs two comparisons
             earliest = max(identity.issued_at, identity.not_before or identity.issued_at) - self._leeway

@@ -35,12 +35,15 @@ class Verification:
 
 @dataclass(frozen=True)
 class InCluster:
-    """Where the `in_cluster` key source reads discovery and the JWKS: the API server, its CA and
-    the pod's own token (re-read on every fetch, since kubelet rotates it)."""
+    """Where kubejoin reaches its cluster's API server (the `in_cluster` key source and the live
+    binding): the API server, its CA and the pod's own token (re-read for every request, since
+    kubelet rotates it), or a kubeconfig (server, CA and credentials from that file) when kubejoin
+    runs outside the cluster."""
 
     api_server: str
     ca_file: str
     token_file: str
+    kubeconfig: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,10 +243,16 @@ def parse_config(document: object, base_dir: Path) -> Config:
     checks = Verification(verification.duration("leeway", 10.0), verification.duration("max_token_ttl", 1800.0))
     verification.finish()
     cluster = _Reader(top.get("in_cluster", {}), "in_cluster")
+    kubeconfig = cluster.string("kubeconfig")
+    if kubeconfig is not None:
+        given = [key for key in ("api_server", "ca_file", "token_file") if cluster.get(key) is not None]
+        if given:
+            raise ConfigError(f"in_cluster.{given[0]}: not with in_cluster.kubeconfig, which names the server itself")
     in_cluster = InCluster(
         api_server=cluster.string("api_server", default_api_server()),
         ca_file=cluster.string("ca_file", f"{SERVICE_ACCOUNT_DIR}/ca.crt"),
         token_file=cluster.string("token_file", f"{SERVICE_ACCOUNT_DIR}/token"),
+        kubeconfig=str(base_dir / kubeconfig) if kubeconfig is not None else None,
     )
     if not url_scheme_allowed(in_cluster.api_server, allow_http=False):
         raise ConfigError(f"in_cluster.api_server: must be https://, got {in_cluster.api_server!r}")

@@ -30,7 +30,7 @@ Code = Reason | JoinReason
 
 STATUS: Final[dict[Code, int]] = {
     JoinReason.BAD_REQUEST: 400,
-    **{code: 401 for code in Reason if code != Reason.KEYS_UNAVAILABLE},
+    **{code: 401 for code in Reason if code not in (Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAILABLE)},
     JoinReason.JOIN_TOKEN_NOT_FOUND: 403,
     JoinReason.JOIN_TOKEN_EXPIRED: 403,
     JoinReason.WRONG_JOIN_METHOD: 403,
@@ -42,6 +42,7 @@ STATUS: Final[dict[Code, int]] = {
     JoinReason.OVERLOADED: 429,
     JoinReason.INTERNAL_ERROR: 500,
     Reason.KEYS_UNAVAILABLE: 503,
+    Reason.BINDING_UNAVAILABLE: 503,
 }
 
 # Reason codes a join attempt can end with (label values of kubejoin_join_attempts_total).

@@ -1,45 +1,68 @@
-"""One verifier per key source, shared by every join token that names the same source: all
+"""One key source per place keys come from, shared by every verifier that names it: all
 `in_cluster` tokens share one, `oidc` tokens share one per issuer, `static_jwks` tokens have their
-own. Sources no longer named by any token are closed when the tokens change."""
+own. Join tokens of one source share one verifier; other users (the TokenReview endpoint) get
+verifiers of their own audiences and lifetime over the same source through `verifier`. Verifiers of
+the `in_cluster` source carry the live binding check when `binding.mode` is watch. Sources no longer
+named by anyone are closed when the tokens change."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from metrics import CacheStats, Metrics
 from verifier import InClusterKeySource, OIDCKeySource, StaticKeySource, Verifier, parse_jwks
-from verifier.sources import RemoteKeySource
+from verifier.binding import BindingCheck
+from verifier.kube import KubeAPI, KubeKeySource
+from verifier.sources import KeySource, RemoteKeySource
 
-from .config import Config
-from .tokens import JoinToken
+from .config import Config, InCluster
+from .tokens import JoinToken, KubernetesRules
 
 SourceKey = tuple[Any, ...]
+IN_CLUSTER: SourceKey = ("in_cluster",)
 
 
-def source_key(token: JoinToken) -> SourceKey:
-    rules = token.kubernetes
-    assert rules is not None
+def source_key(rules: KubernetesRules, name: str) -> SourceKey:
+    """The identity of a key source; `name` tells static key sets apart (each token its own)."""
     if rules.type == "oidc":
         return ("oidc", rules.oidc_issuer, rules.insecure_allow_http_issuer)
     if rules.type == "static_jwks":
-        return ("static", token.name, rules.static_jwks, rules.static_issuer)
-    return ("in_cluster",)
+        return ("static", name, rules.static_jwks, rules.static_issuer)
+    return IN_CLUSTER
+
+
+def kube_api(cluster: InCluster) -> KubeAPI:
+    """The cluster's API server as the binding and a kubeconfig key source reach it."""
+    if cluster.kubeconfig is not None:
+        return KubeAPI(kubeconfig=cluster.kubeconfig)
+    return KubeAPI(api_server=cluster.api_server, ca_file=cluster.ca_file, token_file=cluster.token_file)
 
 
 class Keyring:
     """The verifiers of the join tokens in force, one per key source: tokens naming the same
     source share one verifier, so a cluster's keys are fetched and cached once however many tokens
     trust it. On a token reload, sources still named are kept (with their warm caches) and the
-    others are handed back to be closed."""
+    others are handed back to be closed. `verifier()` gives other users (the TokenReview endpoint)
+    verifiers of their own audiences over the same sources."""
 
-    def __init__(self, config: Config, metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        binding: BindingCheck | None = None,
+    ) -> None:
         self._config = config
         self._metrics = metrics
         self._clock = clock
-        self._verifiers: dict[SourceKey, Verifier] = {}
+        self._binding = binding
+        self._sources: dict[SourceKey, KeySource] = {}
+        self._verifiers: dict[SourceKey, Verifier] = {}  # the join tokens' verifier of each source
         self._by_token: dict[str, Verifier] = {}
+        self._others: dict[tuple[Any, ...], Verifier] = {}  # verifier() for other audiences
         self._retired_hits = 0
         self._retired_misses = 0
         metrics.watch_cache(self.cache_stats)
@@ -47,66 +70,93 @@ class Keyring:
     def verifier_for(self, token_name: str) -> Verifier | None:
         return self._by_token.get(token_name)
 
-    def _build(self, key: SourceKey, token: JoinToken) -> Verifier:
-        rules = token.kubernetes
-        assert rules is not None
+    def verifier(self, rules: KubernetesRules, *, name: str, audiences: Iterable[str], max_ttl: float) -> Verifier:
+        """A verifier over the key source that `rules` names (shared with the join tokens that
+        name it), for these audiences and this lifetime cap; with the binding check when the
+        source is in_cluster. Built once per combination and kept until close(). Must run in the
+        event loop (a new remote source starts refreshing)."""
+        wanted = tuple(sorted(audiences))
+        key = source_key(rules, name)
+        combination = (key, wanted, max_ttl)
+        verifier = self._others.get(combination)
+        if verifier is None:
+            verifier = self._others[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl)
+        return verifier
+
+    def _source(self, key: SourceKey, rules: KubernetesRules, name: str) -> KeySource:
+        source = self._sources.get(key)
+        if source is not None:
+            return source
         policy: dict[str, Any] = {"clock": self._clock, "observer": self._metrics.key_fetch}
-        source: StaticKeySource | RemoteKeySource
         if key[0] == "static":
             assert rules.static_jwks is not None
-            source = StaticKeySource(
-                parse_jwks(rules.static_jwks), label=f"static:{token.name}", issuer=rules.static_issuer
-            )
-            self._metrics.key_fetch(source.label, True, source.key_count, self._clock())
-        elif key[0] == "oidc":
-            assert rules.oidc_issuer is not None
-            source = OIDCKeySource(rules.oidc_issuer, allow_http=rules.insecure_allow_http_issuer, **policy)
+            static = StaticKeySource(parse_jwks(rules.static_jwks), label=f"static:{name}", issuer=rules.static_issuer)
+            self._metrics.key_fetch(static.label, True, static.key_count, self._clock())
+            source = static
         else:
-            cluster = self._config.in_cluster
-            assert cluster is not None
-            source = InClusterKeySource(
-                cluster.api_server, token_file=cluster.token_file, ca_file=cluster.ca_file, **policy
-            )
-        if isinstance(source, RemoteKeySource):
-            source.start()
-        verification = self._config.verification
+            remote: RemoteKeySource
+            if key[0] == "oidc":
+                assert rules.oidc_issuer is not None
+                remote = OIDCKeySource(rules.oidc_issuer, allow_http=rules.insecure_allow_http_issuer, **policy)
+            elif (cluster := self._config.in_cluster) is not None and cluster.kubeconfig is not None:
+                remote = KubeKeySource(kube_api(cluster), **policy)
+            else:
+                assert cluster is not None
+                remote = InClusterKeySource(
+                    cluster.api_server, token_file=cluster.token_file, ca_file=cluster.ca_file, **policy
+                )
+            remote.start()
+            source = remote
+        self._sources[key] = source
+        return source
+
+    def _verifier(self, key: SourceKey, source: KeySource, audiences: Iterable[str], max_ttl: float) -> Verifier:
         return Verifier(
             source,
-            [self._config.cluster_name],
-            leeway=verification.leeway,
-            max_ttl=verification.max_token_ttl,
+            audiences,
+            leeway=self._config.verification.leeway,
+            max_ttl=max_ttl,
             clock=self._clock,
+            binding=self._binding if key == IN_CLUSTER else None,
         )
 
     def update(self, tokens: Mapping[str, JoinToken]) -> list[RemoteKeySource]:
-        """Builds verifiers for new sources and returns the sources no token names any more, for
+        """Builds verifiers for new sources and returns the sources no one names any more, for
         the caller to close. Must run in the event loop (remote sources start refreshing)."""
         wanted: dict[SourceKey, JoinToken] = {}
         by_token: dict[str, SourceKey] = {}
         for token in tokens.values():
             if token.kubernetes is not None:
-                key = source_key(token)
+                key = source_key(token.kubernetes, token.name)
                 wanted.setdefault(key, token)
                 by_token[token.name] = key
         for key, token in wanted.items():
             if key not in self._verifiers:
-                self._verifiers[key] = self._build(key, token)
+                assert token.kubernetes is not None
+                source = self._source(key, token.kubernetes, token.name)
+                self._verifiers[key] = self._verifier(
+                    key, source, [self._config.cluster_name], self._config.verification.max_token_ttl
+                )
         self._by_token = {name: self._verifiers[key] for name, key in by_token.items()}
-        retired: list[RemoteKeySource] = []
         for key in [k for k in self._verifiers if k not in wanted]:
             verifier = self._verifiers.pop(key)
             self._retired_hits += verifier.cache_hits
             self._retired_misses += verifier.cache_misses
-            if isinstance(verifier.source, RemoteKeySource):
-                retired.append(verifier.source)
+        in_use = set(wanted) | {combination[0] for combination in self._others}
+        retired: list[RemoteKeySource] = []
+        for key in [k for k in self._sources if k not in in_use]:
+            source = self._sources.pop(key)
+            if isinstance(source, RemoteKeySource):
+                retired.append(source)
         return retired
 
     async def close(self) -> None:
+        self._others.clear()
         for source in self.update({}):
             await source.close()
 
     def cache_stats(self) -> CacheStats:
-        verifiers = list(self._verifiers.values())
+        verifiers = [*self._verifiers.values(), *self._others.values()]
         return CacheStats(
             hits=self._retired_hits + sum(v.cache_hits for v in verifiers),
             misses=self._retired_misses + sum(v.cache_misses for v in verifiers),

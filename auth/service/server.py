@@ -18,19 +18,21 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from metrics import Metrics
+from metrics import BindingStats, Metrics
+from verifier.binding import LiveBinding
 from verifier.errors import Reason
 
 from .ca import CertificateAuthority
 from .config import Config, ConfigError
 from .errors import STATUS, Code, JoinError, JoinReason, error_body
 from .join import JoinService
-from .keyring import Keyring
+from .keyring import Keyring, kube_api
 from .tokens import JoinToken, file_stamp, load_tokens
 
 log = logging.getLogger("kubejoin.server")
 MAX_BODY: Final = 64 * 1024
 _METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
+_RETRY_LATER: Final = frozenset({Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAILABLE})
 
 
 class TokenStore:
@@ -69,7 +71,14 @@ class Service:
         self.metrics = metrics
         self.tokens = TokenStore(config.tokens_file)
         self.ca = CertificateAuthority.load_or_create(config.ca_cert_file, config.ca_key_file, config.cluster_name)
-        self.keyring = Keyring(config, metrics, clock=clock)
+        self.binding: LiveBinding | None = None
+        if config.binding.mode == "watch" and config.in_cluster is not None:
+            binding = LiveBinding(
+                kube_api(config.in_cluster), leeway=config.verification.leeway, nodes=config.binding.nodes, clock=clock
+            )
+            metrics.watch_binding(lambda: BindingStats(*binding.stats()))
+            self.binding = binding
+        self.keyring = Keyring(config, metrics, clock=clock, binding=self.binding)
         self.join = JoinService(
             cluster_name=config.cluster_name,
             ca=self.ca,
@@ -143,7 +152,7 @@ async def _answer_join(request: web.Request, service: Service) -> web.Response:
         body = await _read_body(request, service)
         return web.json_response(await service.join.join(body, remote))
     except JoinError as exc:
-        headers = {"Retry-After": "5"} if exc.code == Reason.KEYS_UNAVAILABLE else None
+        headers = {"Retry-After": "5"} if exc.code in _RETRY_LATER else None
         return _error(exc.code, exc.message, headers)
     except Exception:  # counted and logged by the join service; the caller gets JSON, not a trace
         log.exception("join failed unexpectedly")
@@ -286,6 +295,8 @@ def create_app(
     metrics.watch_in_flight(lambda: service.in_flight)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if service.binding is not None:
+            service.binding.start()
         service.keyring.update(service.tokens.tokens)
         watcher = asyncio.ensure_future(_housekeeping(service, reload_interval))
         service.ready = True
@@ -298,6 +309,8 @@ def create_app(
             await watcher
         service.join.flush_audit(final=True)
         await service.keyring.close()
+        if service.binding is not None:
+            await service.binding.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -1,0 +1,455 @@
+"""A fake Kubernetes API server for the demo, the tests and the benchmarks: not for production.
+
+It serves what kubejoin and kubectl ask of a real one, in the API server's own shapes: the
+ServiceAccount issuer's discovery document and JWKS (from a LocalIssuer), API discovery (`/api`,
+`/api/v1`, `/apis`, `/version`), and pods, service accounts and nodes: list (paged with `limit` and
+`continue`), watch (ADDED, MODIFIED, DELETED, BOOKMARK, from a resourceVersion, an ERROR event
+with 410 Expired when that resourceVersion is older than the history kept) and get, each as full
+objects, as PartialObjectMetadata(List) or as a Table when the Accept header asks for it. Every
+request needs the bearer token. Tests change the objects, compact the history, forbid a resource
+(RBAC missing) or take the whole API down, and count the requests made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from .issuer import DISCOVERY_PATH, JWKS_PATH, LocalIssuer
+
+KINDS: Final = {"pods": ("Pod", True), "serviceaccounts": ("ServiceAccount", True), "nodes": ("Node", False)}
+HISTORY: Final = 100_000  # watch events kept; a watch from before the oldest gets 410
+_TABLE_COLUMNS: Final = [
+    {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0},
+    {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0},
+]
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+@dataclass(eq=False)  # by identity: kept in a set
+class _Watcher:
+    resource: str
+    namespace: str | None
+    queue: asyncio.Queue[tuple[int, str, dict[str, Any]] | None] = field(default_factory=asyncio.Queue)
+
+
+class FakeKubeAPI:
+    """The objects and the HTTP face of one fake cluster."""
+
+    def __init__(self, issuer: LocalIssuer, *, token: str | None = None, bookmark_every: float = 1.0) -> None:
+        self.issuer = issuer
+        self.token = token
+        self.bookmark_every = bookmark_every
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {resource: {} for resource in KINDS}
+        self.version = 1
+        self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, type, resource, object)
+        self.oldest = 1  # a watch from a resourceVersion below this is answered 410
+        self.requests: Counter[tuple[str, str]] = Counter()  # (verb, resource)
+        self.forbidden: set[str] = set()  # resources whose requests get 403, as without RBAC
+        self.unavailable = False  # every API request gets 503 and open watches end
+        self._watchers: set[_Watcher] = set()
+        self.held: list[tuple[_Watcher, tuple[int, str, dict[str, Any]]]] | None = None
+        self.get_gate: asyncio.Event | None = None  # when set here, GETs wait until it is set
+        self._snapshots: dict[int, list[dict[str, Any]]] = {}
+
+    # -- changing the cluster -------------------------------------------------------------
+    def _emit(self, kind: str, resource: str, obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        snapshot = json.loads(json.dumps(obj))
+        self.history.append((self.version, kind, resource, snapshot))
+        if len(self.history) > HISTORY:
+            del self.history[: len(self.history) - HISTORY]
+            self.oldest = self.history[0][0]
+        for watcher in self._watchers:
+            if watcher.resource == resource and watcher.namespace in (None, obj["metadata"].get("namespace")):
+                if self.held is not None:
+                    self.held.append((watcher, (self.version, kind, snapshot)))
+                else:
+                    watcher.queue.put_nowait((self.version, kind, snapshot))
+
+    def hold(self) -> None:
+        """Watches stop delivering events (a lagging watch) until release()."""
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for watcher, item in held:
+            watcher.queue.put_nowait(item)
+
+    def add(self, resource: str, namespace: str, name: str, *, uid: str | None = None, **spec: Any) -> str:
+        """Creates (or replaces, with a new uid) an object; returns its uid."""
+        kind, namespaced = KINDS[resource]
+        uid = uid or str(uuid.uuid4())
+        metadata: dict[str, Any] = {"name": name, "uid": uid, "creationTimestamp": _rfc3339(time.time())}
+        if namespaced:
+            metadata["namespace"] = namespace
+        obj: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": metadata}
+        if resource == "pods":
+            obj["spec"] = {"serviceAccountName": spec.get("service_account", "default"), "nodeName": spec.get("node")}
+            obj["status"] = {"phase": "Running"}
+        key = (namespace if namespaced else "", name)
+        if key in self.objects[resource]:
+            self.delete(resource, namespace, name)
+        self.objects[resource][key] = obj
+        self._emit("ADDED", resource, obj)
+        return uid
+
+    def uid(self, resource: str, namespace: str, name: str) -> str:
+        return str(self.objects[resource][(namespace if KINDS[resource][1] else "", name)]["metadata"]["uid"])
+
+    def add_pod(self, namespace: str, name: str, *, service_account: str = "default", node: str = "node-1") -> str:
+        """A pod, with its service account and node created first if they do not exist yet."""
+        if (namespace, service_account) not in self.objects["serviceaccounts"]:
+            self.add("serviceaccounts", namespace, service_account)
+        if ("", node) not in self.objects["nodes"]:
+            self.add("nodes", "", node)
+        return self.add("pods", namespace, name, service_account=service_account, node=node)
+
+    def mint(self, namespace: str, pod: str, **options: Any) -> str:
+        """A token bound to a pod of this cluster and to its service account and node, with their
+        uids, as the kubelet's TokenRequest gets it from kube-apiserver."""
+        spec = self.objects["pods"][(namespace, pod)]["spec"]
+        account, node = spec["serviceAccountName"], spec["nodeName"]
+        claims = self.issuer.claims(namespace, account, pod=pod, node=node, **options)
+        bound = claims["kubernetes.io"]
+        bound["serviceaccount"]["uid"] = self.uid("serviceaccounts", namespace, account)
+        bound["pod"]["uid"] = self.uid("pods", namespace, pod)
+        if node is not None:
+            bound["node"]["uid"] = self.uid("nodes", "", node)
+        return self.issuer.sign(claims)
+
+    def terminate(self, resource: str, namespace: str, name: str, *, at: float) -> None:
+        """Sets deletionTimestamp (graceful deletion under way), as `kubectl delete` first does."""
+        obj = self.objects[resource][(namespace if KINDS[resource][1] else "", name)]
+        obj["metadata"]["deletionTimestamp"] = _rfc3339(at)
+        self._emit("MODIFIED", resource, obj)
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        obj = self.objects[resource].pop((namespace if KINDS[resource][1] else "", name))
+        self._emit("DELETED", resource, obj)
+
+    def compact(self) -> None:
+        """Forgets the watch history, as etcd compaction does: older resourceVersions get 410."""
+        self.history.clear()
+        self.oldest = self.version + 1
+
+    @property
+    def watching(self) -> int:
+        """Watch streams open now."""
+        return len(self._watchers)
+
+    def end_watches(self) -> None:
+        for watcher in list(self._watchers):
+            watcher.queue.put_nowait(None)
+
+    # -- serving ----------------------------------------------------------------------------
+    def _refusal(self, request: web.Request, verb: str, resource: str) -> web.Response | None:
+        self.requests[verb, resource] += 1
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
+        if self.unavailable:
+            return web.json_response(_status(503, "ServiceUnavailable", "the server is unavailable"), status=503)
+        if resource in self.forbidden:
+            message = (
+                f'{resource} is forbidden: User "system:serviceaccount:kubejoin:kubejoin" cannot {verb} '
+                f'resource "{resource}" in API group "" at the cluster scope'
+            )
+            return web.json_response(_status(403, "Forbidden", message), status=403)
+        return None
+
+    @staticmethod
+    def _shape(request: web.Request) -> str:
+        accept = request.headers.get("Accept", "")
+        first = accept.split(",")[0]
+        if "as=Table" in first:
+            return "table"
+        if "as=PartialObjectMetadata" in first:
+            return "meta"
+        return "full"
+
+    @staticmethod
+    def _metadata_only(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+
+    def _table(self, items: list[dict[str, Any]], version: str) -> dict[str, Any]:
+        now = time.time()
+        rows = []
+        for obj in items:
+            created = datetime.datetime.fromisoformat(obj["metadata"]["creationTimestamp"]).timestamp()
+            rows.append(
+                {"cells": [obj["metadata"]["name"], f"{int(now - created)}s"], "object": self._metadata_only(obj)}
+            )
+        return {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": version},
+            "columnDefinitions": _TABLE_COLUMNS,
+            "rows": rows,
+        }
+
+    def _render(self, shape: str, obj: dict[str, Any]) -> dict[str, Any]:
+        if shape == "meta":
+            return self._metadata_only(obj)
+        if shape == "table":
+            return self._table([obj], obj["metadata"]["resourceVersion"])
+        return obj
+
+    def _selected(self, resource: str, namespace: str | None) -> list[dict[str, Any]]:
+        return [obj for (ns, _), obj in sorted(self.objects[resource].items()) if namespace in (None, ns)]
+
+    async def _collection(self, request: web.Request) -> web.StreamResponse:
+        resource = request.match_info["resource"]
+        namespace = request.match_info.get("namespace")
+        if resource not in KINDS or (namespace is not None and not KINDS[resource][1]):
+            return web.json_response(
+                _status(404, "NotFound", "the server could not find the requested resource"), status=404
+            )
+        if request.query.get("watch") in ("1", "true"):
+            return await self._watch(request, resource, namespace)
+        refused = self._refusal(request, "list", resource)
+        if refused is not None:
+            return refused
+        limit = int(request.query.get("limit", "0") or 0)
+        token = request.query.get("continue")
+        if token:
+            version, start = json.loads(base64.urlsafe_b64decode(token))
+            items = self._snapshots.get(version)
+            if items is None:
+                return web.json_response(_status(410, "Expired", "the continue token has expired"), status=410)
+        else:
+            version, start, items = self.version, 0, self._selected(resource, namespace)
+        end = start + limit if limit else len(items)
+        page = items[start:end]
+        metadata: dict[str, Any] = {"resourceVersion": str(version)}
+        if end < len(items):
+            self._snapshots[version] = items
+            while len(self._snapshots) > 4:
+                del self._snapshots[next(iter(self._snapshots))]
+            metadata["continue"] = base64.urlsafe_b64encode(json.dumps([version, end]).encode()).decode()
+        shape = self._shape(request)
+        if shape == "table":
+            body = self._table(page, str(version))
+        elif shape == "meta":
+            body = {
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": metadata,
+                "items": [self._metadata_only(obj) for obj in page],
+            }
+        else:
+            body = {"kind": KINDS[resource][0] + "List", "apiVersion": "v1", "metadata": metadata, "items": page}
+        return web.json_response(body)
+
+    async def _object(self, request: web.Request) -> web.Response:
+        resource = request.match_info["resource"]
+        namespace = request.match_info.get("namespace", "")
+        name = request.match_info["name"]
+        if resource not in KINDS:
+            return web.json_response(
+                _status(404, "NotFound", "the server could not find the requested resource"), status=404
+            )
+        refused = self._refusal(request, "get", resource)
+        if refused is not None:
+            return refused
+        if self.get_gate is not None:
+            await self.get_gate.wait()
+        obj = self.objects[resource].get((namespace, name))
+        if obj is None:
+            message = f'{resource} "{name}" not found'
+            return web.json_response(_status(404, "NotFound", message), status=404)
+        return web.json_response(self._render(self._shape(request), obj))
+
+    def _backlog(self, resource: str, namespace: str | None, since: int) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        for version, kind, of, obj in self.history:
+            if version > since and of == resource and namespace in (None, obj["metadata"].get("namespace")):
+                yield version, kind, obj
+
+    async def _watch(self, request: web.Request, resource: str, namespace: str | None) -> web.StreamResponse:
+        refused = self._refusal(request, "watch", resource)
+        if refused is not None:
+            return refused
+        shape = self._shape(request)
+        bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true")
+        timeout = float(request.query.get("timeoutSeconds", "1800") or 1800)
+        since_text = request.query.get("resourceVersion", "")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+
+        async def send(kind: str, obj: dict[str, Any]) -> None:
+            await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+        watcher = _Watcher(resource, namespace)
+        self._watchers.add(watcher)
+        try:
+            if since_text in ("", "0"):  # "any": the current state as ADDED events first
+                for obj in self._selected(resource, namespace):
+                    await send("ADDED", self._render(shape, obj))
+            else:
+                since = int(since_text)
+                if since < self.oldest - 1:
+                    message = f"too old resource version: {since} ({self.oldest - 1})"
+                    await send("ERROR", _status(410, "Expired", message))
+                    return response
+                for _, kind, obj in list(self._backlog(resource, namespace, since)):
+                    await send(kind, self._render(shape, obj))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    async with asyncio.timeout(min(left, self.bookmark_every)):
+                        item = await watcher.queue.get()
+                except TimeoutError:
+                    if bookmarks:
+                        kind_name = KINDS[resource][0]
+                        mark = {
+                            "kind": kind_name,
+                            "apiVersion": "v1",
+                            "metadata": {"resourceVersion": str(self.version)},
+                        }
+                        await send("BOOKMARK", mark)
+                    continue
+                if item is None:
+                    break
+                await send(item[1], self._render(shape, item[2]))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._watchers.discard(watcher)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request, "discover", "")
+        if refused is not None:
+            return refused
+        path = request.path
+        if path == "/version":
+            body: dict[str, Any] = {
+                "major": "1",
+                "minor": "32",
+                "gitVersion": "v1.32.0-kubejoin-fake",
+                "platform": "linux/amd64",
+            }
+        elif path == "/api":
+            body = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        elif path == "/apis":
+            body = {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+        else:
+            body = {
+                "kind": "APIResourceList",
+                "groupVersion": "v1",
+                "resources": [
+                    {
+                        "name": resource,
+                        "singularName": kind.lower(),
+                        "namespaced": namespaced,
+                        "kind": kind,
+                        "verbs": ["get", "list", "watch"],
+                        "shortNames": {"pods": ["po"], "serviceaccounts": ["sa"], "nodes": ["no"]}[resource],
+                    }
+                    for resource, (kind, namespaced) in KINDS.items()
+                ],
+            }
+        return web.json_response(body)
+
+    async def _issuer_document(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request, "get", "keys")
+        if refused is not None:
+            return refused
+        if request.path == DISCOVERY_PATH:
+            return web.Response(body=self.issuer.discovery_document(), content_type="application/json")
+        response = web.Response(body=self.issuer.jwks_document(), content_type="application/jwk-set+json")
+        response.headers["Cache-Control"] = self.issuer.cache_control
+        return response
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self.end_watches()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(DISCOVERY_PATH, self._issuer_document)
+        app.router.add_get(JWKS_PATH, self._issuer_document)
+        for path in ("/version", "/api", "/apis", "/api/v1"):
+            app.router.add_get(path, self._discovery)
+        app.router.add_get("/api/v1/{resource}", self._collection)
+        app.router.add_get("/api/v1/namespaces/{namespace}/{resource}", self._collection)
+        app.router.add_get("/api/v1/namespaces/{namespace}/{resource}/{name}", self._object)
+        app.router.add_get("/api/v1/{resource}/{name}", self._object)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+
+def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> None:
+    """A kubeconfig for the fake server, as kubectl and `in_cluster.kubeconfig` read it."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "users": [{"name": "fake", "user": {"token": token}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "current-context": "fake",
+    }
+    path.write_text(json.dumps(config))
+
+
+async def _serve(arguments: argparse.Namespace) -> None:
+    """For the benchmarks: a fake cluster with many pods, in a process of its own."""
+    from .devtls import make_loopback_tls
+
+    directory = Path(arguments.dir)
+    tls = make_loopback_tls(directory)
+    issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local")
+    token = issuer.mint("kubejoin", "kubejoin", audiences=["https://kubernetes.default.svc"], lifetime=86400)
+    api = FakeKubeAPI(issuer, token=token)
+    for index in range(arguments.pods):
+        api.add("pods", f"team-{index % 100}", f"app-{index}", service_account="app", node="node-1")
+    (directory / "token").write_text(token)
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context())
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(json.dumps({"server": f"https://127.0.0.1:{port}", "ca_file": str(tls.ca_file)}), flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--dir", required=True, help="where to write the TLS files and the bearer token")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

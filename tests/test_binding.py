@@ -1,0 +1,312 @@
+"""Live binding over HTTP (POST /v1/join) against the fake API server: every reason code, the GET
+fallback, relist after 410, outages, cache-hit revocation, no API request in the steady state,
+missing RBAC, graceful termination."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+from auth.devtools.kubeapi import write_kubeconfig
+from auth.service.server import SERVICE
+from tests.kube import BEARER, Client, FakeCluster, binding_of, start_cluster, start_kubejoin, until
+from tests.service import join_body
+
+BINDING_CODES: Final = {
+    "service_account_not_found",
+    "service_account_uid_mismatch",
+    "service_account_deleted",
+    "pod_not_found",
+    "pod_uid_mismatch",
+    "pod_deleted",
+    "node_not_found",
+    "node_uid_mismatch",
+    "binding_unavailable",
+}
+NS: Final = "teleport-agent"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, aiohttp_server: Callable[..., Any]) -> FakeCluster:
+    return await start_cluster(tmp_path, aiohttp_server)
+
+
+async def join(client: Client, token: str) -> tuple[int, str]:
+    response = await client.post("/v1/join", json=join_body(token))
+    answer = await response.json()
+    return response.status, answer["error"]["code"] if response.status != 200 else "ok"
+
+
+def sample(client: Client, name: str, **labels: str) -> float:
+    value = client.app[SERVICE].metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+# Each case changes the cluster before kubejoin starts (the cache learns it by listing, or the
+# refusal needs a GET) or after (the watch tells), and expects one reason.
+def _gone_before(cluster: FakeCluster, token: str) -> None:
+    cluster.api.delete("pods", NS, "app-1")
+
+
+def _account_gone(cluster: FakeCluster, token: str) -> None:
+    cluster.api.delete("serviceaccounts", NS, "app")
+
+
+def _account_recreated(cluster: FakeCluster, token: str) -> None:
+    cluster.api.add("serviceaccounts", NS, "app")
+
+
+def _account_deleting(cluster: FakeCluster, token: str) -> None:
+    cluster.api.terminate("serviceaccounts", NS, "app", at=time.time() - 60)
+
+
+def _pod_recreated(cluster: FakeCluster, token: str) -> None:
+    cluster.api.add("pods", NS, "app-1", service_account="app", node="node-1")
+
+
+def _pod_deleting(cluster: FakeCluster, token: str) -> None:
+    cluster.api.terminate("pods", NS, "app-1", at=time.time() - 60)
+
+
+def _node_gone(cluster: FakeCluster, token: str) -> None:
+    cluster.api.delete("nodes", "", "node-1")
+
+
+def _node_recreated(cluster: FakeCluster, token: str) -> None:
+    cluster.api.add("nodes", "", "node-1")
+
+
+CASES: Final = [
+    ("pod_not_found", _gone_before, "before"),
+    ("pod_deleted", _gone_before, "after"),
+    ("pod_uid_mismatch", _pod_recreated, "before"),
+    ("pod_uid_mismatch", _pod_recreated, "after"),
+    ("pod_deleted", _pod_deleting, "before"),
+    ("pod_deleted", _pod_deleting, "after"),
+    ("service_account_not_found", _account_gone, "before"),
+    ("service_account_uid_mismatch", _account_recreated, "before"),
+    ("service_account_uid_mismatch", _account_recreated, "after"),
+    ("service_account_deleted", _account_deleting, "after"),
+    ("service_account_deleted", _account_gone, "after"),
+    ("node_not_found", _node_gone, "before"),
+    ("node_not_found", _node_gone, "after"),
+    ("node_uid_mismatch", _node_recreated, "before"),
+    ("node_uid_mismatch", _node_recreated, "after"),
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "change", "when"), CASES, ids=[f"{code}-{when}-{change.__name__[1:]}" for code, change, when in CASES]
+)
+async def test_each_binding_reason_over_http(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, code: str, change: Any, when: str
+) -> None:
+    cluster.api.add_pod(NS, "app-1", service_account="app", node="node-1")
+    token = cluster.mint(NS, "app-1")
+    if when == "before":
+        change(cluster, token)
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    if when == "after":
+        assert await join(client, token) == (200, "ok")
+        change(cluster, token)
+        binding = binding_of(client)
+        await until(lambda: _seen(binding, cluster), "the watch event")
+        before = object_requests(cluster)
+    status, answer = await join(client, token)
+    if when == "after":
+        assert object_requests(cluster) == before  # the watch told: refused without a request
+    assert (status, answer) == (401, code)
+    assert sample(client, "kubejoin_join_attempts_total", token="kubernetes-token", result="failure", reason=code) == 1
+
+
+def object_requests(cluster: FakeCluster) -> dict[tuple[str, str], int]:
+    """Requests for pods, service accounts and nodes (not the issuer's keys)."""
+    return {key: count for key, count in cluster.api.requests.items() if key[1] in ("pods", "serviceaccounts", "nodes")}
+
+
+def _seen(binding: Any, cluster: FakeCluster) -> bool:
+    """True once the binding's stores hold what the fake cluster holds now."""
+    for name, resource in (("pod", "pods"), ("serviceaccount", "serviceaccounts"), ("node", "nodes")):
+        store = binding.stores[name]
+        for (namespace, object_name), obj in cluster.api.objects[resource].items():
+            held = store.lookup(namespace, object_name)
+            deleting = "deletionTimestamp" in obj["metadata"]
+            if held is None or held[0] != obj["metadata"]["uid"] or (held[1] is not None) != deleting:
+                return False
+        if store.count != len(cluster.api.objects[resource]):
+            return False
+    return True
+
+
+async def test_pod_in_graceful_termination_still_joins(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-1", service_account="app")
+    token = cluster.mint(NS, "app-1")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    cluster.api.terminate("pods", NS, "app-1", at=time.time() + 30)  # its grace period runs
+    await until(lambda: binding_of(client).stores["pod"].lookup(NS, "app-1") != (cluster.api.uid("pods", NS, "app-1"), None))
+    assert await join(client, token) == (200, "ok")
+    # deleted 5 s ago: within the 10 s leeway, as kube-apiserver allows
+    cluster.api.terminate("pods", NS, "app-1", at=time.time() - 5)
+    await until(lambda: (binding_of(client).stores["pod"].lookup(NS, "app-1") or ("", 0.0))[1] is not None)
+    assert await join(client, token) == (200, "ok")
+
+
+async def test_cached_token_is_refused_right_after_the_deleted_event(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-1", service_account="app")
+    token = cluster.mint(NS, "app-1")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    assert await join(client, token) == (200, "ok")
+    verifier = client.app[SERVICE].keyring.verifier_for("kubernetes-token")
+    assert verifier is not None and verifier.cache_entries == 1
+    hits = verifier.cache_hits
+    cluster.api.delete("pods", NS, "app-1")
+    await until(lambda: binding_of(client).stores["pod"].lookup(NS, "app-1") is None)
+    assert await join(client, token) == (401, "pod_deleted")
+    assert verifier.cache_hits == hits + 1  # refused on the cache-hit path, not re-verified
+
+
+async def test_steady_state_joins_make_no_api_request(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    for index in range(5):
+        cluster.api.add_pod(NS, f"app-{index}", service_account="app", node=f"node-{index % 2}")
+    tokens = [cluster.mint(NS, f"app-{index}") for index in range(5)]
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    before = object_requests(cluster)
+    for token in tokens * 3:  # fresh verifications, then cache hits
+        assert await join(client, token) == (200, "ok")
+    assert object_requests(cluster) == before
+    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="cache") == 15
+    assert sample(client, "kubejoin_binding_lookups_total", kind="node", result="cache") == 15
+    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="api") == 0
+    assert sample(client, "kubejoin_binding_objects", kind="pod") == 5
+    assert sample(client, "kubejoin_binding_synced", kind="serviceaccount") == 1
+
+
+async def test_new_pod_joins_through_one_shared_get(tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    cluster.api.hold()  # the watch lags: the new pod exists, the cache has not heard of it
+    cluster.api.add_pod(NS, "app-new", service_account="app")
+    tokens = [cluster.mint(NS, "app-new") for _ in range(5)]
+    cluster.api.get_gate = asyncio.Event()
+    joins = [asyncio.ensure_future(join(client, token)) for token in tokens]
+    await until(lambda: client.app[SERVICE].in_flight == 5 and cluster.api.requests["get", "pods"] == 1, "5 joins")
+    cluster.api.get_gate.set()
+    assert await asyncio.gather(*joins) == [(200, "ok")] * 5
+    assert cluster.api.requests["get", "pods"] == 1  # five lookups, one GET
+    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="api") == 5
+    assert await join(client, tokens[0]) == (200, "ok")  # now from the cache
+    assert cluster.api.requests["get", "pods"] == 1
+    cluster.api.release()
+
+
+async def test_relist_after_410(tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    binding = binding_of(client)
+    lists = cluster.api.requests["list", "pods"]
+    cluster.api.hold()
+    cluster.api.add_pod(NS, "app-late", service_account="app")
+    cluster.api.compact()  # etcd forgot: the watch's resourceVersion is now too old
+    cluster.api.end_watches()  # the watch ends before it tells of app-late; resuming it gets 410
+    await until(lambda: binding.stores["pod"].lookup(NS, "app-late") is not None, "the relist")
+    assert cluster.api.requests["list", "pods"] == lists + 1
+    assert sample(client, "kubejoin_binding_watch_restarts_total", kind="pod") >= 1
+    gets = cluster.api.requests["get", "pods"]
+    assert await join(client, cluster.mint(NS, "app-late")) == (200, "ok")
+    assert cluster.api.requests["get", "pods"] == gets  # the relist brought it; no GET
+    cluster.api.release()
+
+
+async def test_outage_cache_keeps_answering_only_unknown_lookups_503(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    known = cluster.mint(NS, "app-0")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    assert await join(client, known) == (200, "ok")  # the keys are fetched; the token is cached
+    cluster.api.hold()
+    cluster.api.add_pod(NS, "app-new", service_account="app")
+    unknown = cluster.mint(NS, "app-new")
+    cluster.api.unavailable = True
+    cluster.api.end_watches()
+    await until(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 0)
+    assert await join(client, known) == (200, "ok")
+    assert await join(client, cluster.mint(NS, "app-0")) == (200, "ok")  # verified afresh
+    response = await client.post("/v1/join", json=join_body(unknown))
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "binding_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="error") == 1
+    cluster.api.unavailable = False  # back: relisted, synced, and the new pod joins from the cache
+    cluster.api.release()
+    await until(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 1)
+    assert await join(client, unknown) == (200, "ok")
+
+
+async def test_missing_rbac_is_logged_once_and_shows_in_metrics(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    token = cluster.mint(NS, "app-0")
+    cluster.api.forbidden = {"nodes"}
+    caplog.set_level(logging.ERROR, logger="kubejoin.binding")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, synced=False)
+    await until(lambda: sample(client, "kubejoin_binding_watch_restarts_total", kind="node") >= 3, "retries")
+    assert await join(client, token) == (503, "binding_unavailable")
+    assert await join(client, token) == (503, "binding_unavailable")
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len([m for m in errors if "list nodes" in m]) == 1, errors
+    assert len([m for m in errors if "get nodes" in m]) == 1, errors
+    assert "get, list and watch on nodes" in errors[0]
+    assert sample(client, "kubejoin_binding_synced", kind="node") == 0
+    assert sample(client, "kubejoin_binding_synced", kind="pod") == 1
+    assert sample(client, "kubejoin_binding_lookups_total", kind="node", result="error") == 2
+
+
+async def test_nodes_false_neither_watches_nor_checks_nodes(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    token = cluster.mint(NS, "app-0")
+    cluster.api.delete("nodes", "", "node-1")
+    cluster.api.forbidden = {"nodes"}  # no RBAC on nodes is needed either
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, binding={"mode": "watch", "nodes": False})
+    assert await join(client, token) == (200, "ok")
+    assert cluster.api.requests["list", "nodes"] == 0
+
+
+async def test_kubeconfig_serves_keys_and_binding(tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    token = cluster.mint(NS, "app-0")
+    write_kubeconfig(tmp_path / "kubeconfig", cluster.url, cluster.tls.ca_file, BEARER)
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, in_cluster={"kubeconfig": "kubeconfig"})
+    assert await join(client, token) == (200, "ok")
+    cluster.api.delete("pods", NS, "app-0")
+    await until(lambda: binding_of(client).stores["pod"].count == 0)
+    assert await join(client, token) == (401, "pod_deleted")
+    assert cluster.api.requests["get", "keys"] >= 2  # discovery and JWKS through the kubeconfig
+
+
+async def test_bearer_token_file_is_read_for_every_request(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    cluster.api.token = "rotated-by-kubelet"
+    cluster.token_file.write_text("rotated-by-kubelet")
+    cluster.api.hold()
+    cluster.api.add_pod(NS, "app-new", service_account="app")
+    assert await join(client, cluster.mint(NS, "app-new")) == (200, "ok")  # a GET with the new token
+    cluster.api.release()

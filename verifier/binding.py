@@ -1,0 +1,265 @@
+"""Live binding: the checks kube-apiserver's ServiceAccount token validator makes on the objects a
+token names (pkg/serviceaccount/claims.go), answered from a watch-fed cache instead of a call per
+token.
+
+In kube-apiserver's order: the service account exists with the token's uid and is not deleted
+beyond the leeway; the pod likewise (a pod in its graceful termination period still passes); then,
+with `nodes`, the node exists with the token's uid. kube-apiserver itself only reads the node claim
+of a pod-bound token; kubejoin also checks it, so a token from a node that was deleted or replaced
+stops working too.
+
+A lookup the cache cannot answer costs one GET, shared by every check waiting for the same object.
+An object seen deleted or replaced on the watch is refused from memory: uids are never reused, so
+no GET is needed to know that it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+
+from .errors import Reason, VerificationError
+from .kube import KINDS, NODE, POD, SERVICE_ACCOUNT, ApiError, Kind, KubeAPI, ObjectMeta
+from .watch import BACKOFF, WATCH_SECONDS, Reflector, Store
+
+if TYPE_CHECKING:
+    from .claims import ObjectRef
+    from .verify import Identity
+
+log = logging.getLogger("kubejoin.binding")
+
+LOOKUP_RESULTS: Final = ("cache", "api", "not_found", "error")
+
+# kind -> (not found, uid mismatch, deleted). A node is checked for existence and uid only (as the
+# contract says); once the watch has seen it go, its tokens get node_not_found.
+_REASONS: Final = {
+    "serviceaccount": (
+        Reason.SERVICE_ACCOUNT_NOT_FOUND,
+        Reason.SERVICE_ACCOUNT_UID_MISMATCH,
+        Reason.SERVICE_ACCOUNT_DELETED,
+    ),
+    "pod": (Reason.POD_NOT_FOUND, Reason.POD_UID_MISMATCH, Reason.POD_DELETED),
+    "node": (Reason.NODE_NOT_FOUND, Reason.NODE_UID_MISMATCH, Reason.NODE_NOT_FOUND),
+}
+_ASK: Final = False  # the cache cannot answer: ask the API server
+
+
+class BindingCheck(Protocol):
+    """Checks that the objects a verified token names are still there. The verifier calls
+    `check_cached` first; only when that returns False does it await `check`."""
+
+    def check_cached(self, identity: Identity) -> bool:
+        """True when memory says the binding holds; False when the API server must be asked.
+        Raises VerificationError when memory already says no. Never does I/O."""
+
+    async def check(self, identity: Identity) -> None:
+        """The whole check, asking the API server where needed; raises VerificationError."""
+
+
+class BindingStats(NamedTuple):
+    """What the metrics show, read at scrape time (the hot path only adds to integers)."""
+
+    objects: dict[str, int]
+    synced: dict[str, bool]
+    lookups: dict[tuple[str, str], int]
+    restarts: dict[str, int]
+
+
+class LiveBinding:
+    """The watch-fed binding check against one cluster's API server."""
+
+    def __init__(
+        self,
+        api: KubeAPI,
+        *,
+        leeway: float,
+        nodes: bool = True,
+        clock: Callable[[], float] = time.time,
+        backoff: tuple[float, float] = BACKOFF,
+        watch_seconds: tuple[int, int] = WATCH_SECONDS,
+    ) -> None:
+        self.api = api
+        self._leeway = leeway
+        self._clock = clock
+        self.nodes = nodes
+        self.kinds = tuple(kind for kind in KINDS if nodes or kind is not NODE)
+        self.stores = {kind.name: Store() for kind in self.kinds}
+        self.reflectors = {
+            kind.name: Reflector(
+                api,
+                kind,
+                self.stores[kind.name],
+                on_forbidden=self._forbidden,
+                backoff=backoff,
+                watch_seconds=watch_seconds,
+            )
+            for kind in self.kinds
+        }
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[ObjectMeta | None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._forbidden_said: set[tuple[str, str]] = set()
+        self.lookups: Counter[tuple[str, str]] = Counter()
+        self.fast = 0  # checks answered wholly by the fast path (a service account and pod each)
+        self.fast_nodes = 0  # ... of which also looked up a node
+
+    # -- the hot path -----------------------------------------------------------------------
+    def check_cached(self, identity: Identity) -> bool:
+        namespace = identity.namespace
+        accounts = self.stores["serviceaccount"].objects.get(namespace)
+        pods = self.stores["pod"].objects.get(namespace)
+        # Entries are bare uid strings unless their object is being deleted: equal strings mean a
+        # live object with the token's uid, and no clock to read.
+        if (
+            accounts is not None
+            and pods is not None
+            and accounts.get(identity.service_account.name) == identity.service_account.uid
+            and pods.get(identity.pod.name) == identity.pod.uid
+        ):
+            node = identity.node
+            if node is None or not self.nodes:
+                self.fast += 1
+                return True
+            names = self.stores["node"].objects.get("")
+            if names is not None and names.get(node.name) == node.uid:
+                self.fast += 1
+                self.fast_nodes += 1
+                return True
+        now = self._clock()
+        return all(self._judge(kind, namespace, ref, now) for kind, ref in self._objects(identity))
+
+    def _objects(self, identity: Identity) -> list[tuple[Kind, ObjectRef]]:
+        objects = [(SERVICE_ACCOUNT, identity.service_account), (POD, identity.pod)]
+        if identity.node is not None and self.nodes:
+            objects.append((NODE, identity.node))
+        return objects
+
+    def _judge(self, kind: Kind, namespace: str, ref: ObjectRef, now: float) -> bool:
+        """True: held and fine. _ASK: not known here. Raises the refusal the cache is sure of."""
+        store = self.stores[kind.name]
+        held = store.lookup(namespace if kind.namespaced else "", ref.name)
+        _, mismatch, deleted = _REASONS[kind.name]
+        if held is not None and held[0] == ref.uid:
+            self.lookups[kind.name, "cache"] += 1
+            self._refuse_if_deleted(kind, namespace, ref, held[1], now)
+            return True
+        if ref.uid in store.gone:  # seen deleted or replaced on the watch
+            self.lookups[kind.name, "cache"] += 1
+            what = _describe(kind, namespace, ref.name)
+            if held is not None:
+                raise VerificationError(mismatch, f"{what} was replaced: it now has another uid than the token's")
+            raise VerificationError(deleted, f"{what} named by the token was deleted")
+        return _ASK
+
+    def _refuse_if_deleted(
+        self, kind: Kind, namespace: str, ref: ObjectRef, deleted_at: float | None, now: float
+    ) -> None:
+        if deleted_at is not None and kind is not NODE and deleted_at < now - self._leeway:
+            raise VerificationError(
+                _REASONS[kind.name][2],
+                f"{_describe(kind, namespace, ref.name)} was deleted at {int(deleted_at)}; now is {int(now)}",
+            )
+
+    # -- asking the API server --------------------------------------------------------------
+    async def check(self, identity: Identity) -> None:
+        now = self._clock()
+        for kind, ref in self._objects(identity):
+            if self._judge(kind, identity.namespace, ref, now) is _ASK:
+                await self._ask(kind, identity.namespace, ref, now)
+
+    async def _ask(self, kind: Kind, namespace: str, ref: ObjectRef, now: float) -> None:
+        scope = namespace if kind.namespaced else ""
+        what = _describe(kind, namespace, ref.name)
+        try:
+            found = await asyncio.shield(self._fetch(kind, scope, ref.name))
+        except ApiError as exc:
+            self.lookups[kind.name, "error"] += 1
+            if exc.status == 403:
+                self._forbidden("get", kind)
+            raise VerificationError(
+                Reason.BINDING_UNAVAILABLE, f"could not look up {what} in the cluster: {exc}"
+            ) from None
+        not_found, mismatch, _ = _REASONS[kind.name]
+        if found is None:
+            self.lookups[kind.name, "not_found"] += 1
+            raise VerificationError(not_found, f"{what} named by the token does not exist")
+        self.lookups[kind.name, "api"] += 1
+        self.stores[kind.name].put_fetched(found)
+        if found.uid != ref.uid:
+            raise VerificationError(mismatch, f"{what} has another uid than the token's: it was replaced")
+        self._refuse_if_deleted(kind, namespace, ref, found.deleted_at, now)
+
+    def _fetch(self, kind: Kind, namespace: str, name: str) -> asyncio.Future[ObjectMeta | None]:
+        """One GET per object at a time, whoever asks."""
+        key = (kind.name, namespace, name)
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self.api.get(kind, namespace, name))
+            self._inflight[key] = future
+
+            def done(finished: asyncio.Future[ObjectMeta | None]) -> None:
+                self._inflight.pop(key, None)
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: every waiter may have gone
+
+            future.add_done_callback(done)
+        return future
+
+    def _forbidden(self, verb: str, kind: Kind) -> None:
+        if (verb, kind.resource) not in self._forbidden_said:
+            self._forbidden_said.add((verb, kind.resource))
+            log.error(
+                "binding: the API server refused to %s %s (403 Forbidden). kubejoin's ServiceAccount needs "
+                "get, list and watch on %s (ClusterRole in k8s/rbac.yaml); until then tokens are checked by GET "
+                "where allowed and refused with binding_unavailable where not",
+                verb,
+                kind.resource,
+                kind.resource,
+            )
+
+    # -- running ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts listing and watching (in the running event loop)."""
+        if not self._tasks:
+            self._tasks = [asyncio.ensure_future(reflector.run()) for reflector in self.reflectors.values()]
+
+    async def wait_synced(self) -> None:
+        """Returns once every kind has been listed (for the demo, tests and benchmarks)."""
+        for reflector in self.reflectors.values():
+            await reflector.synced_event.wait()
+
+    @property
+    def synced(self) -> bool:
+        return all(reflector.synced for reflector in self.reflectors.values())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.api.close()
+
+    def stats(self) -> BindingStats:
+        lookups = Counter(self.lookups)
+        for kind in (SERVICE_ACCOUNT, POD):
+            lookups[kind.name, "cache"] += self.fast
+        lookups[NODE.name, "cache"] += self.fast_nodes
+        return BindingStats(
+            objects={name: store.count for name, store in self.stores.items()},
+            synced={name: reflector.synced for name, reflector in self.reflectors.items()},
+            lookups={
+                (kind.name, result): lookups[kind.name, result] for kind in self.kinds for result in LOOKUP_RESULTS
+            },
+            restarts={name: reflector.restarts for name, reflector in self.reflectors.items()},
+        )
+
+
+def _describe(kind: Kind, namespace: str, name: str) -> str:
+    label = "service account" if kind is SERVICE_ACCOUNT else kind.name
+    return f"{label} {namespace}/{name}" if kind.namespaced else f"{label} {name}"
