@@ -151,7 +151,9 @@ async def test_pod_in_graceful_termination_still_joins(
     token = cluster.mint(NS, "app-1")
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
     cluster.api.terminate("pods", NS, "app-1", at=time.time() + 30)  # its grace period runs
-    await until(lambda: binding_of(client).stores["pod"].lookup(NS, "app-1") != (cluster.api.uid("pods", NS, "app-1"), None))
+    await until(
+        lambda: binding_of(client).stores["pod"].lookup(NS, "app-1") != (cluster.api.uid("pods", NS, "app-1"), None)
+    )
     assert await join(client, token) == (200, "ok")
     # deleted 5 s ago: within the 10 s leeway, as kube-apiserver allows
     cluster.api.terminate("pods", NS, "app-1", at=time.time() - 5)

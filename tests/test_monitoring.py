@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import create_app
 from tests.conftest import ROOT
+from tests.kube import in_cluster, start_cluster
 from tests.service import AuditLog, free_port, join_body, make_config, pod_token, token_doc, wait_until_ok, write_tokens
 
 MONITORING = ROOT / "k8s" / "monitoring"
@@ -47,7 +48,7 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = need("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 4 rules found" in check.stdout
+    assert "SUCCESS: 6 rules found" in check.stdout
     tests = subprocess.run(
         [promtool, "test", "rules", str(MONITORING / "tests" / "kubejoin-rules.test.yaml")],
         capture_output=True,
@@ -68,10 +69,14 @@ def concrete(expr: str) -> str:
 
 
 @pytest.fixture
-async def kubejoin(tmp_path: Path, aiohttp_client: Any) -> tuple[Any, LocalIssuer]:
+async def kubejoin(tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any) -> tuple[Any, LocalIssuer]:
+    """kubejoin with a static_jwks token, and the live binding watching a fake cluster (so that
+    its metrics are exposed too)."""
     issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
-    app = create_app(make_config(tmp_path), registry=CollectorRegistry(), audit=AuditLog())
+    cluster = await start_cluster(tmp_path, aiohttp_server)
+    config = make_config(tmp_path, in_cluster=in_cluster(cluster), binding={"mode": "watch"})
+    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog())
     return await aiohttp_client(app), issuer
 
 
@@ -173,6 +178,8 @@ async def test_real_prometheus_sees_each_attempt_once(kubejoin: tuple[Any, Local
             "KubejoinKeysStale",
             "KubejoinJWKSFetchesFailing",
             "KubejoinNoReadyReplica",
+            "KubejoinBindingNotSynced",
+            "KubejoinBindingLookupsFailing",
         }
         for _ in range(100):  # the rules are evaluated every second; wait for a first evaluation
             async with session.get(prometheus + "/api/v1/rules") as response:

@@ -101,6 +101,7 @@ class Reflector:
         self.synced = False
         self.restarts = 0
         self.synced_event = asyncio.Event()
+        self.changed = asyncio.Event()  # set after every event applied (for waiting, not polling)
         self.backoff = backoff
         self._watch_seconds = watch_seconds
         self._on_forbidden = on_forbidden
@@ -128,6 +129,7 @@ class Reflector:
                 self.store.remove(event.object)
             else:
                 self.store.put(event.object)
+            self.changed.set()
         return version
 
     async def run(self) -> None:

@@ -1,12 +1,15 @@
 """`kubejoin demo`: the whole story in one process on loopback, in a few seconds.
 
-A local cluster issuer (HTTPS, its own CA, bearer token required, as kube-apiserver does), the
-join service with a fresh CA and the seed guide's join token, an allowed pod that joins and the
-certificate it gets, a pod of another service account that is refused, and the join metrics.
+A local cluster API server (HTTPS, its own CA, bearer token required, as kube-apiserver does: the
+issuer's keys, and pods, service accounts and nodes to watch), the join service with a fresh CA,
+the seed guide's join token and live binding, an allowed pod that joins and the certificate it
+gets, a pod of another service account that is refused, the allowed pod deleted and its token
+refused at once (no TokenReview), and the join metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import tempfile
@@ -22,9 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..agent.client import JoinRefused, join_once
 from ..service.config import parse_config
-from ..service.server import create_app
+from ..service.server import SERVICE, create_app
 from .devtls import make_loopback_tls
 from .issuer import IssuerKey, LocalIssuer
+from .kubeapi import FakeKubeAPI
 
 CLUSTER_NAME = "example.teleport.sh"
 TOKEN_YAML = """\
@@ -95,17 +99,21 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             (work / "tokens.yaml").write_text(TOKEN_YAML)
             indent(TOKEN_YAML)
 
-            heading("The cluster's issuer (a local stand-in for kube-apiserver, HTTPS, bearer token required)")
+            heading("The cluster's API server (a local stand-in for kube-apiserver, HTTPS, bearer token required)")
             tls = make_loopback_tls(work)
-            issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate()])
+            issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate("P-256")])
             own_token = issuer.mint("kubejoin", "kubejoin", audiences=["https://kubernetes.default.svc"])
-            issuer.bearer_token = own_token
+            cluster = FakeKubeAPI(issuer, token=own_token)
+            pod_name = "teleport-app-service-6d4b9c7f5-x2x9k"
+            cluster.add_pod("teleport-agent", pod_name, service_account="teleport-app-service", node="node-1")
+            cluster.add_pod("teleport-agent", "debug-shell", service_account="debug-shell", node="node-1")
             (work / "sa-token").write_text(own_token)
-            runner, api_server = await _start(issuer.app(), ssl_context=tls.server_context())
+            runner, api_server = await _start(cluster.app(), ssl_context=tls.server_context())
             runners.append(runner)
             indent(f"API server {api_server}, issuer {issuer.issuer}\nsigning key kid {issuer.signing_key.kid}")
+            indent(f"pods: teleport-agent/{pod_name}, teleport-agent/debug-shell")
 
-            heading("kubejoin starts with a fresh CA and reads the keys offline (no TokenReview)")
+            heading("kubejoin starts: fresh CA, keys read offline, pods watched (binding.mode: watch)")
             config = parse_config(
                 {
                     "cluster_name": CLUSTER_NAME,
@@ -116,6 +124,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                         "ca_file": str(tls.ca_file),
                         "token_file": str(work / "sa-token"),
                     },
+                    "binding": {"mode": "watch"},
                 },
                 work,
             )
@@ -123,19 +132,17 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             app = create_app(config, audit=audit)
             runner, kubejoin = await _start(app)
             runners.append(runner)
+            binding = app[SERVICE].binding
+            assert binding is not None
+            async with asyncio.timeout(10):
+                await binding.wait_synced()
+            held = binding.stats().objects
             indent(f"join endpoint {kubejoin}/v1/join; CA written to {work.name}/ca.pem")
+            indent(f"watching {held['pod']} pods, {held['serviceaccount']} service accounts, {held['node']} nodes")
 
             heading("An allowed pod joins: teleport-agent/teleport-app-service")
             pod_token = work / "allowed.jwt"
-            pod_token.write_text(
-                issuer.mint(
-                    "teleport-agent",
-                    "teleport-app-service",
-                    audiences=[CLUSTER_NAME],
-                    pod="teleport-app-service-6d4b9c7f5-x2x9k",
-                    lifetime=600,
-                )
-            )
+            pod_token.write_text(cluster.mint("teleport-agent", pod_name, audiences=[CLUSTER_NAME], lifetime=600))
             joined = await join_once(
                 kubejoin,
                 token_name="kubernetes-token",
@@ -155,12 +162,38 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                     token_name="kubernetes-token",
                     role="App",
                     out_dir=str(work / "intruder"),
-                    sa_token=issuer.mint("teleport-agent", "debug-shell", audiences=[CLUSTER_NAME]),
+                    sa_token=cluster.mint("teleport-agent", "debug-shell", audiences=[CLUSTER_NAME]),
                 )
                 say("   unexpectedly joined")
                 return 1
             except JoinRefused as refused:
                 indent(f"HTTP {refused.status} {refused.code}: {refused.message}")
+
+            heading("The allowed pod is deleted; its token (still unexpired) is refused at once")
+            requests_before = sum(cluster.requests.values())
+            cluster.delete("pods", "teleport-agent", pod_name)
+            watch = binding.reflectors["pod"]
+            async with asyncio.timeout(10):
+                while True:  # the DELETED event is on its way over the watch
+                    watch.changed.clear()
+                    if binding.stores["pod"].lookup("teleport-agent", pod_name) is None:
+                        break
+                    await watch.changed.wait()
+            indent(f"kubectl delete pod -n teleport-agent {pod_name}: the watch saw DELETED")
+            try:
+                await join_once(
+                    kubejoin,
+                    token_name="kubernetes-token",
+                    sa_token=pod_token.read_text(),
+                    role="App",
+                    out_dir=str(work / "again"),
+                )
+                say("   unexpectedly joined")
+                return 1
+            except JoinRefused as refused:
+                indent(f"HTTP {refused.status} {refused.code}: {refused.message}")
+            asked = sum(cluster.requests.values()) - requests_before
+            indent(f"requests to the API server for this refusal: {asked} (no TokenReview, no GET)")
 
             heading("The join log (one JSON line per attempt)")
             indent(audit.getvalue())
@@ -173,6 +206,8 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                 "kubejoin_certificates_issued_total{",
                 "kubejoin_jwks_fetches_total{",
                 "kubejoin_jwks_keys{",
+                "kubejoin_binding_objects{",
+                "kubejoin_binding_lookups_total{",
             )
             indent("\n".join(line for line in exposition.splitlines() if line.startswith(wanted)))
             say("\nDone. In a cluster: see docs/kubernetes.md.")
