@@ -288,6 +288,24 @@ class FakeKubeAPI:
             return web.json_response(_status(404, "NotFound", message), status=404)
         return web.json_response(self._render(self._shape(request), obj))
 
+    async def _delete_object(self, request: web.Request) -> web.Response:
+        """DELETE: removes the object at once (no grace period) and answers it, as the API server
+        does for an immediate deletion."""
+        resource, name = request.match_info["resource"], request.match_info["name"]
+        namespace = request.match_info.get("namespace", "")
+        if resource not in KINDS:
+            return web.json_response(
+                _status(404, "NotFound", "the server could not find the requested resource"), status=404
+            )
+        refused = self._refusal(request, "delete", resource)
+        if refused is not None:
+            return refused
+        obj = self.objects[resource].get((namespace, name))
+        if obj is None:
+            return web.json_response(_status(404, "NotFound", f'{resource} "{name}" not found'), status=404)
+        self.delete(resource, namespace, name)
+        return web.json_response(obj)
+
     def _backlog(self, resource: str, namespace: str | None, since: int) -> Iterator[tuple[int, str, dict[str, Any]]]:
         for version, kind, of, obj in self.history:
             if version > since and of == resource and namespace in (None, obj["metadata"].get("namespace")):
@@ -405,6 +423,8 @@ class FakeKubeAPI:
         app.router.add_get("/api/v1/namespaces/{namespace}/{resource}", self._collection)
         app.router.add_get("/api/v1/namespaces/{namespace}/{resource}/{name}", self._object)
         app.router.add_get("/api/v1/{resource}/{name}", self._object)
+        app.router.add_delete("/api/v1/namespaces/{namespace}/{resource}/{name}", self._delete_object)
+        app.router.add_delete("/api/v1/{resource}/{name}", self._delete_object)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
@@ -432,8 +452,13 @@ async def _serve(arguments: argparse.Namespace) -> None:
     token = issuer.mint("kubejoin", "kubejoin", audiences=["https://kubernetes.default.svc"], lifetime=86400)
     api = FakeKubeAPI(issuer, token=token)
     for index in range(arguments.pods):
-        api.add("pods", f"team-{index % 100}", f"app-{index}", service_account="app", node="node-1")
+        api.add_pod(f"team-{index % 100}", f"app-{index}", service_account="app", node=f"node-{index % 50}")
     (directory / "token").write_text(token)
+    with (directory / "pod-tokens").open("w") as handle:  # tokens of the first pods, for joins
+        for index in range(min(arguments.mint, arguments.pods)):
+            handle.write(
+                api.mint(f"team-{index % 100}", f"app-{index}", audiences=[arguments.audience], lifetime=3600) + "\n"
+            )
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context())
@@ -446,7 +471,9 @@ async def _serve(arguments: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pods", type=int, default=1000)
-    parser.add_argument("--dir", required=True, help="where to write the TLS files and the bearer token")
+    parser.add_argument("--dir", required=True, help="where to write the TLS files and the tokens")
+    parser.add_argument("--mint", type=int, default=0, help="write tokens of this many pods to DIR/pod-tokens")
+    parser.add_argument("--audience", default="example.teleport.sh")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(parser.parse_args()))
 
