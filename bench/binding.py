@@ -33,10 +33,22 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 AUDIENCE = "example.teleport.sh"
+JOIN_TOKEN = """\
+kind: token
+version: v2
+metadata: {name: bench}
+spec:
+  roles: [App]
+  join_method: kubernetes
+  kubernetes:
+    type: in_cluster
+    allow: [{service_account_namespace: "team-*", service_account_name: app}]
+"""
 
 
 def rss_mb() -> float:
@@ -50,7 +62,9 @@ def fake_cluster(pods: int, mint: int = 0) -> Iterator[tuple[dict[str, str], Pat
     with tempfile.TemporaryDirectory(prefix="kubejoin-bench-") as scratch:
         command = [sys.executable, "-m", "auth.devtools.kubeapi", "--pods", str(pods), "--dir", scratch]
         command += ["--mint", str(mint), "--audience", AUDIENCE]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
         try:
             assert process.stdout is not None
             line = process.stdout.readline()
@@ -74,13 +88,17 @@ async def _check(args: argparse.Namespace) -> dict[str, Any]:
     binding = LiveBinding(KubeAPI(api_server="https://127.0.0.1:1"), leeway=10)  # never started: no I/O
     tokens = []
     for index in range(args.pods):
-        claims = issuer.claims(f"team-{index % 100}", "app", audiences=[AUDIENCE], pod=f"app-{index}", node=f"node-{index % 50}")
+        claims = issuer.claims(
+            f"team-{index % 100}", "app", audiences=[AUDIENCE], pod=f"app-{index}", node=f"node-{index % 50}"
+        )
         bound = claims["kubernetes.io"]
         if index < 2000:
             tokens.append(issuer.sign(claims))
         for kind, ref, namespace in (("pod", bound["pod"], bound["namespace"]), ("node", bound["node"], "")):
             binding.stores[kind].put(ObjectMeta(namespace, ref["name"], ref["uid"], None))
-        binding.stores["serviceaccount"].put(ObjectMeta(bound["namespace"], "app", bound["serviceaccount"]["uid"], None))
+        binding.stores["serviceaccount"].put(
+            ObjectMeta(bound["namespace"], "app", bound["serviceaccount"]["uid"], None)
+        )
     plain = Verifier(source, [AUDIENCE])
     bound_verifier = Verifier(source, [AUDIENCE], binding=binding)
     for verifier in (plain, bound_verifier):
@@ -123,17 +141,18 @@ def _throughput(args: argparse.Namespace) -> dict[str, Any]:
         repeated = write_bodies(scratch / "repeated.jsonl", tokens[:64])
         for mode in ("off", "watch") * args.rounds:
             work = Path(tempfile.mkdtemp(dir=scratch))
-            (work / "tokens.yaml").write_text(
-                "kind: token\nversion: v2\nmetadata: {name: bench}\nspec:\n  roles: [App]\n  join_method: kubernetes\n"
-                "  kubernetes:\n    type: in_cluster\n    allow: [{service_account_namespace: 'team-*', service_account_name: app}]\n"
-            )
+            (work / "tokens.yaml").write_text(JOIN_TOKEN)
             port = free_port()
             config = {
                 "cluster_name": AUDIENCE,
                 "listen": f"127.0.0.1:{port}",
                 "tokens_file": "tokens.yaml",
                 "verification": {"max_token_ttl": "2h"},
-                "in_cluster": {"api_server": cluster["server"], "ca_file": cluster["ca_file"], "token_file": str(scratch / "token")},
+                "in_cluster": {
+                    "api_server": cluster["server"],
+                    "ca_file": cluster["ca_file"],
+                    "token_file": str(scratch / "token"),
+                },
                 "binding": {"mode": mode},
             }
             (work / "config.yaml").write_text(json.dumps(config))
@@ -151,9 +170,9 @@ def _throughput(args: argparse.Namespace) -> dict[str, Any]:
                         time.sleep(0.1)
                 for case, bodies in (("unique", unique), ("repeated", repeated)):
                     outcome = run_wrk(port, bodies, args)
-                    results.setdefault(f"{case} {mode}", []).append(float(outcome["requests_per_sec"]))
-                    if outcome.get("non2xx"):
-                        raise RuntimeError(f"{case} {mode}: {outcome['non2xx']} refused joins")
+                    results.setdefault(f"{case} {mode}", []).append(float(outcome["rps"]))
+                    if outcome.get("non_2xx"):
+                        raise RuntimeError(f"{case} {mode}: {outcome['non_2xx']} refused joins")
             finally:
                 process.terminate()
                 process.wait(10)
@@ -178,16 +197,17 @@ async def _delay(args: argparse.Namespace) -> dict[str, Any]:
     delays: list[float] = []
     with fake_cluster(min(args.pods, 10_000), mint=args.samples) as (cluster, scratch):
         tokens = (scratch / "pod-tokens").read_text().split()
-        (scratch / "tokens.yaml").write_text(
-            "kind: token\nversion: v2\nmetadata: {name: bench}\nspec:\n  roles: [App]\n  join_method: kubernetes\n"
-            "  kubernetes:\n    type: in_cluster\n    allow: [{service_account_namespace: 'team-*', service_account_name: app}]\n"
-        )
+        (scratch / "tokens.yaml").write_text(JOIN_TOKEN)
         config = parse_config(
             {
                 "cluster_name": AUDIENCE,
                 "tokens_file": "tokens.yaml",
                 "verification": {"max_token_ttl": "2h"},
-                "in_cluster": {"api_server": cluster["server"], "ca_file": cluster["ca_file"], "token_file": str(scratch / "token")},
+                "in_cluster": {
+                    "api_server": cluster["server"],
+                    "ca_file": cluster["ca_file"],
+                    "token_file": str(scratch / "token"),
+                },
                 "binding": {"mode": "watch"},
             },
             scratch,
@@ -240,7 +260,7 @@ async def _sync_once(server: str, ca_file: str, token_file: str) -> dict[str, fl
 
     gc.collect()
     before_import = rss_mb()
-    import kubernetes_asyncio.client  # noqa: F401
+    import kubernetes_asyncio.client
     import kubernetes_asyncio.watch  # noqa: F401
 
     gc.collect()
@@ -270,7 +290,14 @@ def _sync(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     with fake_cluster(args.pods) as (cluster, scratch):
         for _ in range(args.rounds):
-            command = [sys.executable, __file__, "sync-once", cluster["server"], cluster["ca_file"], str(scratch / "token")]
+            command = [
+                sys.executable,
+                __file__,
+                "sync-once",
+                cluster["server"],
+                cluster["ca_file"],
+                str(scratch / "token"),
+            ]
             output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
             runs.append(json.loads(output))
     return {

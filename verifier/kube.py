@@ -219,16 +219,18 @@ class KubeAPI:
     async def read(self, path: str, *, query: list[tuple[str, str]] | None = None, accept: str) -> bytes:
         """The whole body of a GET, at most MAX_RESPONSE_BYTES * 64 (a list page); raises ApiError."""
         response = await self.open(path, query=query, accept=accept)
+        body = bytearray()
         try:
             async with asyncio.timeout(self.timeout * 6):
-                body = await response.content.read(MAX_RESPONSE_BYTES * 64 + 1)
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES * 64:
+                        raise ApiError(0, f"GET {path}: answer too large")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(0, f"GET {path}: reading the answer failed: {type(exc).__name__}") from None
         finally:
             response.release()
-        if len(body) > MAX_RESPONSE_BYTES * 64:
-            raise ApiError(0, f"GET {path}: answer too large")
-        return body
+        return bytes(body)
 
     async def list_page(self, kind: Kind, continue_token: str | None) -> tuple[list[ObjectMeta], str, str | None]:
         """One page of a list: its objects, the list's resourceVersion, the continue token."""
@@ -343,11 +345,13 @@ class KubeKeySource(RemoteKeySource):
             response = await self._api.open("/openid/v1/jwks", accept="application/jwk-set+json, application/json")
             try:
                 max_age = max_age_of(response.headers.get("Cache-Control"))
-                jwks = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                jwks = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    jwks += chunk
+                    if len(jwks) > MAX_RESPONSE_BYTES:
+                        raise KeySourceError(f"the JWKS is larger than {MAX_RESPONSE_BYTES} bytes")
             finally:
                 response.release()
         except ApiError as exc:
             raise KeySourceError(str(exc)) from None
-        if len(jwks) > MAX_RESPONSE_BYTES:
-            raise KeySourceError(f"the JWKS is larger than {MAX_RESPONSE_BYTES} bytes")
-        return parse_jwks(jwks), issuer, max_age
+        return parse_jwks(bytes(jwks)), issuer, max_age
