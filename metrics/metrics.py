@@ -228,7 +228,10 @@ class Metrics:
             self._shared.publish()
 
     def watch_binding(self, read: Callable[[], BindingStats]) -> None:
-        self.registry.register(_BindingCollector(read))
+        if self._shared is not None:
+            self._shared.watch_binding(read)
+        else:
+            self.registry.register(_BindingCollector(read))
 
     def tokens_loaded(self, names: Iterable[str]) -> None:
         """Creates each token's success series at 0, so rates and alerts work before any join."""
@@ -270,6 +273,9 @@ class _SharedStats:
     multiprocess files instead, so that any worker's /metrics reports the whole service."""
 
     def __init__(self, r: CollectorRegistry, in_flight: Gauge) -> None:
+        self._registry = r
+        self._binding: Callable[[], BindingStats] | None = None
+        self._binding_published: BindingStats | None = None
         self.cache: Callable[[], CacheStats] | None = None
         self.in_flight: Callable[[], int] | None = None
         self._in_flight = in_flight
@@ -296,7 +302,47 @@ class _SharedStats:
         self._published = CacheStats(0, 0, 0)
         self._cpu_published = 0.0
 
+    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
+        """Each worker runs its own binding: objects held is the largest, synced the smallest
+        (1 only when every worker is), lookups and restarts the sums."""
+        r = self._registry
+        self._binding = read
+        self._binding_objects = Gauge(
+            "kubejoin_binding_objects",
+            "Objects held by the live binding cache, terminating ones included.",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self._binding_synced = Gauge(
+            "kubejoin_binding_synced",
+            "1 while the list completed and the watch runs, else 0.",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self._binding_lookups = Counter(
+            "kubejoin_binding_lookups", "Binding lookups by kind and result.", ["kind", "result"], registry=r
+        )
+        self._binding_restarts = Counter(
+            "kubejoin_binding_watch_restarts", "Relists after a failed or expired (410) watch.", ["kind"], registry=r
+        )
+
+    def _publish_binding(self) -> None:
+        if self._binding is None:
+            return
+        stats, last = self._binding(), self._binding_published
+        for kind, count in stats.objects.items():
+            self._binding_objects.labels(kind).set(count)
+            self._binding_synced.labels(kind).set(1 if stats.synced.get(kind) else 0)
+        for key, count in stats.lookups.items():
+            self._binding_lookups.labels(*key).inc(max(0, count - (last.lookups.get(key, 0) if last else 0)))
+        for kind, count in stats.restarts.items():
+            self._binding_restarts.labels(kind).inc(max(0, count - (last.restarts.get(kind, 0) if last else 0)))
+        self._binding_published = stats
+
     def publish(self) -> None:
+        self._publish_binding()
         if self.in_flight is not None:
             self._in_flight.set(self.in_flight())
         if self.cache is not None:
