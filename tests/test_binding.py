@@ -17,6 +17,7 @@ from auth.devtools.kubeapi import write_kubeconfig
 from auth.service.server import SERVICE
 from tests.kube import BEARER, Client, FakeCluster, binding_of, start_cluster, start_kubejoin, until
 from tests.service import join_body
+from verifier import VerificationError
 
 BINDING_CODES: Final = {
     "service_account_not_found",
@@ -312,3 +313,29 @@ async def test_bearer_token_file_is_read_for_every_request(
     cluster.api.add_pod(NS, "app-new", service_account="app")
     assert await join(client, cluster.mint(NS, "app-new")) == (200, "ok")  # a GET with the new token
     cluster.api.release()
+
+
+async def test_keyring_verifier_shares_the_source_and_applies_the_binding(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    """What the TokenReview endpoint uses: its own audiences over the join tokens' in_cluster
+    source, with the binding check."""
+    from auth.service.tokens import KubernetesRules
+
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    keyring = client.app[SERVICE].keyring
+    joins = keyring.verifier_for("kubernetes-token")
+    rules = KubernetesRules(type="in_cluster", allow=())
+    review = keyring.verifier(rules, name="token_review", audiences=["https://kubernetes.default.svc"], max_ttl=0)
+    assert joins is not None and review.source is joins.source and review.binding is binding_of(client)
+    assert (
+        keyring.verifier(rules, name="token_review", audiences=["https://kubernetes.default.svc"], max_ttl=0) is review
+    )
+    token = cluster.mint(NS, "app-0", audiences=["https://kubernetes.default.svc"])
+    assert (await review.verify(token)).pod.name == "app-0"
+    cluster.api.delete("pods", NS, "app-0")
+    await until(lambda: binding_of(client).stores["pod"].count == 0)
+    with pytest.raises(VerificationError) as refused:
+        await review.verify(token)
+    assert refused.value.code == "pod_deleted"
