@@ -16,7 +16,7 @@ import pytest
 from auth.devtools.kubeapi import write_kubeconfig
 from auth.service.server import SERVICE
 from tests.kube import BEARER, Client, FakeCluster, binding_of, start_cluster, start_kubejoin, until
-from tests.service import join_body
+from tests.service import AuditLog, join_body
 from verifier import VerificationError
 
 BINDING_CODES: Final = {
@@ -176,6 +176,12 @@ async def test_cached_token_is_refused_right_after_the_deleted_event(
     await until(lambda: binding_of(client).stores["pod"].lookup(NS, "app-1") is None)
     assert await join(client, token) == (401, "pod_deleted")
     assert verifier.cache_hits == hits + 1  # refused on the cache-hit path, not re-verified
+    join_service = client.app[SERVICE].join
+    join_service.flush_audit()
+    audit = join_service._audit
+    assert isinstance(audit, AuditLog)
+    refused = audit.records()[-1]  # a verified identity's refusal is audited in full
+    assert (refused["reason"], refused["service_account"], refused["pod"]) == ("pod_deleted", f"{NS}:app", "app-1")
 
 
 async def test_steady_state_joins_make_no_api_request(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .verify import Identity
 
 
 class Reason(StrEnum):
@@ -49,6 +52,9 @@ class VerificationError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        # Set when a verified token was refused by the live binding (its pod is gone, say): who it
+        # spoke for, so that the refusal can be audited in full.
+        self.identity: Identity | None = None
 
 
 class KeySourceError(Exception):

@@ -118,9 +118,8 @@ class Verifier:
                 if self.source.cached_key(key.kid) is key and (expected is None or identity.issuer == expected):
                     if earliest <= self._clock() <= latest:
                         self.cache_hits += 1
-                        binding = self.binding
-                        if binding is not None and not binding.check_cached(identity):
-                            await binding.check(identity)
+                        if self.binding is not None:
+                            await self._check_binding(self.binding, identity)
                         return identity
                     self._check_times(identity.expires_at, identity.not_before, identity.issued_at)
                 del self._cache[token]
@@ -137,14 +136,22 @@ class Verifier:
         if not key.verify(parsed.signing_input, parsed.signature):
             raise VerificationError(Reason.BAD_SIGNATURE, f"signature does not verify with key {key.kid[:64]!r}")
         identity = self._check_claims(parsed.claims)
-        binding = self.binding
-        if binding is not None and not binding.check_cached(identity):
-            await binding.check(identity)
+        if self.binding is not None:
+            await self._check_binding(self.binding, identity)
         if self._cache is not None:
             # the times at which _check_times would pass, so that a hit costs two comparisons
             earliest = max(identity.issued_at, identity.not_before or identity.issued_at) - self._leeway
             self._cache[token] = (identity, key, earliest, identity.expires_at + self._leeway)
         return identity
+
+    @staticmethod
+    async def _check_binding(binding: BindingCheck, identity: Identity) -> None:
+        try:
+            if not binding.check_cached(identity):
+                await binding.check(identity)
+        except VerificationError as exc:
+            exc.identity = identity
+            raise
 
     def _check_times(self, exp: int, nbf: int | None, iat: int) -> None:
         now = self._clock()

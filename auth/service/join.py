@@ -188,14 +188,8 @@ class JoinService:
             raise JoinError(
                 JoinReason.JOIN_TOKEN_EXPIRED, f"join token {token.name} expired at {_rfc3339(_utc(token.expires))}"
             )
-        identity = await self._verify(token, request.id_token)
-        account = f"{identity.namespace}:{identity.service_account.name}"
-        record.update(
-            service_account=account,
-            pod=identity.pod.name,
-            issuer=identity.issuer,
-            node=identity.node.name if identity.node else None,
-        )
+        identity = await self._verify(token, request.id_token, record)
+        account = _describe(identity, record)
         if not token.allows(identity.namespace, identity.service_account.name):
             raise JoinError(
                 JoinReason.NO_MATCHING_ALLOW_RULE,
@@ -208,7 +202,7 @@ class JoinService:
             )
         return self._issue(request, token, identity, now)
 
-    async def _verify(self, token: JoinToken, id_token: str) -> Identity:
+    async def _verify(self, token: JoinToken, id_token: str, record: dict[str, Any]) -> Identity:
         verifier = self.keyring.verifier_for(token.name)
         if verifier is None:  # a token loaded a moment ago whose sources are being built
             raise JoinError(Reason.KEYS_UNAVAILABLE, f"keys for join token {token.name} are not loaded yet")
@@ -216,6 +210,8 @@ class JoinService:
             identity = await verifier.verify(id_token)
         except VerificationError as exc:
             self.metrics.token_verified(exc.code)
+            if exc.identity is not None:  # a verified token its binding refused: audit who it was
+                _describe(exc.identity, record)
             raise JoinError(exc.code, exc.message) from None
         self.metrics.token_verified("ok")
         return identity
@@ -297,6 +293,18 @@ class JoinService:
         self._summarize(int(self._clock()) + (1 if final else 0))
         with contextlib.suppress(OSError, ValueError):
             self._audit.flush()
+
+
+def _describe(identity: Identity, record: dict[str, Any]) -> str:
+    """Puts who a verified token speaks for into its join log record; returns namespace:name."""
+    account = f"{identity.namespace}:{identity.service_account.name}"
+    record.update(
+        service_account=account,
+        pod=identity.pod.name,
+        issuer=identity.issuer,
+        node=identity.node.name if identity.node else None,
+    )
+    return account
 
 
 def _utc(seconds: float) -> datetime.datetime:
