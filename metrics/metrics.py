@@ -176,7 +176,10 @@ class Metrics:
             "kubejoin_config_reloads", "Reloads of the join token file by result.", ["result"], registry=r
         )
         self.joins_in_flight = Gauge(
-            "kubejoin_joins_in_flight", "Join requests being served now.", registry=r, multiprocess_mode="livesum"
+            "kubejoin_joins_in_flight",
+            "Join and TokenReview requests being served now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         # With workers: 1 while any worker serves joins (each worker is a whole replica).
         self.ready = Gauge(
@@ -184,6 +187,18 @@ class Metrics:
             "1 while this replica serves joins (CA and join tokens loaded).",
             registry=r,
             multiprocess_mode="livemax",
+        )
+        self.token_reviews = Counter(
+            "kubejoin_token_reviews",
+            "TokenReview requests by result and reason (a REASON, or the caller's error).",
+            ["result", "reason"],
+            registry=r,
+        )
+        self.token_reviews.labels("success", "ok")
+        self.stale_tokens = Counter(
+            "kubejoin_stale_tokens",
+            "Tokens accepted after their kubernetes.io.warnafter time: kubelet should have rotated them.",
+            registry=r,
         )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
@@ -248,6 +263,9 @@ class Metrics:
 
     def token_verified(self, reason: str) -> None:
         self.child(self.token_verifications, "success" if reason == "ok" else "failure", reason).inc()
+
+    def token_reviewed(self, reason: str) -> None:
+        self.child(self.token_reviews, "success" if reason == "ok" else "failure", reason).inc()
 
     def certificate_issued(self, role: str) -> None:
         self.child(self.certificates_issued, role).inc()

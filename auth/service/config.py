@@ -7,13 +7,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
 from verifier.sources import url_scheme_allowed
 
 from .durations import parse_duration
+
+if TYPE_CHECKING:
+    from .tokens import AllowRule, KubernetesRules
 
 DEFAULT_LISTEN: Final = "127.0.0.1:3025"
 MAX_WORKERS: Final = 256
@@ -75,6 +78,16 @@ class Tls:
 
 
 @dataclass(frozen=True)
+class TokenReview:
+    """The offline TokenReview endpoint (CONTRACT.md "TokenReview, offline")."""
+
+    source: KubernetesRules  # the key source, as a join token's spec.kubernetes names it (no allow rules)
+    audiences: tuple[str, ...]  # accepted when a review names none
+    max_token_ttl: float  # 0: no limit (only with binding.mode watch and an in_cluster source)
+    reviewers: tuple[AllowRule, ...] | None  # None: anyone may ask, with no token of their own
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated service configuration; file names are absolute (resolved against the config
     file's directory), durations are seconds."""
@@ -92,6 +105,7 @@ class Config:
     tls: Tls | None = None
     binding: Binding = Binding()
     workers: int = 1  # processes serving the same listeners; `auto` resolved to usable CPUs
+    token_review: TokenReview | None = None
 
 
 def usable_cpus() -> int:
@@ -227,6 +241,43 @@ def _binding(top: _Reader) -> Binding:
     return Binding(mode, nodes)
 
 
+def _token_review(top: _Reader, default_ttl: float, binding: Binding) -> TokenReview | None:
+    if top.get("token_review") is None:
+        return None
+    # tokens.py imports this module (ConfigError): import its parsers here, not at the top.
+    from .tokens import parse_allow_rules, parse_key_source
+
+    reader = _Reader(top.get("token_review"), "token_review")
+    source = _Reader(reader.get("source", {}), "token_review.source")
+    for key in ("type", "static_jwks", "oidc"):
+        source.get(key)
+    source.finish()
+    rules = parse_key_source(source.value, "token_review.source")
+    audiences = reader.get("audiences", required=True)
+    if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) and a for a in audiences):
+        raise ConfigError("token_review.audiences: expected a non-empty list of audiences (strings)")
+    ttl = reader.get("max_token_ttl")
+    if ttl in (0, "0", "0s"):
+        if binding.mode != "watch" or rules.type != "in_cluster":
+            raise ConfigError(
+                "token_review.max_token_ttl: 0 (no limit) is allowed only with binding.mode: watch and an "
+                "in_cluster source: without the live binding check, a leaked year-long token stays valid for a year"
+            )
+        max_ttl = 0.0
+    else:
+        max_ttl = reader.duration("max_token_ttl", default_ttl)
+    reviewers = reader.get("reviewers")
+    if "reviewers" in reader.value and reviewers is None:
+        raise ConfigError("token_review.reviewers: expected a non-empty list of rules; omit it to let anyone ask")
+    reader.finish()
+    return TokenReview(
+        source=rules,
+        audiences=tuple(dict.fromkeys(audiences)),
+        max_token_ttl=max_ttl,
+        reviewers=None if reviewers is None else parse_allow_rules(reviewers, "token_review.reviewers"),
+    )
+
+
 def parse_config(document: object, base_dir: Path) -> Config:
     """Builds a Config from parsed YAML; relative file names are relative to base_dir."""
     top = _Reader(document, "")
@@ -264,6 +315,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
         limits_reader.duration("idle_timeout", 15.0),
     )
     limits_reader.finish()
+    binding = _binding(top)
     config = Config(
         tls=_tls(top, base_dir),
         cluster_name=cluster_name,
@@ -276,8 +328,9 @@ def parse_config(document: object, base_dir: Path) -> Config:
         verification=checks,
         in_cluster=in_cluster,
         limits=limits,
-        binding=_binding(top),
+        binding=binding,
         workers=parse_workers(top.get("workers", 1)),
+        token_review=_token_review(top, checks.max_token_ttl, binding),
     )
     top.finish()
     return config

@@ -252,6 +252,12 @@ class JoinService:
             "expires_at": _rfc3339(issued.not_after),
         }
 
+    def write_event(self, record: dict[str, Any], reason: str) -> None:
+        """Logs one line of another kind of request (a TokenReview) in the join log: the same
+        writer, time stamps and bound on unverified refusals."""
+        if self._admit(reason):
+            self._write_audit(record)
+
     def _admit(self, reason: str) -> bool:
         """Whether this attempt gets a full log line: always, unless it is one more unverified
         refusal of a reason already logged in full a few times this second (auditlog.py)."""

@@ -8,8 +8,9 @@ named by anyone are closed when the tokens change."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from metrics import CacheStats, Metrics
 from verifier import InClusterKeySource, OIDCKeySource, StaticKeySource, Verifier, parse_jwks
@@ -22,6 +23,10 @@ from .tokens import JoinToken, KubernetesRules
 
 SourceKey = tuple[Any, ...]
 IN_CLUSTER: SourceKey = ("in_cluster",)
+# verifier() keeps the most recently asked for of these (TokenReview: one per audience set that
+# reviews name). Callers name few sets; the bound keeps one that names many from growing memory:
+# each verifier has its own verified-token cache.
+MAX_AUDIENCE_VERIFIERS: Final = 32
 
 
 def source_key(rules: KubernetesRules, name: str) -> SourceKey:
@@ -62,7 +67,8 @@ class Keyring:
         self._sources: dict[SourceKey, KeySource] = {}
         self._verifiers: dict[SourceKey, Verifier] = {}  # the join tokens' verifier of each source
         self._by_token: dict[str, Verifier] = {}
-        self._others: dict[tuple[Any, ...], Verifier] = {}  # verifier() for other audiences
+        self._others: OrderedDict[tuple[Any, ...], Verifier] = OrderedDict()  # verifier(), most recent last
+        self._held: set[SourceKey] = set()  # sources that verifier() was asked for: open until close()
         self._retired_hits = 0
         self._retired_misses = 0
         metrics.watch_cache(self.cache_stats)
@@ -73,14 +79,20 @@ class Keyring:
     def verifier(self, rules: KubernetesRules, *, name: str, audiences: Iterable[str], max_ttl: float) -> Verifier:
         """A verifier over the key source that `rules` names (shared with the join tokens that
         name it), for these audiences and this lifetime cap; with the binding check when the
-        source is in_cluster. Built once per combination and kept until close(). Must run in the
-        event loop (a new remote source starts refreshing)."""
-        wanted = tuple(sorted(audiences))
+        source is in_cluster. The same arguments give the same verifier while it is among the
+        MAX_AUDIENCE_VERIFIERS most recently asked for; the source stays open until close(). Must
+        run in the event loop (a new remote source starts refreshing)."""
+        wanted = audiences if isinstance(audiences, frozenset) else frozenset(audiences)
         key = source_key(rules, name)
         combination = (key, wanted, max_ttl)
         verifier = self._others.get(combination)
-        if verifier is None:
-            verifier = self._others[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl)
+        if verifier is not None:
+            self._others.move_to_end(combination)
+            return verifier
+        self._held.add(key)
+        verifier = self._others[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl)
+        while len(self._others) > MAX_AUDIENCE_VERIFIERS:
+            self._retire_stats(self._others.popitem(last=False)[1])
         return verifier
 
     def _source(self, key: SourceKey, rules: KubernetesRules, name: str) -> KeySource:
@@ -139,10 +151,8 @@ class Keyring:
                 )
         self._by_token = {name: self._verifiers[key] for name, key in by_token.items()}
         for key in [k for k in self._verifiers if k not in wanted]:
-            verifier = self._verifiers.pop(key)
-            self._retired_hits += verifier.cache_hits
-            self._retired_misses += verifier.cache_misses
-        in_use = set(wanted) | {combination[0] for combination in self._others}
+            self._retire_stats(self._verifiers.pop(key))
+        in_use = set(wanted) | self._held
         retired: list[RemoteKeySource] = []
         for key in [k for k in self._sources if k not in in_use]:
             source = self._sources.pop(key)
@@ -150,8 +160,15 @@ class Keyring:
                 retired.append(source)
         return retired
 
+    def _retire_stats(self, verifier: Verifier) -> None:
+        self._retired_hits += verifier.cache_hits
+        self._retired_misses += verifier.cache_misses
+
     async def close(self) -> None:
+        for verifier in self._others.values():
+            self._retire_stats(verifier)
         self._others.clear()
+        self._held.clear()
         for source in self.update({}):
             await source.close()
 

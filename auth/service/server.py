@@ -1,4 +1,5 @@
-"""The HTTP service: `POST /v1/join`, `/healthz`, `/readyz`, `/metrics`.
+"""The HTTP service: `POST /v1/join`, the TokenReview API (when configured), `/healthz`, `/readyz`,
+`/metrics`.
 
 `create_app` builds everything from the config; nothing lives at module level. The key sources'
 refreshers and the join token watcher start and stop with the application (cleanup_ctx).
@@ -27,6 +28,7 @@ from .config import Config, ConfigError
 from .errors import STATUS, Code, JoinError, JoinReason, error_body
 from .join import JoinService
 from .keyring import Keyring, kube_api
+from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review
 from .tokens import JoinToken, file_stamp, load_tokens
 
 log = logging.getLogger("kubejoin.server")
@@ -91,10 +93,35 @@ class Service:
             worker=worker,
         )
         self.in_flight = 0
-        self.idle = asyncio.Event()  # set whenever no join is in flight
+        self.idle = asyncio.Event()  # set whenever no request is in flight
         self.idle.set()
         self.ready = False
         metrics.tokens_loaded(self.tokens.tokens)
+        self.reviewer: TokenReviewer | None = None
+        if config.token_review is not None:
+            self.reviewer = TokenReviewer(
+                config.token_review,
+                keyring=self.keyring,
+                metrics=metrics,
+                admission=self,
+                audit=self.join.write_event,
+                request_timeout=config.limits.request_timeout,
+                clock=clock,
+            )
+
+    def admit(self) -> bool:
+        """Counts a join or review in flight, unless `limits.max_in_flight` are already (the
+        caller then answers 429). Drain waits until none is left."""
+        if self.in_flight >= self.config.limits.max_in_flight:
+            return False
+        self.in_flight += 1
+        self.idle.clear()
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
 
     async def reload_tokens(self) -> bool | None:
         """Applies a changed token file. True applied, False refused, None unchanged."""
@@ -143,11 +170,9 @@ async def handle_join(request: web.Request) -> web.Response:
 
 async def _answer_join(request: web.Request, service: Service) -> web.Response:
     remote = request.remote
-    if service.in_flight >= service.config.limits.max_in_flight:
+    if not service.admit():
         service.join.refuse(JoinReason.OVERLOADED, "too many joins in flight", remote)
         return _error(JoinReason.OVERLOADED, "too many joins in flight; retry shortly", {"Retry-After": "1"})
-    service.in_flight += 1
-    service.idle.clear()
     try:
         body = await _read_body(request, service)
         return web.json_response(await service.join.join(body, remote))
@@ -158,9 +183,7 @@ async def _answer_join(request: web.Request, service: Service) -> web.Response:
         log.exception("join failed unexpectedly")
         return _error(JoinReason.INTERNAL_ERROR, "internal error; the service log has the details")
     finally:
-        service.in_flight -= 1
-        if not service.in_flight:
-            service.idle.set()
+        service.release()
 
 
 async def _read_body(request: web.Request, service: Service) -> object:
@@ -285,6 +308,10 @@ def create_app(
     app[SERVICE] = service
     app.router.add_post(JOIN_ROUTE, handle_join)
     allowed = {JOIN_ROUTE: "POST"}
+    if service.reviewer is not None:
+        app[REVIEWER] = service.reviewer
+        app.router.add_post(ROUTE, _observed(metrics, ROUTE_LABEL, handle_token_review))
+        allowed.update(dict.fromkeys(REVIEW_PATHS, "POST"))
     gets: dict[str, Handler] = {"/healthz": handle_healthz, "/readyz": handle_readyz}
     if config.metrics_listen is None:
         gets["/metrics"] = metrics_handler(metrics)
@@ -298,6 +325,8 @@ def create_app(
         if service.binding is not None:
             service.binding.start()
         service.keyring.update(service.tokens.tokens)
+        if service.reviewer is not None:
+            service.reviewer.start()
         watcher = asyncio.ensure_future(_housekeeping(service, reload_interval))
         service.ready = True
         metrics.ready.set(1)

@@ -4,6 +4,7 @@ ConfigError naming the field path, e.g. `spec.kubernetes.allow[0].service_accoun
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -203,47 +204,57 @@ def _issuer_url(value: object, path: str, *, allow_http: bool) -> str:
     raise TokenError(path, f"expected an https:// URL (http:// only with insecure_allow_http_issuer), got {url!r}")
 
 
-def _kubernetes(value: object) -> KubernetesRules:
-    spec = _mapping(value, "spec.kubernetes")
-    _no_unknown(spec, {"type", "allow", "static_jwks", "oidc"}, "spec.kubernetes")
+def parse_allow_rules(value: object, path: str) -> tuple[AllowRule, ...]:
+    """A non-empty list of allow rules, as join tokens write them (also `token_review.reviewers`)."""
+    if not isinstance(value, list) or not value:
+        raise TokenError(path, "expected a non-empty list of rules")
+    return tuple(_allow_rule(rule, f"{path}[{i}]") for i, rule in enumerate(value))
+
+
+def parse_key_source(spec: Mapping[str, Any], path: str) -> KubernetesRules:
+    """The key source fields of a `spec.kubernetes` block (`type`, `static_jwks`, `oidc`), with no
+    allow rules; `path` names the block in errors. Also read by `token_review.source`."""
     kind = spec.get("type") or "in_cluster"
     if kind not in TYPES:
-        raise TokenError("spec.kubernetes.type", f"expected one of {', '.join(TYPES)}, got {kind!r}")
+        raise TokenError(f"{path}.type", f"expected one of {', '.join(TYPES)}, got {kind!r}")
     for owner in ("static_jwks", "oidc"):
         if owner in spec and kind != owner:
-            raise TokenError(f"spec.kubernetes.{owner}", f"only allowed with type {owner}, not {kind}")
-    allow = spec.get("allow")
-    if not isinstance(allow, list) or not allow:
-        raise TokenError("spec.kubernetes.allow", "expected a non-empty list of rules")
-    rules = tuple(_allow_rule(rule, f"spec.kubernetes.allow[{i}]") for i, rule in enumerate(allow))
+            raise TokenError(f"{path}.{owner}", f"only allowed with type {owner}, not {kind}")
     if kind == "static_jwks":
-        static = _mapping(spec.get("static_jwks"), "spec.kubernetes.static_jwks")
-        _no_unknown(static, {"jwks", "issuer"}, "spec.kubernetes.static_jwks")
+        static = _mapping(spec.get("static_jwks"), f"{path}.static_jwks")
+        _no_unknown(static, {"jwks", "issuer"}, f"{path}.static_jwks")
         jwks = static.get("jwks")
         if isinstance(jwks, Mapping):  # accept the document inline as YAML too
             jwks = json.dumps(jwks)
-        jwks = _text(jwks, "spec.kubernetes.static_jwks.jwks")
+        jwks = _text(jwks, f"{path}.static_jwks.jwks")
         try:
             if not parse_jwks(jwks).keys:
                 raise KeySourceError("no usable signing key (RSA >= 2048 bits, EC P-256/384/521)")
         except KeySourceError as exc:
-            raise TokenError("spec.kubernetes.static_jwks.jwks", str(exc)) from None
+            raise TokenError(f"{path}.static_jwks.jwks", str(exc)) from None
         issuer = static.get("issuer")
         return KubernetesRules(
             kind,
-            rules,
+            (),
             static_jwks=jwks,
-            static_issuer=_text(issuer, "spec.kubernetes.static_jwks.issuer") if issuer else None,
+            static_issuer=_text(issuer, f"{path}.static_jwks.issuer") if issuer else None,
         )
     if kind == "oidc":
-        oidc = _mapping(spec.get("oidc"), "spec.kubernetes.oidc")
-        _no_unknown(oidc, {"issuer", "insecure_allow_http_issuer"}, "spec.kubernetes.oidc")
+        oidc = _mapping(spec.get("oidc"), f"{path}.oidc")
+        _no_unknown(oidc, {"issuer", "insecure_allow_http_issuer"}, f"{path}.oidc")
         allow_http = oidc.get("insecure_allow_http_issuer", False)
         if not isinstance(allow_http, bool):
-            raise TokenError("spec.kubernetes.oidc.insecure_allow_http_issuer", "expected true or false")
-        issuer = _issuer_url(oidc.get("issuer"), "spec.kubernetes.oidc.issuer", allow_http=allow_http)
-        return KubernetesRules(kind, rules, oidc_issuer=issuer, insecure_allow_http_issuer=allow_http)
-    return KubernetesRules(kind, rules)
+            raise TokenError(f"{path}.oidc.insecure_allow_http_issuer", "expected true or false")
+        issuer = _issuer_url(oidc.get("issuer"), f"{path}.oidc.issuer", allow_http=allow_http)
+        return KubernetesRules(kind, (), oidc_issuer=issuer, insecure_allow_http_issuer=allow_http)
+    return KubernetesRules(kind, ())
+
+
+def _kubernetes(value: object) -> KubernetesRules:
+    spec = _mapping(value, "spec.kubernetes")
+    _no_unknown(spec, {"type", "allow", "static_jwks", "oidc"}, "spec.kubernetes")
+    source = parse_key_source(spec, "spec.kubernetes")
+    return dataclasses.replace(source, allow=parse_allow_rules(spec.get("allow"), "spec.kubernetes.allow"))
 
 
 def parse_token(document: object) -> JoinToken:

@@ -1,0 +1,360 @@
+"""The TokenReview API, offline: `POST /apis/authentication.k8s.io/{v1,v1beta1}/tokenreviews`.
+
+Anything that asks kube-apiserver "who holds this token?" (an in-house service, Vault's Kubernetes
+auth, a webhook token authenticator) can ask kubejoin instead and get kube-apiserver's answer:
+the same user info, groups, extra keys and audience semantics, from keys cached offline.
+
+Order of concern: the caller first (so that a refused caller learns nothing about the reviewed
+token), then the body, then the token. The answer is 201 with the TokenReview and its status, as
+kube-apiserver gives it, except that `spec.token` is always "" (never echoed). Caller errors are
+Kubernetes `Status` objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+
+from metrics import Metrics
+from verifier import Identity, VerificationError, Verifier
+
+from .config import TokenReview
+from .errors import JoinReason
+from .keyring import Keyring
+
+log = logging.getLogger("kubejoin.tokenreview")
+API_GROUP: Final = "authentication.k8s.io"
+VERSIONS: Final = ("v1", "v1beta1")
+ROUTE: Final = "/apis/authentication.k8s.io/{version:v1|v1beta1}/tokenreviews"
+ROUTE_LABEL: Final = "/apis/authentication.k8s.io/{version}/tokenreviews"  # the route label of the HTTP metrics
+REVIEW_PATHS: Final = tuple(f"/apis/authentication.k8s.io/{v}/tokenreviews" for v in ("v1", "v1beta1"))
+MAX_BODY: Final = 64 * 1024
+# The owner of a static key set named by token_review.source: its issuer label is static:token_review.
+SOURCE_OWNER: Final = "token_review"
+# kube-apiserver's user info for ServiceAccount tokens (pkg/serviceaccount, k8s.io/apiserver user).
+ALL_SERVICE_ACCOUNTS: Final = "system:serviceaccounts"
+AUTHENTICATED: Final = "system:authenticated"
+POD_NAME: Final = "authentication.kubernetes.io/pod-name"
+POD_UID: Final = "authentication.kubernetes.io/pod-uid"
+NODE_NAME: Final = "authentication.kubernetes.io/node-name"
+NODE_UID: Final = "authentication.kubernetes.io/node-uid"
+CREDENTIAL_ID: Final = "authentication.kubernetes.io/credential-id"
+_TOP_FIELDS: Final = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+_SPEC_FIELDS: Final = frozenset({"token", "audiences"})
+
+
+class Admission(Protocol):
+    """The service's count of requests in flight (shared with joins: one limit, one drain)."""
+
+    def admit(self) -> bool:
+        """Counts one more request in flight; False (and not counted) when at the limit."""
+
+    def release(self) -> None: ...
+
+
+class CallerError(Exception):
+    """The request itself is refused: answered as a Kubernetes Status object."""
+
+    def __init__(self, code: int, reason: str, label: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason  # the Status reason: BadRequest, Unauthorized, Forbidden, ...
+        self.label = label  # the reason label of kubejoin_token_reviews_total
+        self.message = message
+        self.headers = headers
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+
+
+def _bad_request(message: str) -> CallerError:
+    return CallerError(400, "BadRequest", JoinReason.BAD_REQUEST, message)
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    token: str
+    audiences: tuple[str, ...] | None  # None: the review names none
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"duplicate member {key[:40]!r}")
+        found[key] = value
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(raw: bytes) -> object:
+    """Strict JSON: UTF-8 only, no duplicate members, no NaN or Infinity. Raises ValueError."""
+    try:
+        return json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_object_without_duplicates, parse_constant=_no_constant
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def parse_review(raw: bytes, version: str) -> ReviewRequest:
+    """The token and audiences of a TokenReview body, or CallerError (400)."""
+    try:
+        body = load_json(raw)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise _bad_request(f"the body is not a JSON TokenReview: {str(exc)[:120]}") from None
+    if not isinstance(body, dict):
+        raise _bad_request("the body must be a TokenReview object")
+    unknown = sorted(set(body) - _TOP_FIELDS)
+    if unknown:
+        raise _bad_request(f"unknown field {unknown[0][:40]!r} in TokenReview")
+    expected = f"{API_GROUP}/{version}"
+    api_version = body.get("apiVersion")
+    if api_version not in (None, "", expected):
+        raise _bad_request(
+            f"the API version in the data ({str(api_version)[:60]}) does not match the expected API version "
+            f"({expected})"
+        )
+    if body.get("kind") not in (None, "", "TokenReview"):
+        raise _bad_request(f"kind must be TokenReview, got {str(body.get('kind'))[:60]!r}")
+    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
+        raise _bad_request("metadata must be an object")
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        raise _bad_request("spec is required and must be an object")
+    unknown = sorted(set(spec) - _SPEC_FIELDS)
+    if unknown:
+        raise _bad_request(f"unknown field 'spec.{unknown[0][:40]}'; expected spec.token and spec.audiences")
+    token = spec.get("token")
+    if not isinstance(token, str) or not token:
+        raise _bad_request("spec.token is required for TokenReview")
+    audiences = spec.get("audiences")
+    if audiences is not None and (
+        not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences)
+    ):
+        raise _bad_request("spec.audiences must be a list of non-empty strings")
+    return ReviewRequest(token, tuple(dict.fromkeys(audiences)) if audiences else None)
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, as kube-apiserver reads it."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
+
+
+def user_info(identity: Identity) -> dict[str, Any]:
+    """kube-apiserver's UserInfo for a ServiceAccount token bound to a pod."""
+    extra = {POD_NAME: [identity.pod.name], POD_UID: [identity.pod.uid]}
+    if identity.node is not None:
+        extra[NODE_NAME] = [identity.node.name]
+        extra[NODE_UID] = [identity.node.uid]
+    if identity.jti:
+        extra[CREDENTIAL_ID] = [f"JTI={identity.jti}"]
+    return {
+        "username": identity.username,
+        "uid": identity.service_account.uid,
+        "groups": [ALL_SERVICE_ACCOUNTS, f"{ALL_SERVICE_ACCOUNTS}:{identity.namespace}", AUTHENTICATED],
+        "extra": extra,
+    }
+
+
+class TokenReviewer:
+    """Answers TokenReviews against one key source, counted and logged once each."""
+
+    def __init__(
+        self,
+        config: TokenReview,
+        *,
+        keyring: Keyring,
+        metrics: Metrics,
+        admission: Admission,
+        audit: Callable[[dict[str, Any], str], None],
+        request_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._keyring = keyring
+        self._metrics = metrics
+        self._admission = admission
+        self._audit = audit
+        self._request_timeout = request_timeout
+        self._clock = clock
+
+    def start(self) -> None:
+        """Opens the key source (so keys are fetched before the first review). In the event loop."""
+        self._verifier(None)
+
+    def _verifier(self, audiences: tuple[str, ...] | None) -> Verifier:
+        return self._keyring.verifier(
+            self.config.source,
+            name=SOURCE_OWNER,
+            audiences=audiences or self.config.audiences,
+            max_ttl=self.config.max_token_ttl,
+        )
+
+    async def review(
+        self, version: str, authorization: str | None, read_body: Callable[[], Awaitable[bytes]], remote: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+        """Status code, answer and headers for one review request."""
+        started = time.perf_counter()
+        record: dict[str, Any] = {
+            "event": "token_review",
+            "version": version,
+            "user": None,
+            "pod": None,
+            "node": None,
+            "caller": None,
+            "remote": remote,
+        }
+        reason: str = JoinReason.INTERNAL_ERROR
+        if not self._admission.admit():
+            error = CallerError(
+                429, "TooManyRequests", JoinReason.OVERLOADED, "too many requests in flight; retry shortly"
+            )
+            record["message"] = error.message
+            self._finish(record, error.label, started)
+            return error.code, error.status(), {"Retry-After": "1"}
+        try:
+            await self._check_caller(authorization, record)
+            request = parse_review(await self._read(read_body), version)
+            status, reason = await self._status(request, record)
+            # spec.token comes back empty, never echoed: the official Python client cannot read an
+            # answer without it.
+            spec: dict[str, Any] = {"token": ""}
+            if request.audiences is not None:
+                spec["audiences"] = list(request.audiences)
+            answer = {
+                "kind": "TokenReview",
+                "apiVersion": f"{API_GROUP}/{version}",
+                "metadata": {"creationTimestamp": None},
+                "spec": spec,
+                "status": status,
+            }
+            if reason != "ok":
+                record["message"] = status["error"]
+            return 201, answer, None
+        except CallerError as exc:
+            reason = exc.label
+            record["message"] = exc.message
+            return exc.code, exc.status(), exc.headers
+        except Exception:  # the caller gets a Status, not a trace; the log has the details
+            log.exception("token review failed unexpectedly")
+            error = CallerError(
+                500, "InternalError", JoinReason.INTERNAL_ERROR, "internal error; the service log has the details"
+            )
+            record["message"] = error.message
+            return error.code, error.status(), None
+        finally:
+            self._admission.release()
+            self._finish(record, reason, started)
+
+    def _finish(self, record: dict[str, Any], reason: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self._metrics.token_reviewed(reason)
+        record.update(result="success" if reason == "ok" else "failure", reason=reason)
+        record["duration_ms"] = round(seconds * 1000, 3)
+        self._audit(record, reason)
+
+    async def _check_caller(self, authorization: str | None, record: dict[str, Any]) -> None:
+        """With `reviewers` set, the caller's own token must be valid and allowed. The refusal
+        says nothing of why the caller's token failed (the audit log does): it is no oracle."""
+        reviewers = self.config.reviewers
+        if reviewers is None:
+            return
+        unauthorized = CallerError(
+            401,
+            "Unauthorized",
+            "unauthorized",
+            "Unauthorized: a valid ServiceAccount token of an allowed reviewer is required (Authorization: Bearer)",
+        )
+        token = bearer_token(authorization)
+        if token is None:
+            record["caller_error"] = "no bearer token"
+            raise unauthorized
+        try:
+            caller = await self._verifier(None).verify(token)
+        except VerificationError as exc:
+            record["caller_error"] = f"{exc.code}: {exc.message}"
+            raise unauthorized from None
+        record["caller"] = caller.username
+        if not any(rule.matches(caller.namespace, caller.service_account.name) for rule in reviewers):
+            raise CallerError(
+                403,
+                "Forbidden",
+                "forbidden",
+                f'tokenreviews.authentication.k8s.io is forbidden: User "{caller.username}" cannot create resource '
+                '"tokenreviews" in API group "authentication.k8s.io" at the cluster scope: '
+                "not in token_review.reviewers",
+            )
+
+    async def _read(self, read_body: Callable[[], Awaitable[bytes]]) -> bytes:
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                return await read_body()
+        except TimeoutError:
+            raise CallerError(
+                408, "Timeout", JoinReason.REQUEST_TIMEOUT, "the request body did not arrive in time"
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise CallerError(
+                413, "RequestEntityTooLarge", JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes"
+            ) from None
+
+    async def _status(self, request: ReviewRequest, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The review's status and its reason label ("ok" or the token's REASON)."""
+        try:
+            identity = await self._verifier(request.audiences).verify(request.token)
+        except VerificationError as exc:
+            return {"authenticated": False, "user": {}, "error": f"{exc.code}: {exc.message}"}, exc.code
+        record.update(user=identity.username, pod=identity.pod.name, node=identity.node.name if identity.node else None)
+        if identity.warn_after is not None and self._clock() > identity.warn_after:
+            # kube-apiserver accepts these too, and counts them: kubelet failed to rotate the token.
+            self._metrics.stale_tokens.inc()
+            record["stale"] = True
+        asked = frozenset(request.audiences or self.config.audiences)
+        return {
+            "authenticated": True,
+            "user": user_info(identity),
+            "audiences": [audience for audience in identity.audiences if audience in asked],
+        }, "ok"
+
+
+REVIEWER: Final = web.AppKey("token_reviewer", TokenReviewer)
+
+
+async def handle_token_review(request: web.Request) -> web.Response:
+    """POST .../tokenreviews: JSON with or without a Content-Type, possibly chunked."""
+    reviewer = request.app[REVIEWER]
+
+    async def read_body() -> bytes:
+        if (request.content_length or 0) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length or 0)
+        return await request.read()
+
+    code, answer, headers = await reviewer.review(
+        request.match_info["version"], request.headers.get("Authorization"), read_body, request.remote
+    )
+    return web.json_response(answer, status=code, headers=headers)
