@@ -1,0 +1,471 @@
+"""POST /apis/authentication.k8s.io/{v1,v1beta1}/tokenreviews over HTTP: the whole answer, audience
+semantics as kube-apiserver's, each refusal, the caller checks, strict parsing, the log and the
+metrics. Real clients (the official Python client, kubectl) are in test_tokenreview_clients.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from auth.devtools.devtls import make_loopback_tls
+from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.service.server import SERVICE, create_app
+from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
+
+Client = TestClient[web.Request, web.Application]
+StartReview = Callable[..., Awaitable[Client]]
+V1 = "/apis/authentication.k8s.io/v1/tokenreviews"
+V1BETA1 = "/apis/authentication.k8s.io/v1beta1/tokenreviews"
+API = "https://kubernetes.default.svc.cluster.local"  # the default audience configured below
+VAULT = "vault"
+
+
+@pytest.fixture
+def issuer() -> LocalIssuer:
+    return LocalIssuer(API, [IssuerKey.generate("P-256")])
+
+
+def static_source(issuer: LocalIssuer) -> dict[str, Any]:
+    return {"type": "static_jwks", "static_jwks": {"jwks": issuer.jwks_document().decode(), "issuer": issuer.issuer}}
+
+
+@pytest.fixture
+def start_review(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> StartReview:
+    """kubejoin with a token_review section (static_jwks source of `issuer` unless given)."""
+
+    async def start(**review: Any) -> Client:
+        write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+        review.setdefault("source", static_source(issuer))
+        review.setdefault("audiences", [API])
+        overrides = review.pop("overrides", {})
+        audit = AuditLog()
+        config = make_config(tmp_path, token_review=review, **overrides)
+        client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry(), audit=audit))
+        client.audit = audit  # type: ignore[attr-defined]
+        return client
+
+    return start
+
+
+def review_body(token: str, audiences: list[str] | None = None, version: str = "v1") -> dict[str, Any]:
+    spec: dict[str, Any] = {"token": token}
+    if audiences is not None:
+        spec["audiences"] = audiences
+    return {"apiVersion": f"authentication.k8s.io/{version}", "kind": "TokenReview", "spec": spec}
+
+
+async def post(client: Client, body: Any, path: str = V1, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """Posts raw JSON bytes with no Content-Type, as the Python client and kubectl may."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = await client.post(path, data=data, **kwargs)
+    return response.status, await response.json()
+
+
+def records(client: Client) -> list[dict[str, Any]]:
+    return client.audit.records()  # type: ignore[attr-defined,no-any-return]
+
+
+def reviews(client: Client, result: str, reason: str) -> float | None:
+    registry = client.app[SERVICE].metrics.registry
+    return registry.get_sample_value("kubejoin_token_reviews_total", {"result": result, "reason": reason})
+
+
+def claims_of(issuer: LocalIssuer, **options: Any) -> dict[str, Any]:
+    options.setdefault("audiences", [API])
+    return issuer.claims("team-a", "reader", pod="reader-7d9f", node="node-3", **options)
+
+
+async def test_valid_token_gets_kube_apiservers_answer(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    claims = claims_of(issuer, audiences=[API, "other"])
+    binding = claims["kubernetes.io"]
+    token = issuer.sign(claims)
+    status, answer = await post(client, review_body(token))
+    assert status == 201
+    assert answer == {
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": None},
+        "spec": {"token": ""},
+        "status": {
+            "authenticated": True,
+            "user": {
+                "username": "system:serviceaccount:team-a:reader",
+                "uid": binding["serviceaccount"]["uid"],
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated"],
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": ["reader-7d9f"],
+                    "authentication.kubernetes.io/pod-uid": [binding["pod"]["uid"]],
+                    "authentication.kubernetes.io/node-name": ["node-3"],
+                    "authentication.kubernetes.io/node-uid": [binding["node"]["uid"]],
+                    "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"],
+                },
+            },
+            "audiences": [API],
+        },
+    }
+
+
+async def test_no_node_and_no_jti_leave_their_extra_keys_out(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    claims = issuer.claims("team-a", "reader", audiences=[API], node=None)
+    del claims["jti"]
+    _, answer = await post(client, review_body(issuer.sign(claims)))
+    assert set(answer["status"]["user"]["extra"]) == {
+        "authentication.kubernetes.io/pod-name",
+        "authentication.kubernetes.io/pod-uid",
+    }
+
+
+async def test_v1beta1_is_answered_in_its_own_version(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer)), version="v1beta1"), V1BETA1)
+    assert status == 201
+    assert answer["apiVersion"] == "authentication.k8s.io/v1beta1" and answer["status"]["authenticated"] is True
+    # a v1 object posted to the v1beta1 URL is refused, as kube-apiserver refuses it
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))), V1BETA1)
+    assert status == 400 and "does not match the expected API version" in answer["message"]
+
+
+AUDIENCES = [
+    # (token's aud, the review's spec.audiences, status.audiences or the refusal)
+    ([API, VAULT], [VAULT], [VAULT]),
+    ([API, VAULT], ["elsewhere", VAULT, API], [API, VAULT]),
+    ([VAULT], ["elsewhere", VAULT], [VAULT]),
+    ([VAULT], None, "invalid_audience"),  # names none: the configured ones, which the token lacks
+    ([API], [VAULT], "invalid_audience"),  # names some: the configured ones do not count
+    ([API, VAULT], None, [API]),
+    ([API], [], [API]),  # an empty list names none
+]
+
+
+@pytest.mark.parametrize(("token_audiences", "asked", "expected"), AUDIENCES)
+async def test_audiences_as_kube_apiserver_decides_them(
+    start_review: StartReview, issuer: LocalIssuer, token_audiences: list[str], asked: list[str] | None, expected: Any
+) -> None:
+    client = await start_review()
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer, audiences=token_audiences)), asked))
+    assert status == 201
+    if asked:
+        assert answer["spec"]["audiences"] == asked
+    else:
+        assert "audiences" not in answer["spec"]
+    if isinstance(expected, list):
+        assert answer["status"]["authenticated"] is True
+        assert answer["status"]["audiences"] == expected
+    else:
+        assert answer["status"] == {"authenticated": False, "user": {}, "error": answer["status"]["error"]}
+        assert answer["status"]["error"].startswith(f"{expected}: ")
+
+
+def _unbound(claims: dict[str, Any]) -> dict[str, Any]:
+    del claims["kubernetes.io"]["pod"]
+    return claims
+
+
+REFUSALS: list[tuple[str, Callable[[LocalIssuer], str]]] = [
+    ("bad_signature", lambda i: i.sign(claims_of(i))[:-4] + "AAAA"),
+    ("malformed_token", lambda i: "not-a-jwt"),
+    ("unknown_key", lambda i: LocalIssuer(i.issuer, [IssuerKey.generate("P-256")]).sign(claims_of(i))),
+    ("invalid_issuer", lambda i: i.sign({**claims_of(i), "iss": "https://elsewhere"})),
+    ("token_expired", lambda i: i.sign(claims_of(i, now=0))),
+    ("token_ttl_too_long", lambda i: i.sign(claims_of(i, lifetime=7200))),
+    ("not_pod_bound", lambda i: i.sign(_unbound(claims_of(i)))),
+    ("subject_mismatch", lambda i: i.sign({**claims_of(i), "sub": "system:serviceaccount:kube-system:admin"})),
+]
+
+
+@pytest.mark.parametrize("make", [r[1] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+async def test_refused_tokens_say_why_in_status_error(
+    start_review: StartReview, issuer: LocalIssuer, make: Callable[[LocalIssuer], str], request: Any
+) -> None:
+    reason = request.node.callspec.id
+    client = await start_review()
+    token = make(issuer)
+    status, answer = await post(client, review_body(token))
+    assert status == 201
+    assert answer["spec"] == {"token": ""}
+    assert answer["status"]["authenticated"] is False and answer["status"]["user"] == {}
+    assert set(answer["status"]) == {"authenticated", "user", "error"}
+    assert answer["status"]["error"].startswith(f"{reason}: ")
+    assert reviews(client, "failure", reason) == 1
+    [record] = records(client)
+    assert record["event"] == "token_review" and record["result"] == "failure" and record["reason"] == reason
+    assert token not in json.dumps(answer) and token not in client.audit.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_review_ttl_cap_is_its_own(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review(max_token_ttl="2h")
+    token = issuer.sign(claims_of(issuer, lifetime=5400, audiences=[API, CLUSTER]))
+    _, answer = await post(client, review_body(token))
+    assert answer["status"]["authenticated"] is True
+    # joins keep verification.max_token_ttl (30m by default)
+    join = await client.post("/v1/join", json=join_body(token))
+    assert (await join.json())["error"]["code"] == "token_ttl_too_long"
+
+
+async def test_stale_tokens_are_accepted_and_counted(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    registry = client.app[SERVICE].metrics.registry
+    assert registry.get_sample_value("kubejoin_stale_tokens_total") == 0
+    fresh, stale = claims_of(issuer), claims_of(issuer)
+    fresh["kubernetes.io"]["warnafter"] = fresh["iat"] + 3600
+    stale["kubernetes.io"]["warnafter"] = stale["iat"] - 1
+    for claims in (fresh, stale):
+        _, answer = await post(client, review_body(issuer.sign(claims)))
+        assert answer["status"]["authenticated"] is True
+    assert registry.get_sample_value("kubejoin_stale_tokens_total") == 1
+    assert [r.get("stale") for r in records(client)] == [None, True]
+
+
+BAD_BODIES: list[tuple[str, bytes]] = [
+    ("not-json", b"{not json"),
+    ("not-utf8", b'{"spec": {"token": "\xff"}}'),
+    ("an-array", b"[]"),
+    ("duplicate-member", b'{"spec": {"token": "a.b.c", "token": "d.e.f"}}'),
+    ("nan", b'{"spec": {"token": "a.b.c"}, "metadata": {"x": NaN}}'),
+    ("infinity", b'{"spec": {"token": "a.b.c", "audiences": [Infinity]}}'),
+    ("deeply-nested", b'{"spec": {"token": "a.b.c"}, "metadata": ' + b"[" * 30000 + b"]" * 30000 + b"}"),
+    ("no-spec", b'{"kind": "TokenReview"}'),
+    ("no-token", b'{"spec": {"audiences": ["a"]}}'),
+    ("empty-token", b'{"spec": {"token": ""}}'),
+    ("token-not-a-string", b'{"spec": {"token": 5}}'),
+    ("audiences-not-a-list", b'{"spec": {"token": "a.b.c", "audiences": "vault"}}'),
+    ("audience-not-a-string", b'{"spec": {"token": "a.b.c", "audiences": [1]}}'),
+    ("unknown-spec-field", b'{"spec": {"token": "a.b.c", "audience": "vault"}}'),
+    ("unknown-top-field", b'{"spec": {"token": "a.b.c"}, "extra": 1}'),
+    ("wrong-kind", b'{"kind": "SubjectAccessReview", "spec": {"token": "a.b.c"}}'),
+    ("wrong-group", b'{"apiVersion": "authorization.k8s.io/v1", "spec": {"token": "a.b.c"}}'),
+    ("metadata-not-an-object", b'{"metadata": [], "spec": {"token": "a.b.c"}}'),
+]
+
+
+@pytest.mark.parametrize("body", [b[1] for b in BAD_BODIES], ids=[b[0] for b in BAD_BODIES])
+async def test_malformed_reviews_are_400_status_objects(start_review: StartReview, body: bytes) -> None:
+    client = await start_review()
+    status, answer = await post(client, body)
+    assert status == 400
+    assert answer == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": answer["message"],
+        "reason": "BadRequest",
+        "code": 400,
+    }
+    assert reviews(client, "failure", "bad_request") == 1
+
+
+async def test_no_api_version_nor_kind_any_content_type(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    token = issuer.sign(claims_of(issuer))
+    body = json.dumps({"spec": {"token": token}}).encode()
+    for headers in ({}, {"Content-Type": "application/json"}, {"Content-Type": "text/plain"}):
+        status, answer = await post(client, body, headers=headers)
+        assert status == 201 and answer["status"]["authenticated"] is True, headers
+
+    async def chunks() -> AsyncIterator[bytes]:  # a chunked body, as kubectl sends it
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    response = await client.post(V1, data=chunks())
+    assert response.status == 201 and (await response.json())["status"]["authenticated"] is True
+
+
+async def test_body_over_64_kib_is_413(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    padded = review_body(issuer.sign(claims_of(issuer)))
+    padded["metadata"] = {"annotations": {"pad": "x" * 70000}}
+    status, answer = await post(client, padded)
+    assert status == 413 and answer["reason"] == "RequestEntityTooLarge" and answer["kind"] == "Status"
+
+
+async def test_the_route_exists_only_when_configured(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> None:
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    client = await aiohttp_client(create_app(make_config(tmp_path), registry=CollectorRegistry(), audit=AuditLog()))
+    assert (await client.post(V1, json=review_body(issuer.sign(claims_of(issuer))))).status == 404
+
+
+async def test_success_series_exists_at_zero_and_counts(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    assert reviews(client, "success", "ok") == 0
+    await post(client, review_body(issuer.sign(claims_of(issuer))))
+    await post(client, review_body(issuer.sign(claims_of(issuer))))
+    assert reviews(client, "success", "ok") == 2
+    exposition = await (await client.get("/metrics")).text()
+    assert 'kubejoin_token_reviews_total{reason="ok",result="success"} 2.0' in exposition
+
+
+async def test_one_audit_line_per_review_never_the_token(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review()
+    token = issuer.sign(claims_of(issuer))
+    await post(client, review_body(token))
+    await post(client, review_body(token[:-3] + "AAA"))
+    await post(client, b"{")
+    ok, refused, bad = records(client)
+    assert ok["event"] == "token_review" and ok["result"] == "success" and ok["reason"] == "ok"
+    assert ok["user"] == "system:serviceaccount:team-a:reader" and ok["pod"] == "reader-7d9f"
+    assert ok["node"] == "node-3" and ok["caller"] is None and ok["remote"] == "127.0.0.1"
+    assert ok["duration_ms"] >= 0 and ok["time"].endswith("Z") and ok["version"] == "v1"
+    assert refused["reason"] == "bad_signature" and refused["user"] is None
+    assert refused["message"].startswith("bad_signature: ")
+    assert bad["reason"] == "bad_request"
+    assert token.split(".")[2][:-3] not in client.audit.getvalue()  # type: ignore[attr-defined]
+
+
+# -- the caller: token_review.reviewers ---------------------------------------------------------
+
+
+def caller_token(issuer: LocalIssuer, namespace: str = "vault", account: str = "vault-auth", **options: Any) -> str:
+    options.setdefault("audiences", [API])
+    return issuer.mint(namespace, account, **options)
+
+
+async def test_allowed_reviewer_gets_the_answer(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review(reviewers=[{"service_account": "vault:vault-auth"}])
+    headers = {"Authorization": f"Bearer {caller_token(issuer)}"}
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))), headers=headers)
+    assert status == 201 and answer["status"]["authenticated"] is True
+    [record] = records(client)
+    assert record["caller"] == "system:serviceaccount:vault:vault-auth"
+
+
+CALLERS: list[tuple[str, Callable[[LocalIssuer], dict[str, str]], int]] = [
+    ("no-authorization", lambda i: {}, 401),
+    ("basic-auth", lambda i: {"Authorization": "Basic dmF1bHQ6cGFzcw=="}, 401),
+    ("empty-bearer", lambda i: {"Authorization": "Bearer "}, 401),
+    ("expired-caller", lambda i: {"Authorization": f"Bearer {caller_token(i, now=0)}"}, 401),
+    ("caller-other-audience", lambda i: {"Authorization": f"Bearer {caller_token(i, audiences=[VAULT])}"}, 401),
+    (
+        "caller-of-another-cluster",
+        lambda i: {"Authorization": f"Bearer {caller_token(LocalIssuer(API, [IssuerKey.generate('P-256')]))}"},
+        401,
+    ),
+    ("caller-not-a-reviewer", lambda i: {"Authorization": f"Bearer {caller_token(i, 'team-a', 'reader')}"}, 403),
+]
+
+
+@pytest.mark.parametrize(("headers", "code"), [(c[1], c[2]) for c in CALLERS], ids=[c[0] for c in CALLERS])
+async def test_refused_callers_learn_nothing_about_the_reviewed_token(
+    start_review: StartReview, issuer: LocalIssuer, headers: Callable[[LocalIssuer], dict[str, str]], code: int
+) -> None:
+    client = await start_review(reviewers=[{"service_account": "vault:vault-auth"}])
+    reason = {401: "Unauthorized", 403: "Forbidden"}[code]
+    answers = []
+    # a valid, a refused and a malformed review: the caller's refusal is the same for all three
+    for body in (review_body(issuer.sign(claims_of(issuer))), review_body("x.y.z"), b"{"):
+        status, answer = await post(client, body, headers=headers(issuer))
+        assert status == code
+        assert answer["kind"] == "Status" and answer["reason"] == reason and answer["code"] == code
+        answers.append(answer)
+    assert answers[0] == answers[1] == answers[2]
+    assert "team-a" not in json.dumps(answers[0]).replace("system:serviceaccount:team-a:reader", "")
+    assert reviews(client, "failure", reason.lower()) == 3
+    assert all(r["user"] is None and r["reason"] == reason.lower() for r in records(client))
+
+
+async def test_forbidden_names_the_caller_like_kube_apiserver(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review(reviewers=[{"service_account_namespace": "vault", "service_account_name": "vault-*"}])
+    ok = {"Authorization": f"Bearer {caller_token(issuer, 'vault', 'vault-agent')}"}
+    assert (await post(client, review_body(issuer.sign(claims_of(issuer))), headers=ok))[0] == 201
+    other = {"Authorization": f"Bearer {caller_token(issuer, 'vault', 'agent')}"}
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))), headers=other)
+    assert status == 403
+    assert answer["message"].startswith(
+        'tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:vault:agent" cannot create'
+    )
+
+
+async def test_caller_token_never_logged(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review(reviewers=[{"service_account": "vault:vault-auth"}])
+    caller = caller_token(issuer, now=0)
+    await post(client, review_body(issuer.sign(claims_of(issuer))), headers={"Authorization": f"Bearer {caller}"})
+    [record] = records(client)
+    assert record["caller_error"].startswith("token_expired: ")
+    assert caller.split(".")[2] not in client.audit.getvalue()  # type: ignore[attr-defined]
+
+
+# -- sharing the join tokens' key source; the in-flight limit ----------------------------------
+
+
+async def test_in_cluster_review_shares_the_join_tokens_key_fetches(
+    tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    tls = make_loopback_tls(tmp_path)
+    issuer = LocalIssuer(API, [IssuerKey.generate("P-256")])
+    issuer.bearer_token = issuer.mint("kubejoin", "kubejoin", audiences=[API])
+    (tmp_path / "sa-token").write_text(issuer.bearer_token)
+    server = await aiohttp_server(issuer.app(), ssl=tls.server_context())
+    write_tokens(tmp_path / "tokens.yaml", token_doc(kind="in_cluster"))
+    config = make_config(
+        tmp_path,
+        in_cluster={
+            "api_server": f"https://127.0.0.1:{server.port}",
+            "ca_file": str(tls.ca_file),
+            "token_file": str(tmp_path / "sa-token"),
+        },
+        token_review={"source": {"type": "in_cluster"}, "audiences": [API]},
+    )
+    client = await aiohttp_client(create_app(config, registry=CollectorRegistry(), audit=AuditLog()))
+    assert (await client.post("/v1/join", json=join_body(pod_token(issuer)))).status == 200
+    for asked in (None, [VAULT]):
+        token = issuer.sign(claims_of(issuer, audiences=[API, VAULT]))
+        _, answer = await post(client, review_body(token, asked))
+        assert answer["status"]["authenticated"] is True
+    assert issuer.requests["/openid/v1/jwks"] == 1
+    # the join token goes away; the review keeps its (the same) source
+    service = client.app[SERVICE]
+    for source in service.keyring.update({}):
+        await source.close()
+    _, answer = await post(client, review_body(issuer.sign(claims_of(issuer))))
+    assert answer["status"]["authenticated"] is True
+    assert issuer.requests["/openid/v1/jwks"] == 1
+
+
+async def test_audience_verifiers_are_bounded(start_review: StartReview, issuer: LocalIssuer) -> None:
+    from auth.service.keyring import MAX_AUDIENCE_VERIFIERS
+
+    client = await start_review()
+    for n in range(MAX_AUDIENCE_VERIFIERS + 8):
+        _, answer = await post(client, review_body(issuer.sign(claims_of(issuer, audiences=[f"a{n}"])), [f"a{n}"]))
+        assert answer["status"]["audiences"] == [f"a{n}"]
+    keyring = client.app[SERVICE].keyring
+    assert len(keyring._others) == MAX_AUDIENCE_VERIFIERS
+    stats = keyring.cache_stats()
+    assert stats.misses == MAX_AUDIENCE_VERIFIERS + 8  # evicted verifiers' counts are kept
+
+
+async def test_reviews_share_the_in_flight_limit(start_review: StartReview, issuer: LocalIssuer) -> None:
+    client = await start_review(overrides={"limits": {"max_in_flight": 1}})
+    service = client.app[SERVICE]
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"spec": {"token": '
+        await release.wait()
+        yield json.dumps(issuer.sign(claims_of(issuer))).encode() + b"}}"
+
+    held = asyncio.ensure_future(client.post(V1, data=slow_body()))
+    for _ in range(500):
+        if service.in_flight == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert service.in_flight == 1
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))))
+    assert status == 429 and answer["reason"] == "TooManyRequests"
+    join = await client.post("/v1/join", json=join_body(pod_token(issuer)))
+    assert join.status == 429
+    release.set()
+    response = await held
+    assert response.status == 201 and (await response.json())["status"]["authenticated"] is True
+    assert service.in_flight == 0
+    assert reviews(client, "failure", "overloaded") == 1
