@@ -104,3 +104,83 @@ def test_workers_auto_is_one_per_usable_cpu(tmp_path: Path, monkeypatch: pytest.
     assert parse_config({"cluster_name": "c", "workers": "auto"}, tmp_path).workers == 3
     assert parse_config({"cluster_name": "c", "workers": 4}, tmp_path).workers == 4
     assert parse_config({"cluster_name": "c"}, tmp_path).workers == 1
+
+
+def test_token_review_contract_example(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "cluster_name: c\n"
+        "binding: {mode: watch}\n"
+        "token_review:\n"
+        "  source: {type: in_cluster}\n"
+        "  audiences: [https://kubernetes.default.svc.cluster.local]\n"
+        "  max_token_ttl: 0\n"
+        "  reviewers:\n"
+        '    - service_account: "vault:vault-auth"\n'
+        "    - {service_account_namespace: team-*, service_account_name: reviewer}\n"
+    )
+    review = load_config(str(path)).token_review
+    assert review is not None
+    assert review.source.type == "in_cluster" and review.audiences == ("https://kubernetes.default.svc.cluster.local",)
+    assert review.max_token_ttl == 0
+    assert review.reviewers is not None and [str(r) for r in review.reviewers] == [
+        "vault:vault-auth",
+        "team-*:reviewer",
+    ]
+    assert review.reviewers[1].matches("team-b", "reviewer") and not review.reviewers[1].matches("vault", "reviewer")
+
+
+def test_token_review_defaults(tmp_path: Path) -> None:
+    config = parse_config(
+        {"cluster_name": "c", "verification": {"max_token_ttl": "45m"}, "token_review": {"audiences": ["a"]}}, tmp_path
+    )
+    assert config.token_review is not None
+    assert config.token_review.source.type == "in_cluster"  # as in join tokens, a missing type is in_cluster
+    assert config.token_review.max_token_ttl == 45 * 60  # verification.max_token_ttl
+    assert config.token_review.reviewers is None  # anyone may ask
+    assert parse_config({"cluster_name": "c"}, tmp_path).token_review is None
+
+
+_JWKS = (Path(__file__).parent / "data" / "kubernetes-apiserver" / "jwks.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("review", "binding", "message"),
+    [
+        ({}, "off", "token_review.audiences: required"),
+        ({"audiences": "a"}, "off", "token_review.audiences: expected a non-empty list"),
+        ({"audiences": []}, "off", "token_review.audiences: expected a non-empty list"),
+        ({"audiences": ["a"], "max_token_ttl": 0}, "off", "max_token_ttl: 0 .* only with binding.mode: watch"),
+        ({"audiences": ["a"], "max_token_ttl": "0s"}, "off", "max_token_ttl: 0 .* only with binding.mode: watch"),
+        (
+            {"audiences": ["a"], "max_token_ttl": 0, "source": {"type": "static_jwks", "static_jwks": {"jwks": _JWKS}}},
+            "watch",
+            "max_token_ttl: 0 .* in_cluster source",
+        ),
+        ({"audiences": ["a"], "max_token_ttl": "-1s"}, "off", "token_review.max_token_ttl: expected a duration"),
+        ({"audiences": ["a"], "reviewers": None}, "off", "token_review.reviewers: expected a non-empty list"),
+        ({"audiences": ["a"], "reviewers": []}, "off", "token_review.reviewers: expected a non-empty list"),
+        (
+            {"audiences": ["a"], "reviewers": [{"service_account": "vault"}]},
+            "off",
+            r"token_review.reviewers\[0\].service_account: expected \"namespace:name\"",
+        ),
+        ({"audiences": ["a"], "source": {"type": "webhook"}}, "off", "token_review.source.type: expected one of"),
+        ({"audiences": ["a"], "source": {"type": "oidc"}}, "off", "token_review.source.oidc: expected a mapping"),
+        (
+            {"audiences": ["a"], "source": {"type": "oidc", "oidc": {"issuer": "http://k"}}},
+            "off",
+            "token_review.source.oidc.issuer: expected an https:// URL",
+        ),
+        (
+            {"audiences": ["a"], "source": {"type": "static_jwks", "static_jwks": {"jwks": "{}"}}},
+            "off",
+            "token_review.source.static_jwks.jwks",
+        ),
+        ({"audiences": ["a"], "source": {"allow": []}}, "off", "token_review.source.allow: unknown key"),
+        ({"audiences": ["a"], "audience": "b"}, "off", "token_review.audience: unknown key"),
+    ],
+)
+def test_token_review_mistakes_name_the_key(tmp_path: Path, review: object, binding: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"cluster_name": "c", "binding": {"mode": binding}, "token_review": review}, tmp_path)
