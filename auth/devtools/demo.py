@@ -4,7 +4,8 @@ A local cluster API server (HTTPS, its own CA, bearer token required, as kube-ap
 issuer's keys, and pods, service accounts and nodes to watch), the join service with a fresh CA,
 the seed guide's join token and live binding, an allowed pod that joins and the certificate it
 gets, a pod of another service account that is refused, the allowed pod deleted and its token
-refused at once (no TokenReview), and the join metrics.
+refused at once (no TokenReview), TokenReviews answered offline as kube-apiserver would answer
+them (the deleted pod's token among them), and the metrics.
 """
 
 from __future__ import annotations
@@ -66,6 +67,30 @@ async def _start(app: web.Application, **site: Any) -> tuple[web.AppRunner, str]
 _EKU_NAMES = {ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth", ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth"}
 
 
+REVIEW_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+async def _review(reviews: list[tuple[str, str, str]], kubejoin: str, indent: Callable[[str], None]) -> None:
+    """Posts TokenReviews (what, token, audience) as Vault's Kubernetes auth would."""
+    indent(f"POST {kubejoin}{REVIEW_PATH}")
+    async with aiohttp.ClientSession() as session:
+        for what, token, audience in reviews:
+            spec = {"token": token, "audiences": [audience]}
+            body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
+            async with session.post(kubejoin + REVIEW_PATH, json=body) as response:
+                answer = await response.json()
+            status = answer["status"]
+            indent(f"{what}: HTTP {response.status}, authenticated: {str(status['authenticated']).lower()}")
+            if status["authenticated"]:
+                user = status["user"]
+                indent(f"  username {user['username']}, groups {', '.join(user['groups'])}")
+                pod = user["extra"]["authentication.kubernetes.io/pod-name"][0]
+                indent(f"  pod {pod}, audiences {status['audiences']}")
+            else:
+                indent(f"  error: {status['error']}")
+
+
 def _describe_certificate(pem: str) -> list[str]:
     certificate = x509.load_pem_x509_certificate(pem.encode())
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -107,6 +132,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             pod_name = "teleport-app-service-6d4b9c7f5-x2x9k"
             cluster.add_pod("teleport-agent", pod_name, service_account="teleport-app-service", node="node-1")
             cluster.add_pod("teleport-agent", "debug-shell", service_account="debug-shell", node="node-1")
+            cluster.add_pod("payments", "api-7c9d8", service_account="api", node="node-1")
             (work / "sa-token").write_text(own_token)
             runner, api_server = await _start(cluster.app(), ssl_context=tls.server_context())
             runners.append(runner)
@@ -125,6 +151,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                         "token_file": str(work / "sa-token"),
                     },
                     "binding": {"mode": "watch"},
+                    "token_review": {"source": {"type": "in_cluster"}, "audiences": [REVIEW_AUDIENCE]},
                 },
                 work,
             )
@@ -195,10 +222,17 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             asked = sum(cluster.requests.values()) - requests_before
             indent(f"requests to the API server for this refusal: {asked} (no TokenReview, no GET)")
 
-            heading("The join log (one JSON line per attempt)")
+            heading("Another program reviews tokens here instead of at the API server (TokenReview)")
+            reviews = [
+                ("payments/api-7c9d8's token", cluster.mint("payments", "api-7c9d8", audiences=["vault"]), "vault"),
+                ("the deleted pod's token", pod_token.read_text(), CLUSTER_NAME),
+            ]
+            await _review(reviews, kubejoin, indent)
+
+            heading("The log (one JSON line per join attempt and per review)")
             indent(audit.getvalue())
 
-            heading("The join metrics so far")
+            heading("The metrics so far")
             async with aiohttp.ClientSession() as session, session.get(kubejoin + "/metrics") as response:
                 exposition = await response.text()
             wanted = (
@@ -208,6 +242,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                 "kubejoin_jwks_keys{",
                 "kubejoin_binding_objects{",
                 "kubejoin_binding_lookups_total{",
+                "kubejoin_token_reviews_total{",
             )
             indent("\n".join(line for line in exposition.splitlines() if line.startswith(wanted)))
             say("\nDone. In a cluster: see docs/kubernetes.md.")
