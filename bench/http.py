@@ -8,11 +8,17 @@ the same server settings, it measures:
   join, bad sig     kubejoin serve, a flood of tokens whose signature does not verify
   join, malformed   kubejoin serve, a flood of tokens that are not JWTs
   join, unknown kid kubejoin serve, a flood of tokens naming keys the issuer does not have
+  join, no cert     kubejoin serve, unique valid tokens asking for a role the join token does not
+                    grant: everything a join does but the public key and the certificate
+  review, valid     POST /apis/authentication.k8s.io/v1/tokenreviews, unique valid tokens
+  review, bad sig   the same, a flood of tokens whose signature does not verify
   join, valid, N workers  the valid case again with `kubejoin serve --workers N` (--workers 2)
 and prints requests/s, latency percentiles, each ratio to the minimal endpoint, the N-worker
-valid case's ratio to the one-process one, and the join log bytes written per request.
+valid case's ratio to the one-process one, a review's ratio to a join minus the certificate, and
+the log bytes written per request. Cases compared with each other run back to back.
 
-    python bench/http.py [--duration 5] [--connections 32] [--tokens 15000] [--workers 2] [--uvloop] [--json]
+    python bench/http.py [--duration 5] [--connections 32] [--tokens 30000] [--workers 2] [--uvloop] [--json]
+                         [--only CASES]
 
 --uvloop runs both servers on uvloop's event loop (pip install uvloop), to see whether it pays.
 
@@ -67,18 +73,40 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def write_bodies(path: Path, tokens: list[str]) -> Path:
+def write_bodies(path: Path, tokens: list[str], role: str = "App") -> Path:
     keys = public_keys(16)
     with path.open("w") as handle:
         for i, token in enumerate(tokens):
             handle.write(
-                json.dumps({"token_name": "bench", "id_token": token, "role": "App", "public_key": keys[i % len(keys)]})
+                json.dumps({"token_name": "bench", "id_token": token, "role": role, "public_key": keys[i % len(keys)]})
                 + "\n"
             )
     return path
 
 
-def run_wrk(port: int, bodies: Path, args: argparse.Namespace) -> dict[str, Any]:
+def write_reviews(path: Path, tokens: list[str]) -> Path:
+    with path.open("w") as handle:
+        for token in tokens:
+            review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+            handle.write(json.dumps(review) + "\n")
+    return path
+
+
+JOIN_PATH = "/v1/join"
+REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+# (bodies, name, path); cases compared with each other run back to back: the machine's load drifts
+CASES = (
+    ("valid", "join, unique valid tokens", JOIN_PATH),
+    ("no_certificate", "join minus the certificate", JOIN_PATH),
+    ("review_valid", "review, unique valid tokens", REVIEW_PATH),
+    ("bad_signature", "join, bad signature flood", JOIN_PATH),
+    ("review_bad_signature", "review, bad signature flood", REVIEW_PATH),
+    ("malformed", "join, malformed flood", JOIN_PATH),
+    ("unknown_kid", "join, unknown kid flood", JOIN_PATH),
+)
+
+
+def run_wrk(port: int, bodies: Path, args: argparse.Namespace, path: str = JOIN_PATH) -> dict[str, Any]:
     command = [
         "wrk",
         "-t1",
@@ -86,7 +114,7 @@ def run_wrk(port: int, bodies: Path, args: argparse.Namespace) -> dict[str, Any]
         f"-d{args.duration}s",
         "-s",
         str(ROOT / "bench" / "post.lua"),
-        f"http://127.0.0.1:{port}/v1/join",
+        f"http://127.0.0.1:{port}{path}",
         "--",
         str(bodies),
     ]
@@ -107,10 +135,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=15000, help="unique valid tokens (more than are sent)")
+    parser.add_argument("--tokens", type=int, default=30000, help="unique valid tokens (more than are sent)")
     parser.add_argument("--workers", type=int, default=2, help="workers of the extra valid case; 0: skip it")
     parser.add_argument("--uvloop", action="store_true", help="run both servers on uvloop")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--only", help=f"comma-separated cases besides the minimal one: {', '.join(c[0] for c in CASES)}"
+    )
     args = parser.parse_args()
     # Both servers start through the same launcher, which installs uvloop first when asked.
     launcher = [
@@ -151,6 +182,11 @@ def main() -> int:
                 work / "malformed.jsonl", [f"not.a.{secrets.token_urlsafe(600)}" for _ in range(2000)]
             ),
             "unknown_kid": write_bodies(work / "unknown.jsonl", unknown),
+            "no_certificate": write_bodies(work / "no-cert.jsonl", valid, role="Db"),
+            "review_valid": write_reviews(work / "review-valid.jsonl", valid),
+            "review_bad_signature": write_reviews(
+                work / "review-bad.jsonl", [t[:-8] + "AAAAAAAA" for t in valid[:2000]]
+            ),
         }
         results: list[dict[str, Any]] = []
 
@@ -167,18 +203,19 @@ def main() -> int:
             process.terminate()
             process.wait(30)
 
-        cases = [
-            ("valid", "join, unique valid tokens", 1),
-            ("bad_signature", "join, bad signature flood", 1),
-            ("malformed", "join, malformed flood", 1),
-            ("unknown_kid", "join, unknown kid flood", 1),
-        ]
-        if args.workers > 1:
-            cases.append(("valid", f"join, valid, {args.workers} workers", args.workers))
-        for case, name, workers in cases:
+        review = {
+            "source": {"type": "static_jwks", "static_jwks": {"jwks": issuer.jwks_document().decode()}},
+            "audiences": [AUDIENCE],
+        }
+        cases = [(case, name, path, 1) for case, name, path in CASES if not args.only or case in args.only.split(",")]
+        if args.workers > 1 and not args.only:
+            cases.append(("valid", f"join, valid, {args.workers} workers", JOIN_PATH, args.workers))
+        for case, name, path, workers in cases:
             port = free_port()
+            # every kubejoin case runs with the same config, the TokenReview endpoint included
             (work / "config.yaml").write_text(
                 f"cluster_name: {AUDIENCE}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n"
+                f"token_review: {json.dumps(review)}\n"
             )
             command = [*launcher, "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
             if workers > 1:
@@ -189,12 +226,13 @@ def main() -> int:
                 process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, cwd=work, env=env)
             try:
                 wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-                row = {"case": name, **run_wrk(port, bodies[case], args)}
+                row = {"case": name, **run_wrk(port, bodies[case], args, path)}
                 exposition = scrape(port)
                 row["certificates"] = int(metric(exposition, "kubejoin_certificates_issued_total{"))
                 row["cache_hits"] = int(
                     metric(exposition, 'kubejoin_verified_token_cache_requests_total{result="hit"}')
                 )
+                row["reviews_ok"] = int(metric(exposition, 'kubejoin_token_reviews_total{reason="ok"'))
             finally:
                 process.terminate()
                 process.wait(60)
@@ -221,14 +259,25 @@ def main() -> int:
             f"{row['case']:30} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p90_ms']:8.2f} {row['p99_ms']:8.2f} "
             f"{row['non_2xx']:8d} {row['ratio_to_minimal']:9.2f} {row.get('log_bytes_per_request', 0):9.1f}"
         )
-    valid_row = next(r for r in results if r["case"].startswith("join, unique"))
+    by_case = {row["case"]: row for row in results}
+    valid_row = by_case.get("join, unique valid tokens")
     workers_row = next((r for r in results if r["case"].endswith("workers")), None)
-    if workers_row is not None:
+    if workers_row is not None and valid_row is not None:
         print(f"{workers_row['case']}: {workers_row['rps'] / valid_row['rps']:.2f} x one process")
-    print(
-        f"valid joins: {valid_row['certificates']} certificates issued, {valid_row['cache_hits']} cache hits "
-        f"({len(valid)} unique tokens)"
-    )
+    if valid_row is not None:
+        print(
+            f"valid joins: {valid_row['certificates']} certificates issued, {valid_row['cache_hits']} cache hits "
+            f"({len(valid)} unique tokens)"
+        )
+    for row in results:
+        if ("valid tokens" in row["case"] or "certificate" in row["case"]) and row.get("cache_hits"):
+            print(f"WARNING: {row['case']}: {row['cache_hits']} cache hits; raise --tokens to keep them unique")
+    if "review, unique valid tokens" in by_case and "join minus the certificate" in by_case:
+        review_row, bare_join = by_case["review, unique valid tokens"], by_case["join minus the certificate"]
+        print(
+            f"valid reviews: {review_row['reviews_ok']} authenticated, {review_row['cache_hits']} cache hits; "
+            f"review / join minus the certificate: {review_row['rps'] / bare_join['rps']:.2f} (req/s ratio)"
+        )
     return 0
 
 

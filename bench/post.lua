@@ -21,7 +21,8 @@ end
 function request()
   index = index + 1
   if index > #bodies then index = 1 end
-  return wrk.format("POST", args_path or "/v1/join", {["Content-Type"] = "application/json"}, bodies[index])
+  -- the path is the URL's: /v1/join or the TokenReview endpoint
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[index])
 end
 
 function done(summary, latency, requests)
