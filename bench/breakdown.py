@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import io
 import json
@@ -26,6 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -33,6 +35,7 @@ from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.loadtest import join_token_document, mint_tokens, public_keys
 from auth.service.ca import CertificateAuthority, parse_public_key
 from auth.service.config import parse_config
+from auth.service.errors import JoinError
 from auth.service.server import SERVICE, create_app
 from verifier import StaticKeySource, Verifier, parse_jwks
 from verifier.jose import parse_compact
@@ -110,25 +113,52 @@ def main() -> int:
             {"token_name": "b", "id_token": t, "role": "App", "public_key": pems[i % 16]} for i, t in enumerate(tokens)
         ]
 
-        def whole_join() -> None:
-            app = create_app(
-                parse_config({"cluster_name": AUDIENCE, "tokens_file": "tokens.yaml"}, work),
-                registry=CollectorRegistry(),
-                audit=io.StringIO(),
-            )
+        refused_roles = [{**body, "role": "Db"} for body in bodies]  # the token grants App only
+        review = {
+            "source": {"type": "static_jwks", "static_jwks": {"jwks": issuer.jwks_document().decode()}},
+            "audiences": [AUDIENCE],
+        }
+        reviews = [
+            json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": t}}).encode()
+            for t in tokens
+        ]
+
+        def fresh_service() -> Any:
+            config = {"cluster_name": AUDIENCE, "tokens_file": "tokens.yaml", "token_review": review}
+            app = create_app(parse_config(config, work), registry=CollectorRegistry(), audit=io.StringIO())
             service = app[SERVICE]
+            service.keyring.update(service.tokens.tokens)
+            service.reviewer.start()
+            return service
 
+        def whole_join(requests: list[dict[str, str]]) -> Callable[[], None]:
             async def joins() -> None:
-                service.keyring.update(service.tokens.tokens)
-                for body in bodies:
-                    await service.join.join(body, "127.0.0.1")
+                service = fresh_service()
+                for body in requests:
+                    with contextlib.suppress(JoinError):
+                        await service.join.join(body, "127.0.0.1")
 
-            asyncio.run(joins())
+            return lambda: asyncio.run(joins())
 
-        stages.append(("whole join logic (JoinService.join)", whole_join))
+        def whole_review() -> None:
+            async def run() -> None:
+                service = fresh_service()
+                for raw in reviews:
+
+                    async def body(raw: bytes = raw) -> bytes:
+                        return raw
+
+                    code, _, _ = await service.reviewer.review("v1", None, body, "127.0.0.1")
+                    assert code == 201
+
+            asyncio.run(run())
+
+        stages.append(("whole join logic (JoinService.join)", whole_join(bodies)))
+        stages.append(("join logic minus the certificate (role refused)", whole_join(refused_roles)))
+        stages.append(("whole review logic (TokenReviewer.review)", whole_review))
         print(f"{n} unique RS256 tokens, median of {args.rounds} rounds, microseconds per token")
         for name, run in stages:
-            print(f"  {name:42} {timed(run, n, args.rounds):8.1f}")
+            print(f"  {name:48} {timed(run, n, args.rounds):8.1f}")
     return 0
 
 

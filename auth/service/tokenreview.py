@@ -202,17 +202,16 @@ class TokenReviewer:
         self._audit = audit
         self._request_timeout = request_timeout
         self._clock = clock
+        self._default_audiences = frozenset(config.audiences)
 
     def start(self) -> None:
         """Opens the key source (so keys are fetched before the first review). In the event loop."""
         self._verifier(None)
 
     def _verifier(self, audiences: tuple[str, ...] | None) -> Verifier:
+        wanted = frozenset(audiences) if audiences else self._default_audiences
         return self._keyring.verifier(
-            self.config.source,
-            name=SOURCE_OWNER,
-            audiences=audiences or self.config.audiences,
-            max_ttl=self.config.max_token_ttl,
+            self.config.source, name=SOURCE_OWNER, audiences=wanted, max_ttl=self.config.max_token_ttl
         )
 
     async def review(
@@ -334,7 +333,7 @@ class TokenReviewer:
             # kube-apiserver accepts these too, and counts them: kubelet failed to rotate the token.
             self._metrics.stale_tokens.inc()
             record["stale"] = True
-        asked = frozenset(request.audiences or self.config.audiences)
+        asked = frozenset(request.audiences) if request.audiences else self._default_audiences
         return {
             "authenticated": True,
             "user": user_info(identity),
