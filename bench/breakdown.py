@@ -128,6 +128,7 @@ def main() -> int:
             app = create_app(parse_config(config, work), registry=CollectorRegistry(), audit=io.StringIO())
             service = app[SERVICE]
             service.keyring.update(service.tokens.tokens)
+            assert service.reviewer is not None
             service.reviewer.start()
             return service
 

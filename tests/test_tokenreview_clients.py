@@ -155,9 +155,11 @@ async def test_python_client_sees_caller_errors(
     with pytest.raises(k8s.ApiException) as caught:
         await asyncio.to_thread(create_review, api, endpoint.token())
     assert caught.value.status == code
-    status = json.loads(caught.value.body)
+    body = caught.value.body
+    assert isinstance(body, str)
+    status = json.loads(body)
     assert status["kind"] == "Status" and status["reason"] == reason and status["code"] == code
-    assert "reader-7d9f" not in caught.value.body  # nothing about the reviewed token
+    assert "reader-7d9f" not in body  # nothing about the reviewed token
 
 
 # -- kubectl ----------------------------------------------------------------------------------

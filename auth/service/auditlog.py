@@ -40,7 +40,6 @@ UNVERIFIED_REFUSALS: Final[frozenset[str]] = frozenset(
         Reason.UNKNOWN_KEY,
         Reason.BAD_SIGNATURE,
         Reason.KEYS_UNAVAILABLE,
-        "unauthorized",  # a TokenReview whose caller's token is missing or invalid
     }
 )
 FULL_LINES_PER_SECOND: Final = 5

@@ -59,6 +59,12 @@ class Admission(Protocol):
     def release(self) -> None: ...
 
 
+class AuditWriter(Protocol):
+    """The join log's writer (JoinService.write_event)."""
+
+    def __call__(self, record: dict[str, Any], reason: str, *, unverified: bool = False) -> None: ...
+
+
 class CallerError(Exception):
     """The request itself is refused: answered as a Kubernetes Status object."""
 
@@ -191,7 +197,7 @@ class TokenReviewer:
         keyring: Keyring,
         metrics: Metrics,
         admission: Admission,
-        audit: Callable[[dict[str, Any], str], None],
+        audit: AuditWriter,
         request_timeout: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -275,7 +281,8 @@ class TokenReviewer:
         self._metrics.token_reviewed(reason)
         record.update(result="success" if reason == "ok" else "failure", reason=reason)
         record["duration_ms"] = round(seconds * 1000, 3)
-        self._audit(record, reason)
+        # a caller with no valid token costs nothing to send: its lines are bounded like junk joins
+        self._audit(record, reason, unverified=reason == "unauthorized")
 
     async def _check_caller(self, authorization: str | None, record: dict[str, Any]) -> None:
         """With `reviewers` set, the caller's own token must be valid and allowed. The refusal
