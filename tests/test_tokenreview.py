@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
+from tests.conftest import Clock
 from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
 
 Client = TestClient[web.Request, web.Application]
@@ -46,9 +48,11 @@ def start_review(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> St
         review.setdefault("source", static_source(issuer))
         review.setdefault("audiences", [API])
         overrides = review.pop("overrides", {})
+        clock = review.pop("clock", time.time)
         audit = AuditLog()
         config = make_config(tmp_path, token_review=review, **overrides)
-        client: Client = await aiohttp_client(create_app(config, registry=CollectorRegistry(), audit=audit))
+        app = create_app(config, registry=CollectorRegistry(), audit=audit, clock=clock)
+        client: Client = await aiohttp_client(app)
         client.audit = audit  # type: ignore[attr-defined]
         return client
 
@@ -469,3 +473,30 @@ async def test_reviews_share_the_in_flight_limit(start_review: StartReview, issu
     assert response.status == 201 and (await response.json())["status"]["authenticated"] is True
     assert service.in_flight == 0
     assert reviews(client, "failure", "overloaded") == 1
+
+
+async def test_other_methods_on_the_review_paths_are_405(start_review: StartReview) -> None:
+    client = await start_review()
+    for path in (V1, V1BETA1):
+        response = await client.get(path)
+        assert response.status == 405 and response.headers["Allow"] == "POST"
+    assert (await client.post("/apis/authentication.k8s.io/v2/tokenreviews", data=b"{}")).status == 404
+
+
+async def test_a_flood_of_unauthorized_callers_is_bounded_in_the_log(
+    start_review: StartReview, issuer: LocalIssuer, clock: Clock
+) -> None:
+    client = await start_review(reviewers=[{"service_account": "vault:vault-auth"}], clock=clock)
+    for _ in range(12):
+        assert (await post(client, review_body("x.y.z")))[0] == 401
+    assert reviews(client, "failure", "unauthorized") == 12
+    assert len(records(client)) == 5  # the first 5 of a reason in a second, as for junk joins
+    clock.advance(1)
+    client.app[SERVICE].join.flush_audit()
+    [summary] = [r for r in records(client) if r["event"] == "join_refusals_suppressed"]
+    assert summary["suppressed"] == {"unauthorized": 7}
+    # an allowed caller's reviews are never bounded
+    headers = {"Authorization": f"Bearer {caller_token(issuer)}"}
+    for _ in range(8):
+        assert (await post(client, review_body("x.y.z"), headers=headers))[0] == 201
+    assert len([r for r in records(client) if r.get("caller")]) == 8

@@ -252,23 +252,23 @@ class JoinService:
             "expires_at": _rfc3339(issued.not_after),
         }
 
-    def write_event(self, record: dict[str, Any], reason: str, *, unverified: bool = False) -> None:
+    def write_event(self, record: dict[str, Any], reason: str, *, unverified: bool) -> None:
         """Logs one line of another kind of request (a TokenReview) in the join log: the same
-        writer, time stamps and bound on unverified refusals (`unverified`: this refusal was
-        decided before any signature verified, whatever its reason)."""
+        writer, time stamps and bound on unverified refusals (`unverified`: the caller decides
+        whether this line is one that anybody could provoke for free)."""
         if self._admit(reason, unverified=unverified):
             self._write_audit(record)
 
-    def _admit(self, reason: str, *, unverified: bool = False) -> bool:
+    def _admit(self, reason: str, *, unverified: bool | None = None) -> bool:
         """Whether this attempt gets a full log line: always, unless it is one more unverified
         refusal of a reason already logged in full a few times this second (auditlog.py)."""
         second = int(self._clock())
         if second != self._audit_second:  # formatting a time costs more than the rest of the line
             self._summarize(second)
             self._audit_second, self._audit_time = second, _rfc3339(_utc(second))
-        if not unverified and reason not in UNVERIFIED_REFUSALS:
-            return True
-        return self._junk.admit(reason, second)
+        if unverified is None:
+            unverified = reason in UNVERIFIED_REFUSALS
+        return not unverified or self._junk.admit(reason, second)
 
     def _summarize(self, second: int) -> None:
         summary = self._junk.summary(second)

@@ -25,6 +25,7 @@ from aiohttp import web
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
 
+from .auditlog import UNVERIFIED_REFUSALS
 from .config import TokenReview
 from .errors import JoinReason
 from .keyring import Keyring
@@ -62,7 +63,7 @@ class Admission(Protocol):
 class AuditWriter(Protocol):
     """The join log's writer (JoinService.write_event)."""
 
-    def __call__(self, record: dict[str, Any], reason: str, *, unverified: bool = False) -> None: ...
+    def __call__(self, record: dict[str, Any], reason: str, *, unverified: bool) -> None: ...
 
 
 class CallerError(Exception):
@@ -281,8 +282,10 @@ class TokenReviewer:
         self._metrics.token_reviewed(reason)
         record.update(result="success" if reason == "ok" else "failure", reason=reason)
         record["duration_ms"] = round(seconds * 1000, 3)
-        # a caller with no valid token costs nothing to send: its lines are bounded like junk joins
-        self._audit(record, reason, unverified=reason == "unauthorized")
+        # What anybody can send for free (no valid caller token, or junk from an anonymous caller)
+        # is bounded in the log like junk joins; an authenticated reviewer's lines never are.
+        unverified = reason == "unauthorized" or (record["caller"] is None and reason in UNVERIFIED_REFUSALS)
+        self._audit(record, reason, unverified=unverified)
 
     async def _check_caller(self, authorization: str | None, record: dict[str, Any]) -> None:
         """With `reviewers` set, the caller's own token must be valid and allowed. The refusal
