@@ -135,6 +135,10 @@ async def test_bench_http_runs() -> None:
     assert rows["minimal aiohttp endpoint"]["ratio_to_minimal"] == 1.0
     assert rows["join, unique valid tokens"]["non_2xx"] == 0
     assert rows["join, malformed flood"]["non_2xx"] == rows["join, malformed flood"]["requests"]
+    review = rows["review, unique valid tokens"]
+    assert review["non_2xx"] == 0 and review["reviews_ok"] >= review["requests"] > 0  # wrk stops mid-flight
+    assert rows["join minus the certificate"]["non_2xx"] == rows["join minus the certificate"]["requests"]
+    assert rows["join minus the certificate"]["certificates"] == 0
 
 
 @pytest.mark.slow
@@ -142,6 +146,7 @@ async def test_bench_breakdown_runs() -> None:
     code, out, err = await run(sys.executable, "bench/breakdown.py", "--tokens", "20", "--rounds", "1")
     assert code == 0, err
     assert "whole join logic" in out and "signature (key.verify)" in out
+    assert "whole review logic" in out and "join logic minus the certificate" in out
 
 
 @pytest.mark.slow
