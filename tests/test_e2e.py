@@ -223,12 +223,13 @@ async def test_demo_tells_the_story() -> None:
         "HTTP 403 no_matching_allow_rule",
         'kubejoin_join_attempts_total{reason="ok",result="success",token="kubernetes-token"} 1.0',
         'kubejoin_join_attempts_total{reason="no_matching_allow_rule",result="failure",token="kubernetes-token"} 1.0',
-        "a pod's token: HTTP 201, authenticated: true",
+        "payments/api-7c9d8's token: HTTP 201, authenticated: true",
         "username system:serviceaccount:payments:api, groups system:serviceaccounts, "
         "system:serviceaccounts:payments, system:authenticated",
-        "an expired token: HTTP 201, authenticated: false",
-        "error: token_expired: ",
+        "the deleted pod's token: HTTP 201, authenticated: false",
+        "error: pod_deleted: ",
         'kubejoin_token_reviews_total{reason="ok",result="success"} 1.0',
+        'kubejoin_token_reviews_total{reason="pod_deleted",result="failure"} 1.0',
         'kubejoin_jwks_fetches_total{issuer="https://kubernetes.default.svc.cluster.local",result="success"} 1.0',
     ):
         assert expected in stdout

@@ -20,6 +20,7 @@ from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
 from tests.conftest import Clock
+from tests.kube import binding_of, start_cluster, start_kubejoin, until
 from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
 
 Client = TestClient[web.Request, web.Application]
@@ -500,3 +501,53 @@ async def test_a_flood_of_unauthorized_callers_is_bounded_in_the_log(
     for _ in range(8):
         assert (await post(client, review_body("x.y.z"), headers=headers))[0] == 201
     assert len([r for r in records(client) if r.get("caller")]) == 8
+
+
+# -- live binding (binding.mode: watch) -----------------------------------------------------------
+
+
+async def test_binding_refuses_reviews_of_deleted_pods(
+    tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """As kube-apiserver's TokenReview: kubelet's year-long tokens (max_token_ttl: 0) are accepted
+    only while their pod exists; reviewed tokens and the caller's own token are both checked."""
+    cluster = await start_cluster(tmp_path, aiohttp_server)
+    cluster.api.add_pod("team-a", "reader-0", service_account="reader")
+    cluster.api.add_pod("vault", "vault-0", service_account="vault-auth")
+    review = {
+        "source": {"type": "in_cluster"},
+        "audiences": [API],
+        "max_token_ttl": 0,
+        "reviewers": [{"service_account": "vault:vault-auth"}],
+    }
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, token_review=review)
+    year = 365 * 24 * 3600
+    token = cluster.mint("team-a", "reader-0", audiences=[API], lifetime=year)
+    caller = {"Authorization": f"Bearer {cluster.mint('vault', 'vault-0', audiences=[API])}"}
+    status, answer = await post(client, review_body(token), headers=caller)
+    assert status == 201 and answer["status"]["authenticated"] is True
+    assert answer["status"]["user"]["uid"] == cluster.api.uid("serviceaccounts", "team-a", "reader")
+    assert answer["status"]["user"]["extra"]["authentication.kubernetes.io/pod-uid"] == [
+        cluster.api.uid("pods", "team-a", "reader-0")
+    ]
+
+    cluster.api.delete("pods", "team-a", "reader-0")
+    await until(lambda: binding_of(client).stores["pod"].lookup("team-a", "reader-0") is None)
+    status, answer = await post(client, review_body(token), headers=caller)
+    assert status == 201 and answer["status"]["authenticated"] is False and answer["status"]["user"] == {}
+    assert answer["status"]["error"].startswith("pod_deleted: ")
+    assert reviews(client, "failure", "pod_deleted") == 1
+
+    cluster.api.add_pod("team-a", "reader-1", service_account="reader")
+    other = cluster.mint("team-a", "reader-1", audiences=[API])
+    cluster.api.delete("pods", "team-a", "reader-1")  # before kubejoin ever looked it up
+    await until(lambda: binding_of(client).stores["pod"].lookup("team-a", "reader-1") is None)
+    _, answer = await post(client, review_body(other), headers=caller)
+    assert answer["status"]["error"].split(":")[0] in ("pod_not_found", "pod_deleted")
+
+    # the caller's own pod goes away: the caller is refused, whatever it asks about
+    cluster.api.delete("pods", "vault", "vault-0")
+    await until(lambda: binding_of(client).stores["pod"].lookup("vault", "vault-0") is None)
+    status, answer = await post(client, review_body(token), headers=caller)
+    assert status == 401 and answer["reason"] == "Unauthorized"
+    assert reviews(client, "failure", "unauthorized") == 1
