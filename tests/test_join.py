@@ -265,17 +265,28 @@ async def _hold_open(client: Client, body_length: int = 1000) -> tuple[asyncio.S
     return reader, writer
 
 
-async def test_too_many_in_flight_is_429(start_service: StartService, issuer: LocalIssuer) -> None:
+async def test_too_many_in_flight_is_429(
+    start_service: StartService, issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = await start_service(token_doc(issuer=issuer), limits={"max_in_flight": 1})
     service = client.app[SERVICE]
-    _, writer = await _hold_open(client)
-    await wait_for(lambda: service.in_flight == 1)
+    release = asyncio.Event()
+    judge = service.join.join
+
+    async def slow_join(body: Any, remote: str | None) -> Any:
+        await release.wait()
+        return await judge(body, remote)
+
+    monkeypatch.setattr(service.join, "join", slow_join)
+    first = asyncio.ensure_future(client.post("/v1/join", json=join_body(pod_token(issuer))))
+    await wait_for(lambda: service.admission.in_flight == 1)
     response = await client.post("/v1/join", json=join_body(pod_token(issuer)))
     assert response.status == 429
     assert response.headers["Retry-After"] == "1"
     assert (await response.json())["error"]["code"] == "overloaded"
-    writer.close()
-    await wait_for(lambda: service.in_flight == 0)
+    release.set()
+    assert (await first).status == 200
+    assert service.admission.in_flight == 0
     assert (await client.post("/v1/join", json=join_body(pod_token(issuer)))).status == 200
 
 

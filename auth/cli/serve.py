@@ -127,9 +127,9 @@ async def drain(app: web.Application, runner: web.AppRunner) -> None:
     service.metrics.ready.set(0)
     for site in list(runner.sites):
         await site.stop()
-    if service.in_flight:
+    if service.admission.active:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(service.idle.wait(), SHUTDOWN_TIMEOUT)
+            await asyncio.wait_for(service.admission.idle.wait(), SHUTDOWN_TIMEOUT)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ class Limits:
     max_in_flight: int = 1024  # joins served at once; more get 429 with Retry-After
     request_timeout: float = 10.0  # a client must send its whole request within this
     idle_timeout: float = 15.0  # an idle or silent connection is closed after this
+    max_pending_per_address: int = 32  # requests from one address whose body is still arriving
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
         limits_reader.integer("max_in_flight", 1024),
         limits_reader.duration("request_timeout", 10.0),
         limits_reader.duration("idle_timeout", 15.0),
+        limits_reader.integer("max_pending_per_address", 32),
     )
     limits_reader.finish()
     binding = _binding(top)

@@ -23,6 +23,7 @@ from metrics import BindingStats, Metrics
 from verifier.binding import LiveBinding
 from verifier.errors import Reason
 
+from .admission import Admission
 from .ca import CertificateAuthority
 from .config import Config, ConfigError
 from .errors import STATUS, Code, JoinError, JoinReason, error_body
@@ -92,9 +93,10 @@ class Service:
             audit=audit,
             worker=worker,
         )
-        self.in_flight = 0
-        self.idle = asyncio.Event()  # set whenever no request is in flight
-        self.idle.set()
+        self.admission = Admission(
+            max_in_flight=config.limits.max_in_flight,
+            max_pending_per_address=config.limits.max_pending_per_address,
+        )
         self.ready = False
         metrics.tokens_loaded(self.tokens.tokens)
         self.reviewer: TokenReviewer | None = None
@@ -110,18 +112,16 @@ class Service:
             )
 
     def admit(self) -> bool:
-        """Counts a join or review in flight, unless `limits.max_in_flight` are already (the
-        caller then answers 429). Drain waits until none is left."""
-        if self.in_flight >= self.config.limits.max_in_flight:
+        """Takes one of `limits.max_in_flight` slots at once (a review: its body is read within
+        the slot), unless all are taken (the caller then answers 429). Drain waits for it."""
+        if not self.admission.take_slot():
             return False
-        self.in_flight += 1
-        self.idle.clear()
+        self.admission.begin()
         return True
 
     def release(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight:
-            self.idle.set()
+        self.admission.release_slot()
+        self.admission.end()
 
     async def reload_tokens(self) -> bool | None:
         """Applies a changed token file. True applied, False refused, None unchanged."""
@@ -158,6 +158,13 @@ def _error(code: Code, message: str, headers: dict[str, str] | None = None) -> w
     return web.Response(body=body, status=STATUS[code], headers=headers, content_type="application/json")
 
 
+def _overloaded(service: Service, remote: str | None, message: str) -> web.Response:
+    service.join.refuse(JoinReason.OVERLOADED, message, remote)
+    response = _error(JoinReason.OVERLOADED, f"{message}; retry shortly", {"Retry-After": "1"})
+    response.force_close()  # the body was not read: the connection cannot carry another request
+    return response
+
+
 async def handle_join(request: web.Request) -> web.Response:
     """POST /v1/join. Counts its own HTTP metrics: a middleware costs more per request than a
     refusal of junk should cost in all."""
@@ -169,13 +176,23 @@ async def handle_join(request: web.Request) -> web.Response:
 
 
 async def _answer_join(request: web.Request, service: Service) -> web.Response:
+    admission = service.admission
     remote = request.remote
-    if not service.admit():
-        service.join.refuse(JoinReason.OVERLOADED, "too many joins in flight", remote)
-        return _error(JoinReason.OVERLOADED, "too many joins in flight; retry shortly", {"Retry-After": "1"})
+    address = remote or ""
+    admission.begin()
     try:
-        body = await _read_body(request, service)
-        return web.json_response(await service.join.join(body, remote))
+        if not admission.start_reading(address):
+            return _overloaded(service, remote, "too many requests from this address are still sending their body")
+        try:
+            body = await _read_body(request, service)
+        finally:
+            admission.done_reading(address)
+        if not admission.take_slot():
+            return _overloaded(service, remote, "too many joins in flight")
+        try:
+            return web.json_response(await service.join.join(body, remote))
+        finally:
+            admission.release_slot()
     except JoinError as exc:
         headers = {"Retry-After": "5"} if exc.code in _RETRY_LATER else None
         return _error(exc.code, exc.message, headers)
@@ -183,7 +200,7 @@ async def _answer_join(request: web.Request, service: Service) -> web.Response:
         log.exception("join failed unexpectedly")
         return _error(JoinReason.INTERNAL_ERROR, "internal error; the service log has the details")
     finally:
-        service.release()
+        admission.end()
 
 
 async def _read_body(request: web.Request, service: Service) -> object:
@@ -319,7 +336,7 @@ def create_app(
         app.router.add_get(path, _observed(metrics, path, handler))
         allowed[path] = "GET,HEAD"
     app.router.add_route("*", "/{tail:.*}", _unmatched(metrics, allowed))
-    metrics.watch_in_flight(lambda: service.in_flight)
+    metrics.watch_in_flight(lambda: service.admission.in_flight)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if service.binding is not None:
