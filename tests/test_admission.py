@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from auth.cli.serve import make_runner
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
 from tests.service import AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
@@ -41,8 +42,8 @@ async def slow_body(port: int, source: str = "127.0.0.1") -> tuple[asyncio.Strea
     return reader, writer
 
 
-async def wait_for(condition: Any) -> None:
-    for _ in range(500):
+async def wait_for(condition: Any, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
         if condition():
             return
         await asyncio.sleep(0.01)
@@ -88,3 +89,50 @@ async def test_one_address_cannot_hold_more_than_its_share(
     for _, each in held:
         each.close()
     await wait_for(lambda: service.admission.pending("127.0.0.2") == 0)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n{",
+        HEAD.replace(b"Host: x", b"Host: overloaded"),
+    ],
+    ids=["404", "415", "429"],
+)
+async def test_abandoned_requests_are_let_go(
+    tmp_path: Path, issuer: LocalIssuer, head: bytes, unused_tcp_port: int
+) -> None:
+    """Issue 12, item 2: a client that sends headers and one body byte, is refused and leaves must
+    not leave its request in memory for aiohttp's default lingering time (10 s)."""
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    overloaded = b"overloaded" in head
+    config = make_config(tmp_path, limits={"max_pending_per_address": 1} if overloaded else {})
+    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog())
+    runner = make_runner(app, config)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        held = await slow_body(unused_tcp_port) if overloaded else None  # takes the address's only place
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+            writer.write(head)
+            assert (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1] in (b"404", b"415", b"429")
+            writer.close()
+        # every refused request's handler ends within LINGERING_TIME of the client leaving
+        assert runner.server is not None
+        await wait_for(lambda: not any(_lingering(task) for task in asyncio.all_tasks()), seconds=5)
+        if held is not None:
+            held[1].close()
+    finally:
+        await runner.cleanup()
+
+
+def _lingering(task: asyncio.Task[Any]) -> bool:
+    """A connection handler (aiohttp's RequestHandler.start) reading a refused request's body."""
+    names = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
+        names.append(awaited.cr_frame.f_code.co_name)
+        awaited = awaited.cr_await
+    return names[:1] == ["start"] and "readany" in names

@@ -7,6 +7,10 @@ Content-Type, a join whose body never completes), then leave (close, or --abort 
 memory idle and at its peak during the flood.
 
     python bench/attacks/abort_flood.py [--connections 20] [--duration 12] [--source DIR]
+        [--limits JSON --hold]      # for the 429 path: one held join and limits that refuse the rest
+
+The 429 path before item 1's fix: `--limits '{"max_in_flight": 1}' --hold`; after it (slow bodies
+hold no slot): `--limits '{"max_pending_per_address": 1}' --hold`.
 
 Bounded: at most --connections sockets at once, for --duration seconds, loopback only.
 """
@@ -52,9 +56,8 @@ async def flood(port: int, index: int, deadline: float, rst: bool) -> int:
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
-    limits = {"max_in_flight": 1} if args.overload else None
-    async with serve(args.source, limits) as server:
-        if args.overload:  # one join whose body never ends holds the only slot (before item 1's fix)
+    async with serve(args.source, json.loads(args.limits) if args.limits else None) as server:
+        if args.hold:  # one join whose body never ends: with tight limits, joins then get 429
             _, holder = await asyncio.open_connection("127.0.0.1", server.port)
             holder.write(REQUESTS[2])
         await asyncio.sleep(1)
@@ -82,7 +85,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--duration", type=float, default=12.0)
-    parser.add_argument("--overload", action="store_true", help="limits.max_in_flight 1, one slot held")
+    parser.add_argument("--limits", help='the config\'s limits as JSON, e.g. {"max_in_flight": 1}')
+    parser.add_argument("--hold", action="store_true", help="keep one join body open all along")
     parser.add_argument("--abort", choices=["rst", "fin"], default="fin", help="how the client leaves")
     parser.add_argument("--source", type=Path, help="run the server from this checkout (for a before/after)")
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
