@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.loadtest import join_token_document, mint_tokens, public_keys
 from auth.service.config import parse_config
+from auth.service.joinlog import JoinLog
 from auth.service.server import SERVICE, create_app
 from verifier.verify import DEFAULT_CACHE_SIZE
 
@@ -69,7 +70,7 @@ async def run(pods: int) -> dict[str, float]:
                 "127.0.0.1",
             )
             if index % 1000 == 0:
-                service.join._audit = io.StringIO()  # the log goes to stdout in production, not memory
+                service.join.log = JoinLog(io.StringIO())  # the log goes to stdout in production, not memory
         gc.collect()
         stats = service.keyring.cache_stats()
         return {

@@ -175,6 +175,11 @@ class Metrics:
         self.config_reloads = Counter(
             "kubejoin_config_reloads", "Reloads of the join token file by result.", ["result"], registry=r
         )
+        self.join_log_dropped = Counter(
+            "kubejoin_join_log_dropped_lines",
+            "Join log lines that could not be written (stdout stuck or closed).",
+            registry=r,
+        )
         self.joins_in_flight = Gauge(
             "kubejoin_joins_in_flight",
             "Join and TokenReview requests being served now.",

@@ -34,6 +34,11 @@ async def start(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer, **limi
     return client
 
 
+def port_of(client: Client) -> int:
+    assert client.port is not None
+    return client.port
+
+
 async def slow_body(port: int, source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Join headers and one byte of a 1000-byte body, and nothing more."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
@@ -53,7 +58,7 @@ async def wait_for(condition: Any, seconds: float = 5.0) -> None:
 async def test_slow_bodies_take_no_join_slot(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> None:
     client = await start(tmp_path, aiohttp_client, issuer, max_in_flight=1, max_pending_per_address=8)
     admission = client.app[SERVICE].admission
-    held = [await slow_body(client.port) for _ in range(4)]
+    held = [await slow_body(port_of(client)) for _ in range(4)]
     await wait_for(lambda: admission.pending("127.0.0.1") == 4)
     assert admission.in_flight == 0
     # before the fix each slow body held one of the max_in_flight slots: this join got 429
@@ -69,10 +74,10 @@ async def test_one_address_cannot_hold_more_than_its_share(
 ) -> None:
     client = await start(tmp_path, aiohttp_client, issuer, max_pending_per_address=2)
     service = client.app[SERVICE]
-    held = [await slow_body(client.port, "127.0.0.2") for _ in range(2)]
+    held = [await slow_body(port_of(client), "127.0.0.2") for _ in range(2)]
     await wait_for(lambda: service.admission.pending("127.0.0.2") == 2)
 
-    reader, writer = await slow_body(client.port, "127.0.0.2")
+    reader, writer = await slow_body(port_of(client), "127.0.0.2")
     head = await asyncio.wait_for(reader.read(4096), 5)
     assert head.startswith(b"HTTP/1.1 429 ")
     assert b"Connection: close" in head and b"Retry-After: 1" in head and b'"overloaded"' in head

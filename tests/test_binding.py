@@ -178,7 +178,7 @@ async def test_cached_token_is_refused_right_after_the_deleted_event(
     assert verifier.cache_hits == hits + 1  # refused on the cache-hit path, not re-verified
     join_service = client.app[SERVICE].join
     join_service.flush_audit()
-    audit = join_service._audit
+    audit = join_service.log.stream
     assert isinstance(audit, AuditLog)
     refused = audit.records()[-1]  # a verified identity's refusal is audited in full
     assert (refused["reason"], refused["service_account"], refused["pod"]) == ("pod_deleted", f"{NS}:app", "app-1")
@@ -210,7 +210,9 @@ async def test_new_pod_joins_through_one_shared_get(tmp_path: Path, aiohttp_clie
     tokens = [cluster.mint(NS, "app-new") for _ in range(5)]
     cluster.api.get_gate = asyncio.Event()
     joins = [asyncio.ensure_future(join(client, token)) for token in tokens]
-    await until(lambda: client.app[SERVICE].in_flight == 5 and cluster.api.requests["get", "pods"] == 1, "5 joins")
+    await until(
+        lambda: client.app[SERVICE].admission.in_flight == 5 and cluster.api.requests["get", "pods"] == 1, "5 joins"
+    )
     cluster.api.get_gate.set()
     assert await asyncio.gather(*joins) == [(200, "ok")] * 5
     assert cluster.api.requests["get", "pods"] == 1  # five lookups, one GET

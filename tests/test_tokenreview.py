@@ -461,10 +461,10 @@ async def test_reviews_share_the_in_flight_limit(start_review: StartReview, issu
 
     held = asyncio.ensure_future(client.post(V1, data=slow_body()))
     for _ in range(500):
-        if service.in_flight == 1:
+        if service.admission.in_flight == 1:
             break
         await asyncio.sleep(0.01)
-    assert service.in_flight == 1
+    assert service.admission.in_flight == 1
     status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))))
     assert status == 429 and answer["reason"] == "TooManyRequests"
     join = await client.post("/v1/join", json=join_body(pod_token(issuer)))
@@ -472,7 +472,7 @@ async def test_reviews_share_the_in_flight_limit(start_review: StartReview, issu
     release.set()
     response = await held
     assert response.status == 201 and (await response.json())["status"]["authenticated"] is True
-    assert service.in_flight == 0
+    assert service.admission.in_flight == 0
     assert reviews(client, "failure", "overloaded") == 1
 
 

@@ -196,6 +196,18 @@ def run_server(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         watching = asyncio.ensure_future(watchdog(stop)) if watchdog is not None else None
+        reloads: set[asyncio.Future[Any]] = set()
+
+        def reload_now() -> None:
+            # SIGHUP's default action kills the process, and with it join log lines not yet
+            # written. Here it means "re-read the join tokens now"; the join log is stdout and
+            # needs no reopening.
+            say("kubejoin: SIGHUP: re-reading the join tokens file")
+            task = asyncio.ensure_future(app[SERVICE].reload_tokens())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_now)
         try:
             await serve(app, config, stop, sockets)
         except (OSError, ssl.SSLError) as exc:

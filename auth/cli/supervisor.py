@@ -116,6 +116,13 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
 
+    def forward(self, signum: int) -> None:
+        """Passes a signal on to every live worker (SIGHUP: each re-reads the join tokens)."""
+        for process in self._workers.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
+
     def kill_workers(self) -> None:
         for process in self._workers.values():
             if process.returncode is None:
@@ -144,6 +151,8 @@ async def supervise(config_path: str, config: Config, log_level: str) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, supervisor.stop.set)
+    # SIGHUP's default action would kill the supervisor, leaving orphaned workers to drain.
+    loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
     scheme = "https" if config.tls else "http"
     try:
         tasks = [asyncio.ensure_future(supervisor.run_slot(i, slot)) for i, slot in enumerate(slots)]

@@ -3,31 +3,27 @@ rules, role, certificate. Every attempt ends in one reason code, counted and log
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple, TextIO, cast
+from typing import Any, Final, NamedTuple, TextIO
 
 from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
 from verifier import Identity, VerificationError
 from verifier.errors import Reason
 
-from .auditlog import UNVERIFIED_REFUSALS, JunkLimiter, WholeLineWriter
+from .auditlog import UNVERIFIED_REFUSALS, JunkLimiter
 from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
 from .errors import Code, JoinError, JoinReason
+from .joinlog import JoinLog
 from .keyring import Keyring
 from .tokens import KUBERNETES, ROLES, JoinToken
 
 log = logging.getLogger("kubejoin.join")
 _FIELDS: Final = {"token_name", "id_token", "role", "public_key", "host_name"}
-# Built once: json.dumps with options builds a new encoder on every call.
-_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 class JoinRequest(NamedTuple):  # a tuple: cheap to build on the path of every attempt
@@ -73,13 +69,6 @@ def new_host_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def buffered_stdout() -> TextIO:
-    """stdout with a buffer of its own, flushed by the service twice a second: one write(2) per
-    join line (as PYTHONUNBUFFERED=1 in containers would make it) costs more than the line. Only
-    whole lines are written, so the workers sharing stdout never split one another's lines."""
-    return cast(TextIO, WholeLineWriter(sys.stdout.fileno()))
-
-
 def _rfc3339(moment: datetime.datetime) -> str:
     m = moment.astimezone(datetime.UTC)
     return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
@@ -101,8 +90,9 @@ class JoinService:
         metrics: Metrics,
         certificate_ttl: float,
         clock: Callable[[], float] = time.time,
-        audit: TextIO | None = None,
+        audit: TextIO | int | None = None,
         worker: int | None = None,
+        log_timeout: float = 10.0,
     ) -> None:
         self.cluster_name = cluster_name
         self.worker = worker  # with `serve --workers N`: this worker's slot, in every log line
@@ -112,7 +102,8 @@ class JoinService:
         self.metrics = metrics
         self.certificate_ttl = certificate_ttl
         self._clock = clock
-        self._audit = audit if audit is not None else buffered_stdout()
+        self.log = JoinLog(audit, on_drop=metrics.join_log_dropped.inc)
+        self._log_timeout = log_timeout
         self._audit_second = -1
         self._audit_time = ""
         self._junk = JunkLimiter()
@@ -132,7 +123,6 @@ class JoinService:
             "remote": remote,
         }
         token_label = UNKNOWN_TOKEN
-        reason: Code | str = JoinReason.INTERNAL_ERROR  # "ok" on success
         try:
             request = parse_join_request(body)
             record["role"] = request.role
@@ -142,22 +132,34 @@ class JoinService:
             if token is not None:
                 token_label = record["token"] = token.name
             response = await self._join(request, token, record)
-            reason = "ok"
-            return response
         except JoinError as exc:
-            reason = exc.code
             record["message"] = exc.message
+            self._finish(record, token_label, exc.code, started)
             raise
-        finally:
-            seconds = time.perf_counter() - started
-            self.metrics.join_finished(token_label, reason, seconds)
-            if self._admit(reason):
-                record.update(
-                    result="success" if reason == "ok" else "failure",
-                    reason=reason,
-                    duration_ms=round(seconds * 1000, 3),
-                )
-                self._write_audit(record)
+        except BaseException:
+            self._finish(record, token_label, JoinReason.INTERNAL_ERROR, started)
+            raise
+        # The certificate leaves only once its line is written: a crash after the answer must
+        # not leave a certificate that the log does not show.
+        seconds = time.perf_counter() - started
+        record.update(result="success", reason="ok", duration_ms=round(seconds * 1000, 3))
+        self._admit("ok")
+        if self._write_audit(record) and await self.log.sync(self._log_timeout):
+            self.metrics.join_finished(token_label, "ok", seconds)
+            return response
+        self.metrics.join_finished(token_label, JoinReason.INTERNAL_ERROR, seconds)
+        log.error("a join of %s was refused: its join log line could not be written", record["service_account"])
+        raise JoinError(
+            JoinReason.INTERNAL_ERROR, "the join log cannot be written, so no certificate is issued; retry later"
+        )
+
+    def _finish(self, record: dict[str, Any], token_label: str, reason: Code, started: float) -> None:
+        """Counts a refused attempt and logs it (unless it is junk beyond its bound)."""
+        seconds = time.perf_counter() - started
+        self.metrics.join_finished(token_label, reason, seconds)
+        if self._admit(reason):
+            record.update(result="failure", reason=reason, duration_ms=round(seconds * 1000, 3))
+            self._write_audit(record)
 
     def refuse(self, code: Code, message: str, remote: str | None) -> JoinError:
         """Counts and logs an attempt refused before its body could be read; returns the error."""
@@ -200,7 +202,9 @@ class JoinService:
                 JoinReason.ROLE_NOT_ALLOWED,
                 f"role {request.role} not granted by join token {token.name}, which grants {', '.join(token.roles)}",
             )
-        return self._issue(request, token, identity, now)
+        response = self._issue(request, token, identity, now)
+        record["host_id"] = response["host_id"]  # the certificate's CN: a log line for each certificate
+        return response
 
     async def _verify(self, token: JoinToken, id_token: str, record: dict[str, Any]) -> Identity:
         verifier = self.keyring.verifier_for(token.name)
@@ -284,24 +288,25 @@ class JoinService:
                 }
             )
 
-    def _write_audit(self, record: dict[str, Any]) -> None:
+    def _write_audit(self, record: dict[str, Any]) -> bool:
         record["time"] = self._audit_time
-        self._write_line(record)
+        return self._write_line(record)
 
-    def _write_line(self, record: dict[str, Any]) -> None:
+    def _write_line(self, record: dict[str, Any]) -> bool:
+        """Queues one line of the join log (JoinLog writes it); False if it was dropped."""
         if self.worker is not None:
             record["worker"] = self.worker
-        try:
-            self._audit.write(_COMPACT_JSON.encode(record) + "\n")
-        except (OSError, ValueError):  # a closed stdout must not fail joins
-            log.warning("could not write the join log line")
+        return self.log.write(record)
 
     def flush_audit(self, *, final: bool = False) -> None:
-        """Writes out buffered lines, and the summary of suppressed refusals once their second is
-        over (`final`: the service is stopping, the current second is over too)."""
+        """Writes the summary of suppressed refusals once their second is over, and what stdout
+        takes now (`final`: the service is stopping, the current second is over too, and what is
+        queued is written, waiting a little for stdout if need be)."""
         self._summarize(int(self._clock()) + (1 if final else 0))
-        with contextlib.suppress(OSError, ValueError):
-            self._audit.flush()
+        if final:
+            self.log.close()
+        else:
+            self.log.flush()
 
 
 def _describe(identity: Identity, record: dict[str, Any]) -> str:

@@ -92,12 +92,14 @@ class Service:
             clock=clock,
             audit=audit,
             worker=worker,
+            log_timeout=config.limits.request_timeout,
         )
         self.admission = Admission(
             max_in_flight=config.limits.max_in_flight,
             max_pending_per_address=config.limits.max_pending_per_address,
         )
         self.ready = False
+        self._reloading = asyncio.Lock()
         metrics.tokens_loaded(self.tokens.tokens)
         self.reviewer: TokenReviewer | None = None
         if config.token_review is not None:
@@ -125,6 +127,10 @@ class Service:
 
     async def reload_tokens(self) -> bool | None:
         """Applies a changed token file. True applied, False refused, None unchanged."""
+        async with self._reloading:  # the watcher and SIGHUP may ask at the same moment
+            return await self._reload_tokens()
+
+    async def _reload_tokens(self) -> bool | None:
         try:
             tokens = self.tokens.read_new()
         except ConfigError as exc:
@@ -182,7 +188,8 @@ async def _answer_join(request: web.Request, service: Service) -> web.Response:
     admission.begin()
     try:
         if not admission.start_reading(address):
-            return _overloaded(service, remote, "too many requests from this address are still sending their body")
+            message = "too many requests from this address are still sending their body"
+            return _overloaded(service, remote, message)
         try:
             body = await _read_body(request, service)
         finally:
@@ -336,7 +343,7 @@ def create_app(
         app.router.add_get(path, _observed(metrics, path, handler))
         allowed[path] = "GET,HEAD"
     app.router.add_route("*", "/{tail:.*}", _unmatched(metrics, allowed))
-    metrics.watch_in_flight(lambda: service.admission.in_flight)
+    metrics.watch_in_flight(lambda: service.admission.active)  # bodies still arriving included
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if service.binding is not None:

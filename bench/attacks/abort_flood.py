@@ -17,6 +17,11 @@ Bounded: at most --connections sockets at once, for --duration seconds, loopback
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root
+
 import argparse
 import asyncio
 import json
@@ -25,7 +30,7 @@ import struct
 import time
 from pathlib import Path
 
-from harness import rss_mib, serve
+from bench.attacks.harness import rss_mib, serve
 
 REQUESTS = [
     b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",

@@ -13,6 +13,11 @@ Bounded: at most --sockets connections, for --duration seconds, loopback only.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root
+
 import argparse
 import asyncio
 import json
@@ -22,7 +27,8 @@ from multiprocessing import Process, Queue
 from pathlib import Path
 
 import aiohttp
-from harness import serve
+
+from bench.attacks.harness import serve
 
 HEAD = b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
 
