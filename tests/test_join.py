@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import json
 import operator
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
+from auth.cli.serve import make_runner
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
 from tests.conftest import ServeIssuer
@@ -139,6 +141,74 @@ async def test_body_that_is_not_json(start_service: StartService, issuer: LocalI
     client = await start_service(token_doc(issuer=issuer))
     error = await refused(client, None, 400, data=b"{not json", headers={"Content-Type": "application/json"})
     assert error["code"] == "bad_request"
+
+
+def _raw_body(token: str, tail: str) -> bytes:
+    """A join body with its members written out by hand, then `tail` before the closing brace."""
+    members = ",".join(f'"{k}":{json.dumps(v)}' for k, v in join_body(token).items())
+    return ("{" + members + tail + "}").encode()
+
+
+JUNK_BODIES: list[tuple[str, Callable[[str], bytes], str]] = [
+    ("65000-brackets", lambda t: b"[" * 65_000, "not valid JSON"),
+    ("nested-objects", lambda t: b'{"a":' * 8_000 + b"1" + b"}" * 8_000, "not valid JSON"),
+    ("duplicate-role", lambda t: _raw_body(t, ',"role":"App"'), "duplicate member 'role'"),
+    ("duplicate-token-name", lambda t: _raw_body(t, ',"token_name":"other"'), "duplicate member 'token_name'"),
+    ("nan", lambda t: _raw_body(t, ',"host_name":NaN'), "NaN is not JSON"),
+    ("infinity", lambda t: _raw_body(t, ',"host_name":-Infinity'), "-Infinity is not JSON"),
+    ("latin-1", lambda t: _raw_body(t, "")[:-1] + b',"host_name":"caf\xe9"}', "not UTF-8"),
+    ("not-utf-8", lambda t: b'{"token_name": "\xff\xfe"}', "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), [j[1:] for j in JUNK_BODIES], ids=[j[0] for j in JUNK_BODIES])
+async def test_junk_bodies_are_bad_requests_not_500s(
+    start_service: StartService, issuer: LocalIssuer, make: Any, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: 65,000 `[` gave a 500 and a RecursionError traceback; a duplicate role silently
+    became the last one; NaN and non-UTF-8 bytes were taken."""
+    client = await start_service(token_doc(issuer=issuer))
+    raw = make(pod_token(issuer))
+    error = await refused(client, None, 400, data=raw, headers={"Content-Type": "application/json"})
+    assert error["code"] == "bad_request" and message in error["message"]
+    registry = client.app[SERVICE].metrics.registry
+    labels = {"token": "unknown", "result": "failure", "reason": "bad_request"}
+    assert registry.get_sample_value("kubejoin_join_attempts_total", labels) == 1
+    [record] = client.audit.records()  # type: ignore[attr-defined]
+    assert record["reason"] == "bad_request"
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+
+
+async def test_client_leaving_mid_body_is_not_a_server_error(
+    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture, unused_tcp_port: int
+) -> None:
+    """Before: a traceback in the log and an HTTP 500 in the metrics. Served as `kubejoin serve`
+    serves (aiohttp's test server cancels handlers whose client left; serve does not)."""
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    config = make_config(tmp_path)
+    audit = AuditLog()
+    app = create_app(config, registry=CollectorRegistry(), audit=audit)
+    runner = make_runner(app, config)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        service = app[SERVICE]
+        _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 1000\r\n\r\n{")
+        await wait_for(lambda: service.admission.active == 1)
+        writer.close()
+        await wait_for(lambda: service.admission.active == 0)
+        registry = service.metrics.registry
+        labels = {"token": "unknown", "result": "failure", "reason": "bad_request"}
+        assert registry.get_sample_value("kubejoin_join_attempts_total", labels) == 1
+        http = {"route": "/v1/join", "method": "POST", "status": "500"}
+        assert registry.get_sample_value("kubejoin_http_requests_total", http) is None
+        [record] = audit.records()
+        assert record["message"] == "the connection closed before the whole body arrived"
+        assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.parametrize(

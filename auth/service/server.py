@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, TextIO
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -24,6 +25,7 @@ from verifier.binding import LiveBinding
 from verifier.errors import Reason
 
 from .admission import Admission
+from .body import parse_body
 from .ca import CertificateAuthority
 from .config import Config, ConfigError
 from .errors import STATUS, Code, JoinError, JoinReason, error_body
@@ -228,10 +230,15 @@ async def _read_body(request: web.Request, service: Service) -> object:
         raise refuse(JoinReason.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
     except web.HTTPRequestEntityTooLarge:
         raise refuse(JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote) from None
+    except (ConnectionError, HttpProcessingError):
+        # The client left, or broke the framing, before the whole body arrived: its refusal,
+        # not a server error, and nothing worth a traceback.
+        message = "the connection closed before the whole body arrived"
+        raise refuse(JoinReason.BAD_REQUEST, message, request.remote) from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise refuse(JoinReason.BAD_REQUEST, "the body is not valid JSON", request.remote) from None
+        return parse_body(raw)
+    except JoinError as exc:
+        raise refuse(exc.code, exc.message, request.remote) from None
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
