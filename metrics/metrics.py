@@ -180,6 +180,13 @@ class Metrics:
             "Join log lines that could not be written (stdout stuck or closed).",
             registry=r,
         )
+        self.tokens_reload_ok = Gauge(
+            "kubejoin_join_tokens_last_reload_successful",
+            "1 when the join tokens file as it is now is in force; 0 while an edit is refused.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.tokens_reload_ok.set(1)
         self.joins_in_flight = Gauge(
             "kubejoin_joins_in_flight",
             "Join and TokenReview requests being served now.",

@@ -2,8 +2,10 @@
 `in_cluster` tokens share one, `oidc` tokens share one per issuer, `static_jwks` tokens have their
 own. Join tokens of one source share one verifier; other users (the TokenReview endpoint) get
 verifiers of their own audiences and lifetime over the same source through `verifier`. Verifiers of
-the `in_cluster` source carry the live binding check when `binding.mode` is watch. Sources no longer
-named by anyone are closed when the tokens change."""
+the `in_cluster` source carry the live binding check when `binding.mode` is watch. A source no
+longer named by anyone stops refreshing when the tokens change, but the join tokens' verifier over
+it (keys and verified tokens) is kept for RETAIN seconds: a token removed by mistake and restored a
+moment later works at once, without the issuer."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ IN_CLUSTER: SourceKey = ("in_cluster",)
 # reviews name). Callers name few sets; the bound keeps one that names many from growing memory:
 # each verifier has its own verified-token cache.
 MAX_AUDIENCE_VERIFIERS: Final = 32
+RETAIN: Final = 600.0
 
 
 def source_key(rules: KubernetesRules, name: str) -> SourceKey:
@@ -69,6 +72,7 @@ class Keyring:
         self._by_token: dict[str, Verifier] = {}
         self._others: OrderedDict[tuple[Any, ...], Verifier] = OrderedDict()  # verifier(), most recent last
         self._held: set[SourceKey] = set()  # sources that verifier() was asked for: open until close()
+        self._retired: dict[SourceKey, tuple[Verifier, float]] = {}  # a verifier no token names, since when
         self._retired_hits = 0
         self._retired_misses = 0
         metrics.watch_cache(self.cache_stats)
@@ -133,8 +137,9 @@ class Keyring:
         )
 
     def update(self, tokens: Mapping[str, JoinToken]) -> list[RemoteKeySource]:
-        """Builds verifiers for new sources and returns the sources no one names any more, for
-        the caller to close. Must run in the event loop (remote sources start refreshing)."""
+        """Builds verifiers for new sources (or takes back retired ones) and returns the sources
+        no one names any more, for the caller to close (they stop refreshing; a retired verifier
+        keeps their keys). Must run in the event loop (remote sources start refreshing)."""
         wanted: dict[SourceKey, JoinToken] = {}
         by_token: dict[str, SourceKey] = {}
         for token in tokens.values():
@@ -142,16 +147,26 @@ class Keyring:
                 key = source_key(token.kubernetes, token.name)
                 wanted.setdefault(key, token)
                 by_token[token.name] = key
+        now = self._clock()
         for key, token in wanted.items():
-            if key not in self._verifiers:
-                assert token.kubernetes is not None
-                source = self._source(key, token.kubernetes, token.name)
-                self._verifiers[key] = self._verifier(
-                    key, source, [self._config.cluster_name], self._config.verification.max_token_ttl
-                )
+            if key in self._verifiers:
+                continue
+            kept = self._retired.pop(key, None)
+            if kept is not None and self._sources.get(key, kept[0].source) is kept[0].source:
+                self._verifiers[key] = self._revive(key, kept[0])
+                continue
+            assert token.kubernetes is not None
+            source = self._source(key, token.kubernetes, token.name)
+            self._verifiers[key] = self._verifier(
+                key, source, [self._config.cluster_name], self._config.verification.max_token_ttl
+            )
         self._by_token = {name: self._verifiers[key] for name, key in by_token.items()}
         for key in [k for k in self._verifiers if k not in wanted]:
-            self._retire_stats(self._verifiers.pop(key))
+            verifier = self._verifiers.pop(key)
+            self._retire_stats(verifier)
+            self._retired[key] = (verifier, now)
+        for key in [k for k, (_, since) in self._retired.items() if now - since > RETAIN]:
+            del self._retired[key]
         in_use = set(wanted) | self._held
         retired: list[RemoteKeySource] = []
         for key in [k for k in self._sources if k not in in_use]:
@@ -159,6 +174,16 @@ class Keyring:
             if isinstance(source, RemoteKeySource):
                 retired.append(source)
         return retired
+
+    def _revive(self, key: SourceKey, verifier: Verifier) -> Verifier:
+        """Takes back a retired verifier with its keys and cache; its source refreshes again."""
+        self._retired_hits -= verifier.cache_hits
+        self._retired_misses -= verifier.cache_misses
+        if key not in self._sources:
+            self._sources[key] = verifier.source
+            if isinstance(verifier.source, RemoteKeySource):
+                verifier.source.start()
+        return verifier
 
     def _retire_stats(self, verifier: Verifier) -> None:
         self._retired_hits += verifier.cache_hits
@@ -171,6 +196,7 @@ class Keyring:
         self._held.clear()
         for source in self.update({}):
             await source.close()
+        self._retired.clear()
 
     def cache_stats(self) -> CacheStats:
         verifiers = [*self._verifiers.values(), *self._others.values()]

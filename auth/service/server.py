@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -27,12 +28,12 @@ from verifier.errors import Reason
 from .admission import Admission
 from .body import parse_body
 from .ca import CertificateAuthority
-from .config import Config, ConfigError
+from .config import Config, ConfigError, read_text_file
 from .errors import STATUS, Code, JoinError, JoinReason, error_body
 from .join import JoinService
 from .keyring import Keyring, kube_api
 from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review
-from .tokens import JoinToken, file_stamp, load_tokens
+from .tokens import JoinToken, parse_tokens
 
 log = logging.getLogger("kubejoin.server")
 MAX_BODY: Final = 64 * 1024
@@ -41,22 +42,51 @@ _RETRY_LATER: Final = frozenset({Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAIL
 
 
 class TokenStore:
-    """The join tokens in force. A changed file is re-read; a broken edit is logged and refused,
-    and the last good tokens stay in force."""
+    """The join tokens in force. The file is re-read off the event loop and applied when its
+    content changed (a hash, not mtime and size: an edit within one second of the same size
+    counts). A broken edit, or one that leaves no tokens (a truncating rewrite caught halfway),
+    is refused and the last good tokens stay in force."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp = file_stamp(path)
-        self.tokens: dict[str, JoinToken] = load_tokens(path)
+        text = read_text_file(path)
+        self.tokens: dict[str, JoinToken] = parse_tokens(text, path)
+        self._applied = self._seen = _digest(text)
         self.last_error = ""
 
-    def read_new(self) -> dict[str, JoinToken] | None:
-        """The file's tokens if it changed and parses; None if unchanged. Raises ConfigError."""
-        stamp = file_stamp(self.path)
-        if stamp == self._stamp:
+    def _read_new(self) -> tuple[str, dict[str, JoinToken]] | None:
+        """Runs in a thread: (digest, tokens) if the content changed and parses; None if it is
+        what was applied or refused last. Raises ConfigError."""
+        try:
+            text = read_text_file(self.path)
+        except ConfigError:
+            if self._seen == "unreadable":
+                return None
+            self._seen = "unreadable"
+            raise
+        digest = _digest(text)
+        if digest in (self._applied, self._seen):
+            self._seen = digest
             return None
-        self._stamp = stamp
-        return load_tokens(self.path)
+        self._seen = digest
+        tokens = parse_tokens(text, self.path)
+        if not tokens:
+            raise ConfigError(f"{self.path}: no join tokens; a reload that leaves none is refused")
+        return digest, tokens
+
+    async def read_new(self) -> dict[str, JoinToken] | None:
+        """The file's tokens if they changed and are good; None if unchanged. Raises ConfigError."""
+        found = await asyncio.to_thread(self._read_new)
+        if found is None:
+            if self._seen == self._applied:
+                self.last_error = ""  # a broken edit was undone
+            return None
+        self._applied, tokens = found
+        return tokens
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Service:
@@ -134,19 +164,23 @@ class Service:
 
     async def _reload_tokens(self) -> bool | None:
         try:
-            tokens = self.tokens.read_new()
+            tokens = await self.tokens.read_new()
         except ConfigError as exc:
             self.tokens.last_error = str(exc)
             log.error("join tokens not reloaded, the last good ones stay in force: %s", exc)
             self.metrics.config_reloads.labels("failure").inc()
+            self.metrics.tokens_reload_ok.set(0)
             return False
         if tokens is None:
+            if not self.tokens.last_error:
+                self.metrics.tokens_reload_ok.set(1)
             return None
         retired = self.keyring.update(tokens)
         self.tokens.tokens = tokens
         self.tokens.last_error = ""
         self.metrics.tokens_loaded(tokens)
         self.metrics.config_reloads.labels("success").inc()
+        self.metrics.tokens_reload_ok.set(1)
         log.info("join tokens reloaded: %s", ", ".join(sorted(tokens)) or "none")
         for source in retired:
             await source.close()

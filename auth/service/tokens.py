@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from verifier import KeySourceError, parse_jwks
 from verifier.claims import NAME_SYNTAX, NAMESPACE_SYNTAX
 from verifier.sources import url_scheme_allowed
 
-from .config import ConfigError, load_yaml
+from .config import ConfigError, StrictLoader, read_text_file, yaml_error
 
 ROLES: Final = {
     r.lower(): r for r in ("Node", "Proxy", "Kube", "App", "Db", "WindowsDesktop", "Discovery", "Instance", "Bot")
@@ -285,10 +284,9 @@ def parse_tokens(text: str, source: str) -> dict[str, JoinToken]:
     """Parses a YAML stream of join tokens; names must be unique."""
     tokens: dict[str, JoinToken] = {}
     try:
-        documents = list(yaml.safe_load_all(text))
-    except yaml.YAMLError:
-        load_yaml(text, source)  # raises with the line number
-        raise
+        documents = list(yaml.load_all(text, Loader=StrictLoader))
+    except yaml.YAMLError as exc:
+        raise yaml_error(exc, source) from None
     for index, document in enumerate(d for d in documents if d is not None):
         label = f"{source}: token {index + 1}"
         if isinstance(document, Mapping) and isinstance(document.get("metadata"), Mapping):
@@ -303,18 +301,5 @@ def parse_tokens(text: str, source: str) -> dict[str, JoinToken]:
     return tokens
 
 
-def file_stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-
-
 def load_tokens(path: str) -> dict[str, JoinToken]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    return parse_tokens(text, path)
+    return parse_tokens(read_text_file(path), path)
