@@ -1,7 +1,8 @@
 """All metrics in one object with its own CollectorRegistry (no global state), so that two
 services in one process, or one test after another, never share counters.
 
-Label values are bounded by construction: `token` is a configured token name or `unknown`,
+Label values are bounded by construction: `token` is a configured name of a kubernetes join
+token (other join methods' names are secrets) or `unknown`,
 `reason` one of the fixed REASON codes, `issuer` a configured issuer, `route` a registered route.
 Never a service account, pod, kid, jti or caller address.
 """
@@ -260,12 +261,11 @@ class Metrics:
         else:
             self.registry.register(_BindingCollector(read))
 
-    def tokens_loaded(self, names: Iterable[str]) -> None:
-        """Creates each token's success series at 0, so rates and alerts work before any join."""
-        count = 0
+    def tokens_loaded(self, names: Iterable[str], count: int) -> None:
+        """Creates the success series of each named token at 0, so rates and alerts work before
+        any join; `count` tokens are loaded (the names of some are secrets, not labels)."""
         for name in names:
             self.join_attempts.labels(name, "success", "ok")
-            count += 1
         self.join_tokens.set(count)
 
     def join_finished(self, token: str, reason: str, seconds: float) -> None:

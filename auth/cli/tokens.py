@@ -28,7 +28,7 @@ def run_check(args: argparse.Namespace) -> int:
         {
             "tokens": [
                 {
-                    "name": t.name,
+                    "name": t.name if t.public else None,  # other join methods' names are secrets
                     "join_method": t.join_method,
                     "roles": list(t.roles),
                     "type": t.kubernetes.type if t.kubernetes else None,

@@ -129,7 +129,7 @@ class JoinService:
             if request.host_name:
                 record["host_name"] = request.host_name
             token = self._tokens().get(request.token_name)
-            if token is not None:
+            if token is not None and token.public:  # other join methods' names are secrets
                 token_label = record["token"] = token.name
             response = await self._join(request, token, record)
         except JoinError as exc:
@@ -183,7 +183,7 @@ class JoinService:
         if token.join_method != KUBERNETES:
             raise JoinError(
                 JoinReason.WRONG_JOIN_METHOD,
-                f"join token {token.name} uses join method {token.join_method}, not kubernetes",
+                f"that join token uses join method {token.join_method}, not kubernetes",
             )
         now = self._clock()
         if token.expires is not None and now >= token.expires:

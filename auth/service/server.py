@@ -33,7 +33,7 @@ from .errors import STATUS, Code, JoinError, JoinReason, error_body
 from .join import JoinService
 from .keyring import Keyring, kube_api
 from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review
-from .tokens import JoinToken, parse_tokens
+from .tokens import JoinToken, parse_tokens, public_names
 
 log = logging.getLogger("kubejoin.server")
 MAX_BODY: Final = 64 * 1024
@@ -132,7 +132,7 @@ class Service:
         )
         self.ready = False
         self._reloading = asyncio.Lock()
-        metrics.tokens_loaded(self.tokens.tokens)
+        metrics.tokens_loaded(public_names(self.tokens.tokens), len(self.tokens.tokens))
         self.reviewer: TokenReviewer | None = None
         if config.token_review is not None:
             self.reviewer = TokenReviewer(
@@ -178,10 +178,13 @@ class Service:
         retired = self.keyring.update(tokens)
         self.tokens.tokens = tokens
         self.tokens.last_error = ""
-        self.metrics.tokens_loaded(tokens)
+        shown = public_names(tokens)
+        self.metrics.tokens_loaded(shown, len(tokens))
         self.metrics.config_reloads.labels("success").inc()
         self.metrics.tokens_reload_ok.set(1)
-        log.info("join tokens reloaded: %s", ", ".join(sorted(tokens)) or "none")
+        hidden = len(tokens) - len(shown)
+        others = f" and {hidden} of other join methods (names not shown)" if hidden else ""
+        log.info("join tokens reloaded: %s%s", ", ".join(shown) or "none", others)
         for source in retired:
             await source.close()
         return True

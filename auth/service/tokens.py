@@ -118,6 +118,13 @@ class JoinToken:
     expires: float | None  # unix seconds
     kubernetes: KubernetesRules | None
 
+    @property
+    def public(self) -> bool:
+        """Whether the name may be shown: in Teleport the name of a token of join method
+        `token` (and others) is the secret itself, so only kubernetes tokens' names appear in
+        logs, metrics, messages and /readyz."""
+        return self.join_method == KUBERNETES
+
     def allows(self, namespace: str, name: str) -> bool:
         return self.kubernetes is not None and any(rule.matches(namespace, name) for rule in self.kubernetes.allow)
 
@@ -265,7 +272,9 @@ def parse_token(document: object) -> JoinToken:
         raise TokenError("version", f"expected v2, got {top.get('version')!r}")
     metadata = _mapping(top.get("metadata"), "metadata")
     _no_unknown(metadata, _METADATA_KEYS, "metadata")
-    name = _text(metadata.get("name"), "metadata.name")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise TokenError("metadata.name", "expected a non-empty string")  # never echoed: it may be a secret
     spec = _mapping(top.get("spec"), "spec")
     _no_unknown(spec, _SPEC_KEYS, "spec")
     roles = _roles(spec.get("roles"))
@@ -289,16 +298,30 @@ def parse_tokens(text: str, source: str) -> dict[str, JoinToken]:
         raise yaml_error(exc, source) from None
     for index, document in enumerate(d for d in documents if d is not None):
         label = f"{source}: token {index + 1}"
-        if isinstance(document, Mapping) and isinstance(document.get("metadata"), Mapping):
+        if _is_kubernetes(document):
             label += f" ({str(document['metadata'].get('name'))[:64]})"
         try:
             token = parse_token(document)
         except ConfigError as exc:
             raise ConfigError(f"{label}: {exc}") from None
         if token.name in tokens:
-            raise ConfigError(f"{label}: metadata.name: duplicate token name {token.name!r}")
+            shown = f" {token.name!r}" if token.public and tokens[token.name].public else ""
+            raise ConfigError(f"{label}: metadata.name: duplicate token name{shown}")
         tokens[token.name] = token
     return tokens
+
+
+def _is_kubernetes(document: object) -> bool:
+    """Whether a document that may not parse is a kubernetes token, whose name may be shown."""
+    if not isinstance(document, Mapping):
+        return False
+    spec, metadata = document.get("spec"), document.get("metadata")
+    return isinstance(spec, Mapping) and spec.get("join_method") == KUBERNETES and isinstance(metadata, Mapping)
+
+
+def public_names(tokens: Mapping[str, JoinToken]) -> list[str]:
+    """The names that may be shown (kubernetes tokens), sorted."""
+    return sorted(name for name, token in tokens.items() if token.public)
 
 
 def load_tokens(path: str) -> dict[str, JoinToken]:
