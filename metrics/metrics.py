@@ -188,6 +188,12 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self.tokens_reload_ok.set(1)
+        self.ca_expiry = Gauge(
+            "kubejoin_ca_expiry_timestamp_seconds",
+            "When kubejoin's CA certificate expires.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.joins_in_flight = Gauge(
             "kubejoin_joins_in_flight",
             "Join and TokenReview requests being served now.",

@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import CollectorRegistry
 
+from auth.cli import main
 from auth.service.ca import (
+    CA_LIFETIME,
     CertificateAuthority,
     PublicKeyCache,
     PublicKeyError,
@@ -19,7 +22,8 @@ from auth.service.ca import (
     prepare_public_key,
 )
 from auth.service.config import ConfigError
-from tests.service import public_key_pem
+from auth.service.server import SERVICE, create_app
+from tests.service import AuditLog, make_config, public_key_pem
 
 SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -115,3 +119,65 @@ def test_a_prepared_key_gets_the_certificate_a_plain_key_gets(kind: str, monkeyp
         prepare_public_key(pem).spki
     )
     assert prepared.not_after == plain.not_after == now.replace(microsecond=0)
+
+
+# -- issue 12, item 7: the CA's own validity ------------------------------------------------------
+
+NOW = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
+
+
+def _ca_files(tmp_path: Path, generated_at: datetime.datetime) -> tuple[str, str]:
+    cert, key = str(tmp_path / "ca.pem"), str(tmp_path / "ca-key.pem")
+    CertificateAuthority.generate("example.teleport.sh", generated_at).save(cert, key)
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    ("generated_at", "message"),
+    [
+        (NOW - CA_LIFETIME - datetime.timedelta(days=1), "the CA certificate expired at 2030-05-31T"),
+        (NOW + datetime.timedelta(days=1), "the CA certificate is not valid before 2030-06-01T23:59:00Z"),
+    ],
+    ids=["expired", "not-yet-valid"],
+)
+def test_a_ca_outside_its_validity_is_refused(tmp_path: Path, generated_at: datetime.datetime, message: str) -> None:
+    """Before: served without a word."""
+    cert, key = _ca_files(tmp_path, generated_at)
+    with pytest.raises(ConfigError, match=message):
+        CertificateAuthority.load_or_create(cert, key, "example.teleport.sh", NOW)
+
+
+def test_serve_refuses_an_expired_ca_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _ca_files(tmp_path, datetime.datetime.now(datetime.UTC) - CA_LIFETIME - datetime.timedelta(days=1))
+    (tmp_path / "tokens.yaml").write_text("")
+    (tmp_path / "config.yaml").write_text("cluster_name: example.teleport.sh\n")
+    assert main(["serve", "--config", str(tmp_path / "config.yaml")]) == 2
+    assert "ca.cert_file: the CA certificate expired at" in capsys.readouterr().err
+
+
+def test_no_leaf_outlives_the_ca(tmp_path: Path) -> None:
+    ca = CertificateAuthority.generate("example.teleport.sh", NOW - CA_LIFETIME + datetime.timedelta(minutes=10))
+    issued = ca.issue(
+        parse_public_key(public_key_pem()),
+        host_id="h",
+        role="App",
+        namespace="ns",
+        service_account="sa",
+        now=NOW,
+        not_after=NOW + datetime.timedelta(hours=1),
+    )
+    leaf = x509.load_pem_x509_certificate(issued.pem.encode())
+    assert leaf.not_valid_after_utc == ca.not_after == issued.not_after
+    assert ca.not_after < NOW + datetime.timedelta(hours=1)
+
+
+def test_a_ca_close_to_expiry_is_warned_of_and_measured(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    _ca_files(tmp_path, now - CA_LIFETIME + datetime.timedelta(days=10))
+    (tmp_path / "tokens.yaml").write_text("")
+    app = create_app(make_config(tmp_path), registry=CollectorRegistry(), audit=AuditLog())
+    ca = app[SERVICE].ca
+    expiry = app[SERVICE].metrics.registry.get_sample_value("kubejoin_ca_expiry_timestamp_seconds")
+    assert expiry == ca.not_after.timestamp()
+    [warning] = [r.getMessage() for r in caplog.records if "the CA expires" in r.getMessage()]
+    assert warning.startswith("the CA expires in 10.0 days")

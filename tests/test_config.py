@@ -64,6 +64,12 @@ def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"cluster_name": "c", "workers": 0}, "workers: expected auto or an integer from 1 to 256"),
         ({"cluster_name": "c", "workers": True}, "workers: expected auto"),
         ({"cluster_name": "c", "workers": "all"}, "workers: expected auto"),
+        # issue 12, item 7: before, a non-ASCII name made every join a 500; "#" reached the SAN
+        ({"cluster_name": "café.example"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "example.sh/ns/x#"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "Example.sh"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "a..b"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "x" * 64}, "cluster_name: expected a lowercase DNS name"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path: Path, document: object, message: str) -> None:
@@ -72,7 +78,13 @@ def test_mistakes_name_the_key(tmp_path: Path, document: object, message: str) -
 
 
 @pytest.mark.parametrize(
-    "text", ["cluster_name: c\nverification:\n  leeway: [", "cluster_name: c\nunknown: 1\n", "\xff"]
+    "text",
+    [
+        "cluster_name: c\nverification:\n  leeway: [",
+        "cluster_name: c\nunknown: 1\n",
+        "\xff",
+        "cluster_name: 'example.sh#x'\n",
+    ],
 )
 def test_serve_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
     path = tmp_path / "config.yaml"

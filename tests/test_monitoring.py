@@ -48,7 +48,7 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = need("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 7 rules found" in check.stdout
     tests = subprocess.run(
         [promtool, "test", "rules", str(MONITORING / "tests" / "kubejoin-rules.test.yaml")],
         capture_output=True,
@@ -180,6 +180,7 @@ async def test_real_prometheus_sees_each_attempt_once(kubejoin: tuple[Any, Local
             "KubejoinNoReadyReplica",
             "KubejoinBindingNotSynced",
             "KubejoinBindingLookupsFailing",
+            "KubejoinCAExpiringSoon",
         }
         for _ in range(100):  # the rules are evaluated every second; wait for a first evaluation
             async with session.get(prometheus + "/api/v1/rules") as response:

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ..service.ca import CertificateAuthority
+from ..service.config import ConfigError
 from .common import EXIT_OK, EXIT_USAGE, say
 
 
@@ -27,7 +28,7 @@ def run_init(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     try:
         CertificateAuthority.generate(args.cluster_name).save(args.cert_file, args.key_file)
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         say(f"kubejoin ca init: {exc}")
         return EXIT_USAGE
     say(f"wrote {args.cert_file} and {args.key_file} (mode 0600)")

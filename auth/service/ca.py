@@ -1,8 +1,9 @@
 """The certificate authority that signs joined workloads' certificates.
 
 Loads `ca.cert_file` and `ca.key_file`, or generates an ECDSA P-256 CA when both are missing
-(key file mode 0600). Refuses to start on a mismatched pair, a certificate that is not a CA, or a
-key file that other users can read.
+(key file mode 0600). Refuses to start on a mismatched pair, a certificate that is not a CA, a CA
+that has expired or is not yet valid, or a key file that other users can read. No certificate it
+issues outlives the CA.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .config import ConfigError
+from .config import ConfigError, check_cluster_name
 from .der import WorkloadCertificates, pem_certificate, random_serial, spki_der
 from .files import write_private_file
 
@@ -28,6 +29,10 @@ BACKDATE: Final = datetime.timedelta(minutes=1)  # tolerate clients whose clocks
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 WorkloadKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 _WORKLOAD_CURVES: Final = ("secp256r1", "secp384r1")
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PublicKeyError(ValueError):
@@ -99,6 +104,9 @@ class CertificateAuthority:
     builder."""
 
     def __init__(self, certificate: x509.Certificate, key: SigningKey, cluster_name: str) -> None:
+        # cluster_name ends up in the SPIFFE URI of every certificate: a name that is not a DNS
+        # name would make each join fail (non-ASCII) or forge a URI ("a#b").
+        check_cluster_name(cluster_name)
         self.certificate = certificate
         self._key = key
         self.cluster_name = cluster_name
@@ -146,20 +154,28 @@ class CertificateAuthority:
         )
         return cls(certificate, key, cluster_name)
 
+    @property
+    def not_after(self) -> datetime.datetime:
+        return self.certificate.not_valid_after_utc
+
     @classmethod
-    def load_or_create(cls, cert_file: str, key_file: str, cluster_name: str) -> CertificateAuthority:
+    def load_or_create(
+        cls, cert_file: str, key_file: str, cluster_name: str, now: datetime.datetime | None = None
+    ) -> CertificateAuthority:
         have_cert, have_key = os.path.exists(cert_file), os.path.exists(key_file)
         if not have_cert and not have_key:
-            ca = cls.generate(cluster_name)
+            ca = cls.generate(cluster_name, now)
             ca.save(cert_file, key_file)
             return ca
         if have_cert != have_key:
             missing = key_file if have_cert else cert_file
             raise ConfigError(f"ca: {missing} is missing; give both files, or neither to generate a new CA")
-        return cls.load(cert_file, key_file, cluster_name)
+        return cls.load(cert_file, key_file, cluster_name, now)
 
     @classmethod
-    def load(cls, cert_file: str, key_file: str, cluster_name: str) -> CertificateAuthority:
+    def load(
+        cls, cert_file: str, key_file: str, cluster_name: str, now: datetime.datetime | None = None
+    ) -> CertificateAuthority:
         mode = os.stat(key_file).st_mode
         if mode & stat.S_IROTH:
             raise ConfigError(
@@ -185,6 +201,13 @@ class CertificateAuthority:
             is_ca = False
         if not is_ca:
             raise ConfigError("ca.cert_file: the certificate is not a CA (basicConstraints CA:TRUE)")
+        now = now or datetime.datetime.now(datetime.UTC)
+        if now >= certificate.not_valid_after_utc:
+            expired = _rfc3339(certificate.not_valid_after_utc)
+            raise ConfigError(f"ca.cert_file: the CA certificate expired at {expired}; replace the CA")
+        if now < certificate.not_valid_before_utc:
+            start = _rfc3339(certificate.not_valid_before_utc)
+            raise ConfigError(f"ca.cert_file: the CA certificate is not valid before {start} (check the clock)")
         return cls(certificate, key, cluster_name)
 
     def save(self, cert_file: str, key_file: str) -> None:
@@ -233,7 +256,9 @@ class CertificateAuthority:
     ) -> IssuedCertificate:
         """A workload certificate: Subject O cluster, OU role, CN host_id; SAN URI
         spiffe://<cluster>/ns/<ns>/sa/<name>; EKU clientAuth and serverAuth; key usage
-        digitalSignature (and keyEncipherment for RSA keys); valid from a minute ago."""
+        digitalSignature (and keyEncipherment for RSA keys); valid from a minute ago until
+        not_after or the CA's own expiry, whichever comes first."""
+        not_after = min(not_after, self.not_after)
         if not isinstance(public_key, PreparedKey):
             public_key = PreparedKey(public_key, spki_der(public_key), isinstance(public_key, rsa.RSAPublicKey))
         tbs = self._workload.tbs(

@@ -4,6 +4,7 @@ names the key path, e.g. `verification.leeway: expected a duration such as 90s, 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 DEFAULT_LISTEN: Final = "127.0.0.1:3025"
 MAX_WORKERS: Final = 256
+# A lowercase DNS name: labels of letters, digits and inner hyphens, at most 253 characters. It
+# is the SPIFFE trust domain of every certificate (spiffe://<cluster_name>/...).
+_LABEL: Final = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_NAME: Final = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*", re.ASCII)
 MAX_FILE_BYTES: Final = 4 * 1024 * 1024  # config and join token files; larger ones are refused
 SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -134,6 +139,12 @@ def parse_workers(value: object, where: str = "workers") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
         raise ConfigError(f"{where}: expected auto or an integer from 1 to {MAX_WORKERS}, got {value!r}")
     return value
+
+
+def check_cluster_name(name: str) -> None:
+    """Raises ConfigError unless name is a lowercase DNS name such as example.teleport.sh."""
+    if not _DNS_NAME.fullmatch(name):
+        raise ConfigError(f"cluster_name: expected a lowercase DNS name such as example.teleport.sh, got {name[:80]!r}")
 
 
 def default_api_server() -> str:
@@ -289,6 +300,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
         return str(base_dir / reader.string(key, default))
 
     cluster_name = top.string("cluster_name", required=True)
+    check_cluster_name(cluster_name)
     tokens_file = path_of(top, "tokens_file", "tokens.yaml")
     ca = _Reader(top.get("ca", {}), "ca")
     ca_cert, ca_key = path_of(ca, "cert_file", "ca.pem"), path_of(ca, "key_file", "ca-key.pem")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, TextIO
@@ -37,6 +39,7 @@ from .tokens import JoinToken, parse_tokens, public_names
 
 log = logging.getLogger("kubejoin.server")
 MAX_BODY: Final = 64 * 1024
+CA_WARNING: Final = 30 * 86400.0  # warn this long before the CA expires
 _METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _RETRY_LATER: Final = frozenset({Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAILABLE})
 
@@ -105,7 +108,16 @@ class Service:
         self.config = config
         self.metrics = metrics
         self.tokens = TokenStore(config.tokens_file)
-        self.ca = CertificateAuthority.load_or_create(config.ca_cert_file, config.ca_key_file, config.cluster_name)
+        self.ca = CertificateAuthority.load_or_create(
+            config.ca_cert_file,
+            config.ca_key_file,
+            config.cluster_name,
+            datetime.datetime.fromtimestamp(clock(), datetime.UTC),
+        )
+        self._clock = clock
+        self._ca_warned = -math.inf
+        metrics.ca_expiry.set(self.ca.not_after.timestamp())
+        self.check_ca()
         self.binding: LiveBinding | None = None
         if config.binding.mode == "watch" and config.in_cluster is not None:
             binding = LiveBinding(
@@ -156,6 +168,19 @@ class Service:
     def release(self) -> None:
         self.admission.release_slot()
         self.admission.end()
+
+    def check_ca(self) -> None:
+        """Warns (at most daily) while the CA expires within CA_WARNING: leaves are then cut
+        short at the CA's expiry, and after it kubejoin will not start."""
+        now = self._clock()
+        left = self.ca.not_after.timestamp() - now
+        if left < CA_WARNING and now - self._ca_warned >= 86400:
+            self._ca_warned = now
+            log.warning(
+                "the CA expires in %.1f days (%s): certificates end then; replace ca.cert_file and ca.key_file",
+                left / 86400,
+                self.ca.not_after.isoformat(),
+            )
 
     async def reload_tokens(self) -> bool | None:
         """Applies a changed token file. True applied, False refused, None unchanged."""
@@ -346,12 +371,13 @@ def _unmatched(metrics: Metrics, allowed: dict[str, str]) -> Handler:
 
 
 async def _housekeeping(service: Service, interval: float) -> None:
-    """Re-reads a changed token file, flushes the join log (written without a flush per line) and
-    publishes this worker's scrape-time statistics for the others' /metrics."""
+    """Re-reads a changed token file, writes the join log's summaries, publishes this worker's
+    scrape-time statistics for the others' /metrics, and warns of the CA's coming expiry."""
     while True:
         await asyncio.sleep(interval)
         service.join.flush_audit()
         service.metrics.publish()
+        service.check_ca()
         try:
             await service.reload_tokens()
         except Exception:  # the watcher must outlive any one bad reload
