@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+# ASCII digits only: \d and float() also take other scripts' digits ("١٠s" was 10 s).
+_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
