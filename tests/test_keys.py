@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from auth.devtools.issuer import IssuerKey, _uint
 from tests.conftest import EKS_FIXTURES, KUBE_FIXTURES
 from verifier import KeySourceError, parse_jwks
+from verifier.keys import keep_unchanged
 
 
 def test_kube_fixture_keys_are_bound_to_their_algorithms() -> None:
@@ -87,3 +88,13 @@ def test_duplicate_kid_keeps_the_first() -> None:
 def test_unusable_document_is_an_error(document: bytes) -> None:
     with pytest.raises(KeySourceError):
         parse_jwks(document)
+
+
+def test_keep_unchanged_keeps_objects_only_for_the_same_key() -> None:
+    first, second = IssuerKey.generate("P-256"), IssuerKey.generate("P-256")
+    old = parse_jwks({"keys": [first.jwk(), {**second.jwk(), "kid": "shared"}]})
+    new = parse_jwks({"keys": [first.jwk(), {**IssuerKey.generate("P-256").jwk(), "kid": "shared"}]})
+    kept = keep_unchanged(new, old)
+    assert kept.keys[first.kid] is old.keys[first.kid]  # same material: the same object
+    assert kept.keys["shared"] is new.keys["shared"]  # other material under an old kid: the new key
+    assert keep_unchanged(new, None) is new

@@ -290,3 +290,23 @@ async def test_cached_token_is_refused_when_discovery_names_a_new_issuer(
     assert await source.refresh()
     assert await code_of(verifier, token) == "invalid_issuer"
     await source.close()
+
+
+async def test_a_refresh_returning_the_same_keys_keeps_verified_tokens(serve_issuer: ServeIssuer, clock: Clock) -> None:
+    """Issue 12, item 8: before, every refresh made new key objects, so one unknown kid (a refresh
+    every 10 s) emptied the verified-token cache for everybody."""
+    issuer = await serve_issuer()
+    source = OIDCKeySource(issuer.issuer, allow_http=True, clock=clock)
+    verifier = Verifier(source, [AUDIENCE], clock=clock)
+    token = mint(issuer, clock)
+    await verifier.verify(token)
+    key = source.cached_key(issuer.signing_key.kid)
+    for _ in range(3):
+        clock.advance(11)
+        stranger = LocalIssuer(issuer.issuer, [IssuerKey.generate("P-256")])
+        assert await code_of(verifier, mint(stranger, clock)) == "unknown_key"
+        await verifier.verify(token)
+    assert source.fetch_count == 4  # the first fetch and one per unknown kid
+    assert source.cached_key(issuer.signing_key.kid) is key
+    assert (verifier.cache_hits, verifier.cache_misses) == (3, 4)  # token verified once, then hits
+    await source.close()

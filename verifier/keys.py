@@ -140,6 +140,21 @@ class KeySet:
     skipped: tuple[str, ...] = ()
 
 
+def keep_unchanged(new: KeySet, old: KeySet | None) -> KeySet:
+    """`new`, with each key whose kid, algorithm and public key are unchanged replaced by the
+    object held in `old`. The verifier trusts a cached token only while its key object is still
+    the one held, so a refresh that returns the same keys must keep the same objects: otherwise
+    any caller could empty the cache with one unknown kid (each causes a refresh)."""
+    if old is None:
+        return new
+    keys = dict(new.keys)
+    for kid, key in new.keys.items():
+        held = old.keys.get(kid)
+        if held is not None and held.alg == key.alg and held.public_key == key.public_key:
+            keys[kid] = held
+    return KeySet(keys, new.skipped)
+
+
 def parse_jwks(document: bytes | str | Mapping[str, Any]) -> KeySet:
     """Parses a JWKS document. Raises KeySourceError if the document itself is unusable."""
     if isinstance(document, (bytes, str)):

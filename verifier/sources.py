@@ -29,7 +29,7 @@ import aiohttp
 
 from .errors import KeySourceError, Reason, VerificationError
 from .jose import parse_json_object
-from .keys import KeySet, VerifyingKey, parse_jwks
+from .keys import KeySet, VerifyingKey, keep_unchanged, parse_jwks
 
 log = logging.getLogger("kubejoin.keys")
 
@@ -205,7 +205,7 @@ class RemoteKeySource:
             return False
         for note in keys.skipped:
             log.info("key set of %s: skipped %s", issuer, note)
-        self._keys, self._issuer = keys, issuer
+        self._keys, self._issuer = keep_unchanged(keys, self._keys), issuer
         self._ttl = min(max(DEFAULT_TTL if max_age is None else max_age, self._min_ttl), self._max_ttl)
         self._fetched_at = self._clock()
         self._failures = 0
