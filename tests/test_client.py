@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from auth.agent.client import write_atomically
+from auth.agent.client import renewal_delay, retry_delay, write_atomically
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import create_app
 from tests.service import CLUSTER, AuditLog, make_config, token_doc, write_tokens
@@ -67,3 +68,15 @@ def test_write_atomically_leaves_no_partial_file(tmp_path: Path) -> None:
     write_atomically(str(target), b"secret", 0o600)
     assert target.read_bytes() == b"secret" and (target.stat().st_mode & 0o777) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["key.pem"]  # no temporary file left behind
+
+
+def test_renewals_and_retries_are_spread() -> None:
+    """Issue 12, item 8: before, every pod renewed at exactly 2/3 of its certificate's lifetime and
+    retried after exactly 2, 4, 8... s: a fleet started together stayed in step."""
+    rng = random.Random(12)
+    renewals = [renewal_delay(3600, rng) for _ in range(1000)]
+    assert 1800 <= min(renewals) < 1850 and 2830 < max(renewals) <= 2880
+    assert len({round(r) for r in renewals}) > 500
+    retries = [retry_delay(8, rng) for _ in range(1000)]
+    assert 4 <= min(retries) < 4.1 and 7.9 < max(retries) <= 8
+    assert renewal_delay(0.5, rng) == 1.0  # never a busy loop

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import random
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -41,6 +42,19 @@ class Joined:
     role: str
     expires_at: datetime.datetime
     response: dict[str, Any]
+
+
+def renewal_delay(remaining: float, rng: random.Random) -> float:
+    """Seconds to wait before renewing a certificate valid `remaining` seconds more: a random
+    point between half and four fifths of that, so that a fleet started together (a rollout, a
+    node reboot) spreads its renewals instead of renewing in one wave."""
+    return max(1.0, remaining * rng.uniform(0.5, 0.8))
+
+
+def retry_delay(backoff: float, rng: random.Random) -> float:
+    """A retry after `backoff` seconds of exponential backoff, with "equal jitter": between half
+    the backoff and all of it, so retries of many clients do not stay in step."""
+    return backoff / 2 + rng.uniform(0, backoff / 2)
 
 
 def write_atomically(path: str, data: bytes, mode: int) -> None:

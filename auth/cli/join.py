@@ -7,12 +7,13 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import random
 import signal
 from typing import Any
 
 import aiohttp
 
-from ..agent.client import Joined, JoinRefused, join_once
+from ..agent.client import Joined, JoinRefused, join_once, renewal_delay, retry_delay
 from ..service.errors import error_body
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, emit_json, say
 
@@ -66,7 +67,7 @@ def _report(joined: Joined, out: str) -> None:
     )
 
 
-async def _renew_forever(args: argparse.Namespace, joined: Joined) -> int:
+async def _renew_forever(args: argparse.Namespace, joined: Joined, rng: random.Random) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -74,7 +75,7 @@ async def _renew_forever(args: argparse.Namespace, joined: Joined) -> int:
     delay = RETRY_MIN
     while True:
         now = datetime.datetime.now(datetime.UTC)
-        wait = max(1.0, (joined.expires_at - now).total_seconds() * 2 / 3)
+        wait = renewal_delay((joined.expires_at - now).total_seconds(), rng)
         try:
             await asyncio.wait_for(stop.wait(), wait)
             return EXIT_OK
@@ -87,9 +88,10 @@ async def _renew_forever(args: argparse.Namespace, joined: Joined) -> int:
                 delay = RETRY_MIN
                 break
             except (JoinRefused, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                say(f"renewal failed, retrying in {delay:g} s: {exc}")
+                pause = retry_delay(delay, rng)
+                say(f"renewal failed, retrying in {pause:.1f} s: {exc}")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await asyncio.wait_for(stop.wait(), pause)
                 delay = min(delay * 2, RETRY_MAX)
         if stop.is_set():
             return EXIT_OK
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             say(f"kubejoin join: cannot join: {exc or type(exc).__name__}")
             return EXIT_USAGE
         _report(joined, args.out)
-        return await _renew_forever(args, joined) if args.renew else EXIT_OK
+        rng = random.Random()  # noqa: S311 (jitter, not a secret)
+        return await _renew_forever(args, joined, rng) if args.renew else EXIT_OK
 
     return asyncio.run(main())
