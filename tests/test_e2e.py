@@ -171,8 +171,10 @@ async def test_sigterm_drains_the_request_in_flight(cluster: Cluster) -> None:
     assert cluster.process.returncode is None  # still draining
     writer.write(body[10:])
     await writer.drain()
-    status_line = await asyncio.wait_for(reader.readline(), 10)
-    assert b" 200 " in status_line
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b" 200 " in head.split(b"\r\n")[0]
+    # issue 12, item 8: while draining, the answer tells the client not to reuse the connection
+    assert b"Connection: close" in head
     writer.close()
     assert await asyncio.wait_for(cluster.process.wait(), 30) == 0
     # nothing of the join log is lost at shutdown
@@ -280,3 +282,18 @@ async def test_header_trickle_is_cut_off(tmp_path: Path) -> None:
                 break
         writer.close()
         assert closed_after is not None and closed_after < 5
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01\x02\x00\x01"], ids=["silent", "half-client-hello"])
+async def test_https_handshake_is_bounded_by_idle_timeout(tmp_path: Path, sent: bytes) -> None:
+    """Issue 12, item 8: before, asyncio's 60 s TLS handshake timeout applied."""
+    config = "tls:\n  dns_names: [localhost]\nlimits:\n  idle_timeout: 1s\n"
+    async with serving(tmp_path, config) as (_, port, line):
+        assert b"https://" in line
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+        assert time.monotonic() - started < 5
+        writer.close()

@@ -51,6 +51,49 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=run)
 
 
+class HandshakeBoundSite(web.BaseSite):
+    """The join listener, on an address or on a socket a worker inherited, whose TLS handshakes
+    must end within `handshake_timeout`: asyncio's default is 60 s, so silent or half-handshake
+    sockets outlived idle_timeout fourfold, and aiohttp's TCPSite and SockSite do not pass
+    ssl_handshake_timeout on (this start() is theirs with it)."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        *,
+        address: tuple[str, int] | None = None,
+        sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._address = address
+        self._sock = sock
+        self._handshake_timeout = handshake_timeout
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        if self._address is not None:
+            return f"{scheme}://{self._address[0]}:{self._address[1]}"
+        return f"{scheme}://{self._sock.getsockname() if self._sock else '?'}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        options: dict[str, Any] = {"ssl": self._ssl_context, "backlog": self._backlog}
+        if self._ssl_context is not None:
+            options["ssl_handshake_timeout"] = self._handshake_timeout
+        loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._server = await loop.create_server(server, sock=self._sock, **options)
+        else:
+            assert self._address is not None
+            host, port = self._address
+            self._server = await loop.create_server(server, host, port, reuse_address=True, **options)
+
+
 def make_runner(app: web.Application, config: Config) -> web.AppRunner:
     return web.AppRunner(
         app,
@@ -74,11 +117,13 @@ async def serve(
     try:
         host, port = split_host_port(listen)
         context = server_tls_context(config, app)
-        site: web.BaseSite
-        if sockets is not None:
-            site = web.SockSite(runner, sockets[0], ssl_context=context)
-        else:
-            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
+        site: web.BaseSite = HandshakeBoundSite(
+            runner,
+            address=None if sockets is not None else (host, port),
+            sock=sockets[0] if sockets is not None else None,
+            ssl_context=context,
+            handshake_timeout=config.limits.idle_timeout,
+        )
         await site.start()
         if not quiet:
             say(f"kubejoin serving joins on {'https' if context else 'http'}://{listen}")
@@ -138,6 +183,7 @@ async def drain(app: web.Application, runner: web.AppRunner) -> None:
     arriving (aiohttp's own shutdown stops reading from open connections)."""
     service = app[SERVICE]
     service.ready = False
+    service.draining = True  # answers now say Connection: close
     service.metrics.ready.set(0)
     for site in list(runner.sites):
         await site.stop()

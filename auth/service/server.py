@@ -143,6 +143,7 @@ class Service:
             max_pending_per_address=config.limits.max_pending_per_address,
         )
         self.ready = False
+        self.draining = False
         self._reloading = asyncio.Lock()
         metrics.tokens_loaded(public_names(self.tokens.tokens), len(self.tokens.tokens))
         self.reviewer: TokenReviewer | None = None
@@ -384,6 +385,15 @@ async def _housekeeping(service: Service, interval: float) -> None:
             log.exception("token reload failed")
 
 
+async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """While draining at SIGTERM, every answer says Connection: close, so a keep-alive client
+    sends its next request to another replica instead of into a connection about to close (where
+    a join could be processed and its answer lost)."""
+    if request.app[SERVICE].draining:
+        response.force_close()  # the connection closes after this answer
+        response.headers["Connection"] = "close"  # headers are prepared before this hook runs
+
+
 def create_app(
     config: Config,
     *,
@@ -400,6 +410,7 @@ def create_app(
     service = Service(config, metrics, clock, audit, worker)
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE] = service
+    app.on_response_prepare.append(_close_while_draining)
     app.router.add_post(JOIN_ROUTE, handle_join)
     allowed = {JOIN_ROUTE: "POST"}
     if service.reviewer is not None:
