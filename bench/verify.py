@@ -140,12 +140,18 @@ def pyjwt_case(issuer: LocalIssuer, tokens: list[str]) -> Callable[[], None]:
 
     public = issuer.signing_key.private_key.public_key()
     alg = issuer.signing_key.alg
-    options: dict[str, Any] = {"require": ["exp", "iat", "iss", "aud", "sub"]}
+    required = ["exp", "iat", "iss", "aud", "sub"]
 
     def run() -> None:
         for token in tokens:
             claims = jwt.decode(
-                token, public, algorithms=[alg], audience=AUDIENCE, issuer=ISSUER, leeway=LEEWAY, options=options
+                token,
+                public,
+                algorithms=[alg],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=LEEWAY,
+                options={"require": required},
             )
             kube_checks(claims)
 

@@ -21,7 +21,7 @@ from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
 from tests.conftest import Clock
 from tests.kube import binding_of, start_cluster, start_kubejoin, until
-from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
+from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, wait_for, write_tokens
 
 Client = TestClient[web.Request, web.Application]
 StartReview = Callable[..., Awaitable[Client]]
@@ -449,9 +449,13 @@ async def test_audience_verifiers_are_bounded(start_review: StartReview, issuer:
     assert stats.misses == MAX_AUDIENCE_VERIFIERS + 8  # evicted verifiers' counts are kept
 
 
-async def test_reviews_share_the_in_flight_limit(start_review: StartReview, issuer: LocalIssuer) -> None:
-    client = await start_review(overrides={"limits": {"max_in_flight": 1}})
-    service = client.app[SERVICE]
+async def test_slow_review_bodies_hold_no_slot_and_share_the_address_bound(
+    start_review: StartReview, issuer: LocalIssuer
+) -> None:
+    """As for joins (issue 12, item 1): a body still arriving holds one of its address's reading
+    places, never one of the max_in_flight slots; reviews and joins share both bounds."""
+    client = await start_review(overrides={"limits": {"max_in_flight": 1, "max_pending_per_address": 2}})
+    admission = client.app[SERVICE].admission
     release = asyncio.Event()
 
     async def slow_body() -> AsyncIterator[bytes]:
@@ -459,20 +463,23 @@ async def test_reviews_share_the_in_flight_limit(start_review: StartReview, issu
         await release.wait()
         yield json.dumps(issuer.sign(claims_of(issuer))).encode() + b"}}"
 
-    held = asyncio.ensure_future(client.post(V1, data=slow_body()))
-    for _ in range(500):
-        if service.admission.in_flight == 1:
-            break
-        await asyncio.sleep(0.01)
-    assert service.admission.in_flight == 1
+    first = asyncio.ensure_future(client.post(V1, data=slow_body()))
+    await wait_for(lambda: admission.pending("127.0.0.1") == 1)
+    assert admission.in_flight == 0
+    # the one slot is free: before, the slow body held it and this review got 429
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))))
+    assert status == 201 and answer["status"]["authenticated"] is True
+    second = asyncio.ensure_future(client.post(V1, data=slow_body()))
+    await wait_for(lambda: admission.pending("127.0.0.1") == 2)
     status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))))
     assert status == 429 and answer["reason"] == "TooManyRequests"
     join = await client.post("/v1/join", json=join_body(pod_token(issuer)))
     assert join.status == 429
     release.set()
-    response = await held
-    assert response.status == 201 and (await response.json())["status"]["authenticated"] is True
-    assert service.admission.in_flight == 0
+    for held in (first, second):
+        response = await held
+        assert response.status == 201 and (await response.json())["status"]["authenticated"] is True
+    assert (admission.in_flight, admission.pending("127.0.0.1")) == (0, 0)
     assert reviews(client, "failure", "overloaded") == 1
 
 

@@ -152,23 +152,11 @@ class Service:
                 config.token_review,
                 keyring=self.keyring,
                 metrics=metrics,
-                admission=self,
+                admission=self.admission,
                 audit=self.join.write_event,
                 request_timeout=config.limits.request_timeout,
                 clock=clock,
             )
-
-    def admit(self) -> bool:
-        """Takes one of `limits.max_in_flight` slots at once (a review: its body is read within
-        the slot), unless all are taken (the caller then answers 429). Drain waits for it."""
-        if not self.admission.take_slot():
-            return False
-        self.admission.begin()
-        return True
-
-    def release(self) -> None:
-        self.admission.release_slot()
-        self.admission.end()
 
     def check_ca(self) -> None:
         """Warns (at most daily) while the CA expires within CA_WARNING: leaves are then cut

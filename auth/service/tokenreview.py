@@ -25,6 +25,7 @@ from aiohttp import web
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
 
+from .admission import Admission
 from .auditlog import UNVERIFIED_REFUSALS
 from .config import TokenReview
 from .errors import JoinReason
@@ -49,15 +50,6 @@ NODE_UID: Final = "authentication.kubernetes.io/node-uid"
 CREDENTIAL_ID: Final = "authentication.kubernetes.io/credential-id"
 _TOP_FIELDS: Final = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _SPEC_FIELDS: Final = frozenset({"token", "audiences"})
-
-
-class Admission(Protocol):
-    """The service's count of requests in flight (shared with joins: one limit, one drain)."""
-
-    def admit(self) -> bool:
-        """Counts one more request in flight; False (and not counted) when at the limit."""
-
-    def release(self) -> None: ...
 
 
 class AuditWriter(Protocol):
@@ -87,6 +79,10 @@ class CallerError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+
+
+def _overloaded(message: str) -> CallerError:
+    return CallerError(429, "TooManyRequests", JoinReason.OVERLOADED, message, {"Retry-After": "1"})
 
 
 def _bad_request(message: str) -> CallerError:
@@ -236,16 +232,22 @@ class TokenReviewer:
             "remote": remote,
         }
         reason: str = JoinReason.INTERNAL_ERROR
-        if not self._admission.admit():
-            error = CallerError(
-                429, "TooManyRequests", JoinReason.OVERLOADED, "too many requests in flight; retry shortly"
-            )
-            record["message"] = error.message
-            self._finish(record, error.label, started)
-            return error.code, error.status(), {"Retry-After": "1"}
+        admission, address, slot = self._admission, remote or "", False
+        admission.begin()  # the drain at SIGTERM waits for it from here
         try:
             await self._check_caller(authorization, record)
-            request = parse_review(await self._read(read_body), version)
+            # As a join: the body is read in one of its address's few reading places, and a
+            # max_in_flight slot is taken only once it has arrived, so slow senders hold no slot.
+            if not admission.start_reading(address):
+                raise _overloaded("too many requests from this address are still sending their body")
+            try:
+                body = await self._read(read_body)
+            finally:
+                admission.done_reading(address)
+            slot = admission.take_slot()
+            if not slot:
+                raise _overloaded("too many requests in flight; retry shortly")
+            request = parse_review(body, version)
             status, reason = await self._status(request, record)
             # spec.token comes back empty, never echoed: the official Python client cannot read an
             # answer without it.
@@ -274,7 +276,9 @@ class TokenReviewer:
             record["message"] = error.message
             return error.code, error.status(), None
         finally:
-            self._admission.release()
+            if slot:
+                admission.release_slot()
+            admission.end()
             self._finish(record, reason, started)
 
     def _finish(self, record: dict[str, Any], reason: str, started: float) -> None:
