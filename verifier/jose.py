@@ -75,7 +75,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
-                raise ValueError(f"duplicate member {name!r}")
+                raise ValueError(f"duplicate member {name[:40]!r}")
             seen.add(name)
     return result
 
@@ -88,13 +88,25 @@ def _refuse_constant(name: str) -> Any:
 _STRICT_JSON: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
 
 
-def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """Parses a JSON object strictly: UTF-8, no duplicate member names, no NaN or Infinity."""
+def load_strict_json(raw: bytes) -> object:
+    """JSON as this project reads every untrusted document (tokens, join and review bodies,
+    discovery): UTF-8 only, no duplicate member names, no NaN or Infinity, and nesting too deep
+    for the parser (65,000 `[` fit in 64 KiB) refused rather than a RecursionError. Raises
+    ValueError (UnicodeDecodeError for bytes that are not UTF-8)."""
+    text = raw.decode("utf-8")
     try:
-        value = _STRICT_JSON.decode(raw.decode("utf-8"))
+        return _STRICT_JSON.decode(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """Parses a JSON object strictly (load_strict_json); refusals are malformed_token."""
+    try:
+        value = load_strict_json(raw)
     except UnicodeDecodeError:
         raise _malformed(f"{what} is not UTF-8") from None
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise _malformed(f"{what} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise _malformed(f"{what} is not a JSON object")

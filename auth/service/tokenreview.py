@@ -13,7 +13,6 @@ Kubernetes `Status` objects.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from aiohttp import web
 
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
+from verifier.jose import load_strict_json
 
 from .admission import Admission
 from .auditlog import UNVERIFIED_REFUSALS
@@ -95,33 +95,10 @@ class ReviewRequest:
     audiences: tuple[str, ...] | None  # None: the review names none
 
 
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise ValueError(f"duplicate member {key[:40]!r}")
-        found[key] = value
-    return found
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def load_json(raw: bytes) -> object:
-    """Strict JSON: UTF-8 only, no duplicate members, no NaN or Infinity. Raises ValueError."""
-    try:
-        return json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_object_without_duplicates, parse_constant=_no_constant
-        )
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
 def parse_review(raw: bytes, version: str) -> ReviewRequest:
     """The token and audiences of a TokenReview body, or CallerError (400)."""
     try:
-        body = load_json(raw)
+        body = load_strict_json(raw)
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
         raise _bad_request(f"the body is not a JSON TokenReview: {str(exc)[:120]}") from None
     if not isinstance(body, dict):
