@@ -347,3 +347,100 @@ async def test_keyring_verifier_shares_the_source_and_applies_the_binding(
     with pytest.raises(VerificationError) as refused:
         await review.verify(token)
     assert refused.value.code == "pod_deleted"
+
+
+# -- found by the review of the live binding: each once let a deleted pod's token through, or
+# cost a request per join, or spun; each test failed before its fix --------------------------
+
+
+async def test_an_unexpected_watch_error_relists_and_deletions_are_still_seen(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    token = cluster.mint(NS, "app-0")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    binding = binding_of(client)
+    assert await join(client, token) == (200, "ok")
+    pods = binding.reflectors["pod"]
+    # kube-apiserver omits a Status's reason when it is unknown; the client library then raised a
+    # KeyError that ended the pod watch for good while kubejoin_binding_synced stayed 1
+    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 500}
+    cluster.api.send_watch_event("pods", "ERROR", status)
+    await until(lambda: pods.restarts == 1 and pods.synced, "the pod relist")
+    await until(lambda: cluster.api.watching == len(binding.reflectors), "the watches")
+    cluster.api.delete("pods", NS, "app-0")
+    await until(lambda: binding.stores["pod"].lookup(NS, "app-0") is None, "the DELETED event")
+    assert await join(client, token) == (401, "pod_deleted")
+
+
+async def test_a_gone_pods_token_costs_one_get_not_one_per_join(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    token = cluster.mint(NS, "app-0")
+    cluster.api.delete("pods", NS, "app-0")  # before kubejoin started: the watch never saw it go
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    before = cluster.api.requests["get", "pods"]
+    for _ in range(50):
+        assert await join(client, token) == (401, "pod_not_found")
+    assert cluster.api.requests["get", "pods"] - before == 1  # was 50
+
+
+async def test_get_results_are_not_kept_without_a_running_watch(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    token = cluster.mint(NS, "app-0")
+    cluster.api.forbidden_verbs = {("list", "pods"), ("watch", "pods")}  # RBAC allows get only
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, synced=False)
+    binding = binding_of(client)
+    await until(lambda: binding.reflectors["serviceaccount"].synced, "the service account list")
+    assert await join(client, token) == (200, "ok")  # by GET
+    assert binding.stores["pod"].lookup(NS, "app-0") is None  # nothing would ever remove it
+    cluster.api.delete("pods", NS, "app-0")
+    assert await join(client, token) == (401, "pod_not_found")  # was (200, ok) from the kept GET
+
+
+async def test_a_get_landing_after_a_relist_does_not_bring_a_deleted_pod_back(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    binding = binding_of(client)
+    cluster.api.hold()  # the watch lags: the new pod is known only through a GET
+    cluster.api.add_pod(NS, "app-new", service_account="app")
+    token = cluster.mint(NS, "app-new")
+    cluster.api.get_gate = asyncio.Event()  # that GET's answer is held back
+    first = asyncio.ensure_future(join(client, token))
+    await until(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
+    # meanwhile the pod goes, and a relist (after a 410) happens without ever seeing its DELETED
+    cluster.api.delete("pods", NS, "app-new")
+    lists = cluster.api.requests["list", "pods"]
+    cluster.api.held = None
+    cluster.api.compact()
+    cluster.api.end_watches()
+    await until(lambda: cluster.api.requests["list", "pods"] > lists and binding.reflectors["pod"].synced, "relist")
+    cluster.api.get_gate.set()  # the GET answers with what it saw before the deletion
+    await first
+    assert binding.stores["pod"].lookup(NS, "app-new") is None  # was held until the next relist
+    assert await join(client, token) == (401, "pod_not_found")
+
+
+async def test_a_watch_that_ends_at_once_backs_off(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    pods = binding_of(client).reflectors["pod"]
+    waits: list[int] = []
+    back_off = pods._back_off
+
+    async def recorded(failures: int, why: str) -> None:
+        waits.append(failures)
+        await back_off(failures, why)
+
+    monkeypatch.setattr(pods, "_back_off", recorded)
+    cluster.api.empty_watches = True  # 200, no events, closed: once reopened in a tight loop
+    cluster.api.end_watches()
+    await until(lambda: len(waits) >= 3, "three backoffs")
+    assert waits[:3] == [1, 2, 3]  # each quick end counts as one more failure: the waits grow
+    assert pods.synced  # the store is still current: nothing was missed

@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
+from cachetools import TTLCache
+
 from .errors import Reason, VerificationError
 from .kube import KINDS, NODE, POD, SERVICE_ACCOUNT, ApiError, Kind, KubeAPI, ObjectMeta
 from .watch import BACKOFF, WATCH_SECONDS, Reflector, Store
@@ -47,6 +49,9 @@ _REASONS: Final = {
     "node": (Reason.NODE_NOT_FOUND, Reason.NODE_UID_MISMATCH, Reason.NODE_NOT_FOUND),
 }
 _ASK: Final = False  # the cache cannot answer: ask the API server
+ABSENT_REMEMBERED: Final = 16384
+ABSENT_SECONDS: Final = 5.0
+_ABSENT_SAYS: Final = "named by the token was not there when last looked up (a few seconds ago)"
 
 
 class BindingCheck(Protocol):
@@ -103,6 +108,10 @@ class LiveBinding:
         self._inflight: dict[tuple[str, str, str], asyncio.Future[ObjectMeta | None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._forbidden_said: set[tuple[str, str]] = set()
+        # (kind, uid) a GET found absent or replaced: refused without asking again for a few seconds,
+        # so a token of a long-gone pod costs one GET per few seconds, not one per join. Short,
+        # because one shared GET may have started before a pod of that name was recreated.
+        self._absent: TTLCache[tuple[str, str], Reason] = TTLCache(ABSENT_REMEMBERED, ABSENT_SECONDS, timer=clock)
         self.lookups: Counter[tuple[str, str]] = Counter()
         self.fast = 0  # checks answered wholly by the fast path (a service account and pod each)
         self.fast_nodes = 0  # ... of which also looked up a node
@@ -169,6 +178,10 @@ class LiveBinding:
         now = self._clock()
         for kind, ref in self._objects(identity):
             if self._judge(kind, identity.namespace, ref, now) is _ASK:
+                absent = self._absent.get((kind.name, ref.uid))
+                if absent is not None:  # a GET said so a moment ago
+                    self.lookups[kind.name, "cache"] += 1
+                    raise VerificationError(absent, f"{_describe(kind, identity.namespace, ref.name)} {_ABSENT_SAYS}")
                 await self._ask(kind, identity.namespace, ref, now)
 
     async def _ask(self, kind: Kind, namespace: str, ref: ObjectRef, now: float) -> None:
@@ -183,13 +196,18 @@ class LiveBinding:
             raise VerificationError(
                 Reason.BINDING_UNAVAILABLE, f"could not look up {what} in the cluster: {exc}"
             ) from None
+        except Exception:  # e.g. an unreadable bearer token file: still a 503, never a traceback
+            self.lookups[kind.name, "error"] += 1
+            log.exception("binding: looking up %s failed unexpectedly", what)
+            raise VerificationError(Reason.BINDING_UNAVAILABLE, f"could not look up {what} in the cluster") from None
         not_found, mismatch, _ = _REASONS[kind.name]
         if found is None:
             self.lookups[kind.name, "not_found"] += 1
+            self._absent[kind.name, ref.uid] = not_found
             raise VerificationError(not_found, f"{what} named by the token does not exist")
         self.lookups[kind.name, "api"] += 1
-        self.stores[kind.name].put_fetched(found)
         if found.uid != ref.uid:
+            self._absent[kind.name, ref.uid] = mismatch
             raise VerificationError(mismatch, f"{what} has another uid than the token's: it was replaced")
         self._refuse_if_deleted(kind, namespace, ref, found.deleted_at, now)
 
@@ -198,7 +216,7 @@ class LiveBinding:
         key = (kind.name, namespace, name)
         future = self._inflight.get(key)
         if future is None:
-            future = asyncio.ensure_future(self.api.get(kind, namespace, name))
+            future = asyncio.ensure_future(self._get_and_keep(kind, namespace, name))
             self._inflight[key] = future
 
             def done(finished: asyncio.Future[ObjectMeta | None]) -> None:
@@ -208,6 +226,17 @@ class LiveBinding:
 
             future.add_done_callback(done)
         return future
+
+    async def _get_and_keep(self, kind: Kind, namespace: str, name: str) -> ObjectMeta | None:
+        """GETs an object and adds it to the store, but only into a store that a running watch
+        keeps current and that no relist replaced meanwhile: a relist may have dropped this very
+        object (its DELETED event never seen), and with no watch nothing would ever remove it."""
+        store, reflector = self.stores[kind.name], self.reflectors[kind.name]
+        generation = store.generation
+        found = await self.api.get(kind, namespace, name)
+        if found is not None and reflector.synced and store.generation == generation:
+            store.put_fetched(found)
+        return found
 
     def _forbidden(self, verb: str, kind: Kind) -> None:
         if (verb, kind.resource) not in self._forbidden_said:

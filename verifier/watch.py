@@ -21,6 +21,7 @@ log = logging.getLogger("kubejoin.binding")
 GONE_REMEMBERED: Final = 16384  # uids seen deleted or replaced, per kind
 WATCH_SECONDS: Final = (300, 600)  # the server ends each watch after a random time in this range
 BACKOFF: Final = (0.5, 30.0)  # first and longest wait after a failure
+QUICK_END: Final = 1.0  # a watch that ends this soon with no event counts as a failure
 
 # name -> uid for a live object; (uid, deletion time) for one being deleted. Plain strings for the
 # common case keep 100,000 pods small and the hot-path comparison a string equality.
@@ -33,6 +34,7 @@ class Store:
     def __init__(self, gone_remembered: int = GONE_REMEMBERED) -> None:
         self.objects: dict[str, dict[str, Entry]] = {}
         self.count = 0
+        self.generation = 0  # moves on at every relist: what a GET saw before it may be stale
         self.gone: LRUCache[str, None] = LRUCache(maxsize=gone_remembered)
 
     def lookup(self, namespace: str, name: str) -> tuple[str, float | None] | None:
@@ -78,6 +80,7 @@ class Store:
                 meta.uid if meta.deleted_at is None else (meta.uid, meta.deleted_at)
             )
         self.objects, self.count = objects, len(items)
+        self.generation += 1
 
 
 class Reflector:
@@ -118,10 +121,14 @@ class Reflector:
         self.store.replace(items)
         return version
 
-    async def _watch(self, version: str) -> str:
+    async def _watch(self, version: str) -> tuple[str, bool]:
+        """Applies the events of one watch; returns the last resourceVersion and whether any
+        event (bookmarks included) arrived."""
         low, high = self._watch_seconds
         seconds = low + int(self._rng() * (high - low))
+        seen = False
         async for event in self.api.watch(self.kind, version, seconds):
+            seen = True
             version = event.resource_version
             if event.object is None:  # BOOKMARK: only the resourceVersion moves on
                 continue
@@ -130,12 +137,13 @@ class Reflector:
             else:
                 self.store.put(event.object)
             self.changed.set()
-        return version
+        return version, seen
 
     async def run(self) -> None:
         failures = 0
         version: str | None = None
         verb = "list"
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 if version is None:
@@ -144,20 +152,35 @@ class Reflector:
                     self.synced = True
                     self.synced_event.set()
                 verb = "watch"
-                version = await self._watch(version)
-                failures = 0
-            except ApiError as exc:
+                opened = loop.time()
+                version, seen = await self._watch(version)
+                if seen or loop.time() - opened >= QUICK_END:
+                    failures = 0
+                    continue
+                # Ended at once with nothing in it (a proxy cutting it, a broken server): client-go
+                # counts that as a failure too, or the watch would be reopened in a tight loop.
+                failures += 1
+                await self._back_off(failures, f"the {self.kind.resource} watch ended at once")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever broke, the store must not go stale silently
+                status = exc.status if isinstance(exc, ApiError) else 0
+                if not isinstance(exc, ApiError):
+                    log.exception("binding: %s %s failed unexpectedly", self.kind.resource, verb)
                 self.synced = False
                 self.synced_event.clear()
                 self.restarts += 1
                 version = None
-                if exc.status == 410:
+                failures += 1
+                if status == 410 and failures == 1:  # the usual case: relist at once
                     log.info("binding: %s watch expired (410 Gone); relisting", self.kind.resource)
                     continue
-                if exc.status == 403 and self._on_forbidden is not None:
+                if status == 403 and self._on_forbidden is not None:
                     self._on_forbidden(verb, self.kind)
-                failures += 1
-                low, high = self.backoff
-                delay = min(low * 2 ** min(failures - 1, 16), high) * (0.5 + self._rng())
-                log.warning("binding: %s list/watch failed (%s); retrying in %.1f s", self.kind.resource, exc, delay)
-                await asyncio.sleep(delay)
+                await self._back_off(failures, f"{self.kind.resource} {verb} failed ({exc})")
+
+    async def _back_off(self, failures: int, why: str) -> None:
+        low, high = self.backoff
+        delay = min(low * 2 ** min(failures - 1, 16), high) * (0.5 + self._rng())
+        log.warning("binding: %s; retrying in %.1f s", why, delay)
+        await asyncio.sleep(delay)

@@ -74,10 +74,12 @@ class FakeKubeAPI:
         self.oldest = 1  # a watch from a resourceVersion below this is answered 410
         self.requests: Counter[tuple[str, str]] = Counter()  # (verb, resource)
         self.forbidden: set[str] = set()  # resources whose requests get 403, as without RBAC
+        self.forbidden_verbs: set[tuple[str, str]] = set()  # (verb, resource) pairs that get 403
+        self.empty_watches = False  # watches answer 200 with no events and end at once
         self.unavailable = False  # every API request gets 503 and open watches end
         self._watchers: set[_Watcher] = set()
         self.held: list[tuple[_Watcher, tuple[int, str, dict[str, Any]]]] | None = None
-        self.get_gate: asyncio.Event | None = None  # when set here, GETs wait until it is set
+        self.get_gate: asyncio.Event | None = None  # when set here, GET answers wait until it is set
         self._snapshots: dict[int, list[dict[str, Any]]] = {}
 
     # -- changing the cluster -------------------------------------------------------------
@@ -171,6 +173,12 @@ class FakeKubeAPI:
         for watcher in list(self._watchers):
             watcher.queue.put_nowait(None)
 
+    def send_watch_event(self, resource: str, kind: str, obj: dict[str, Any]) -> None:
+        """Sends one raw event on every open watch of resource (e.g. an ERROR a client must survive)."""
+        for watcher in list(self._watchers):
+            if watcher.resource == resource:
+                watcher.queue.put_nowait((self.version, kind, obj))
+
     # -- serving ----------------------------------------------------------------------------
     def _refusal(self, request: web.Request, verb: str, resource: str) -> web.Response | None:
         self.requests[verb, resource] += 1
@@ -178,7 +186,7 @@ class FakeKubeAPI:
             return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
         if self.unavailable:
             return web.json_response(_status(503, "ServiceUnavailable", "the server is unavailable"), status=503)
-        if resource in self.forbidden:
+        if resource in self.forbidden or (verb, resource) in self.forbidden_verbs:
             message = (
                 f'{resource} is forbidden: User "system:serviceaccount:kubejoin:kubejoin" cannot {verb} '
                 f'resource "{resource}" in API group "" at the cluster scope'
@@ -280,9 +288,9 @@ class FakeKubeAPI:
         refused = self._refusal(request, "get", resource)
         if refused is not None:
             return refused
-        if self.get_gate is not None:
-            await self.get_gate.wait()
         obj = self.objects[resource].get((namespace, name))
+        if self.get_gate is not None:  # the answer is read, and in flight until the gate opens
+            await self.get_gate.wait()
         if obj is None:
             message = f'{resource} "{name}" not found'
             return web.json_response(_status(404, "NotFound", message), status=404)
@@ -315,6 +323,8 @@ class FakeKubeAPI:
         refused = self._refusal(request, "watch", resource)
         if refused is not None:
             return refused
+        if self.empty_watches:
+            return web.Response(status=200, content_type="application/json", body=b"")
         shape = self._shape(request)
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true")
         timeout = float(request.query.get("timeoutSeconds", "1800") or 1800)
@@ -357,7 +367,7 @@ class FakeKubeAPI:
                     continue
                 if item is None:
                     break
-                await send(item[1], self._render(shape, item[2]))
+                await send(item[1], item[2] if item[1] == "ERROR" else self._render(shape, item[2]))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
