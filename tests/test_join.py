@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry
 
 from auth.cli.serve import make_runner
 from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.service.ca import CA_LIFETIME, CertificateAuthority
 from auth.service.server import SERVICE, create_app
-from tests.conftest import ServeIssuer
+from tests.conftest import Clock, ServeIssuer
 from tests.service import (
     CLUSTER,
     AuditLog,
@@ -447,3 +448,30 @@ def test_host_ids_are_random_version_4_uuids() -> None:
     random_bits = ((1 << 128) - 1) & ~(0xF << 76 | 0x3 << 62)  # all but version and variant
     assert functools.reduce(operator.or_, values) & random_bits == random_bits
     assert functools.reduce(operator.and_, values) & random_bits == 0
+
+
+async def test_no_certificate_once_the_ca_expired_while_serving(
+    tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer
+) -> None:
+    """A CA that was valid at start and expired since: a leaf would be born dead (notAfter before
+    notBefore). It used to be issued with a 200."""
+    now = datetime.datetime.now(datetime.UTC)
+    CertificateAuthority.generate(CLUSTER, now - CA_LIFETIME + datetime.timedelta(minutes=10)).save(
+        str(tmp_path / "ca.pem"), str(tmp_path / "ca-key.pem")
+    )
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    clock = Clock(now.timestamp())
+    app = create_app(make_config(tmp_path), registry=CollectorRegistry(), audit=AuditLog(), clock=clock)
+    client: Client = await aiohttp_client(app)
+    clock.advance(20 * 60)  # the CA expired 10 minutes ago
+    response = await client.post("/v1/join", json=join_body(pod_token(issuer, now=clock.now)))
+    assert response.status == 500
+    assert "CA has expired" in (await response.json())["error"]["message"]
+
+
+async def test_readyz_says_why_it_is_not_ready(start_service: StartService, issuer: LocalIssuer) -> None:
+    client = await start_service(token_doc(issuer=issuer))
+    service = client.app[SERVICE]
+    service.ready, service.draining = False, True  # as at SIGTERM, seen on a kept-alive connection
+    response = await client.get("/readyz")
+    assert (response.status, (await response.json())["reason"]) == (503, "draining")  # was "starting"

@@ -62,6 +62,9 @@ async def test_a_pipe_nobody_reads_blocks_neither_the_loop_nor_forever() -> None
         assert 64 < accepted < 400 and dropped == [1]
         assert await log.sync(0.05) is False  # stuck: the waiter gets its answer after its bound
         assert log.stalled
+        # once stalled, the next join is told at once, instead of holding its slot for its whole
+        # bound (request_timeout) and then failing anyway
+        assert await asyncio.wait_for(log.sync(30), 1) is False
         received = b""
         for _ in range(1000):  # the reader comes back: the log drains on its own
             with contextlib.suppress(BlockingIOError):

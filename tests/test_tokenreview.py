@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from auth.cli.serve import make_runner
 from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
@@ -558,3 +559,57 @@ async def test_binding_refuses_reviews_of_deleted_pods(
     status, answer = await post(client, review_body(token), headers=caller)
     assert status == 401 and answer["reason"] == "Unauthorized"
     assert reviews(client, "failure", "unauthorized") == 1
+
+
+async def test_a_caller_leaving_mid_body_is_a_bad_request_not_a_500(
+    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture, unused_tcp_port: int
+) -> None:
+    """Served as `kubejoin serve` serves (aiohttp's test server cancels the handler instead)."""
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    config = make_config(tmp_path, token_review={"source": static_source(issuer), "audiences": [API]})
+    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog())
+    runner = make_runner(app, config)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        service = app[SERVICE]
+        _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        writer.write(b"POST " + V1.encode() + b' HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"spec":')
+        await wait_for(lambda: service.admission.active == 1)
+        writer.close()
+        await wait_for(lambda: service.admission.active == 0)
+        registry = service.metrics.registry
+        failures = {"result": "failure", "reason": "bad_request"}
+        assert registry.get_sample_value("kubejoin_token_reviews_total", failures) == 1
+        internal = {"result": "failure", "reason": "internal_error"}
+        assert registry.get_sample_value("kubejoin_token_reviews_total", internal) is None  # was 1
+        assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_reviewer_whose_token_cannot_be_checked_now_gets_503(
+    start_review: StartReview, issuer: LocalIssuer
+) -> None:
+    unreachable = {"type": "oidc", "oidc": {"issuer": "http://127.0.0.1:9/none", "insecure_allow_http_issuer": True}}
+    client = await start_review(source=unreachable, reviewers=[{"service_account": "vault:vault-auth"}])
+    headers = {"Authorization": f"Bearer {caller_token(issuer)}"}
+    status, answer = await post(client, review_body(issuer.sign(claims_of(issuer))), headers=headers)
+    # an outage, not bad credentials: 401 would tell the caller its own token is wrong
+    assert (status, answer["reason"]) == (503, "ServiceUnavailable")
+
+
+async def test_caller_named_audiences_do_not_push_out_the_default_verifier(
+    start_review: StartReview, issuer: LocalIssuer
+) -> None:
+    client = await start_review()
+    token = issuer.sign(claims_of(issuer))
+    assert (await post(client, review_body(token)))[0] == 201
+    keyring = client.app[SERVICE].keyring
+    misses = keyring.cache_stats().misses
+    for index in range(40):  # more than the verifiers kept for named audience sets
+        await post(client, review_body(token, audiences=[f"https://made-up-{index}"]))
+    misses_after_flood = keyring.cache_stats().misses
+    assert (await post(client, review_body(token)))[0] == 201
+    assert keyring.cache_stats().misses == misses_after_flood  # a hit: was a miss, its cache evicted
+    assert misses_after_flood > misses

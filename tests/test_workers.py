@@ -16,7 +16,16 @@ import aiohttp
 import pytest
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
-from tests.service import CLUSTER, free_port, join_body, pod_token, token_doc, wait_until_ok, write_tokens
+from tests.service import (
+    CLUSTER,
+    free_port,
+    join_body,
+    pod_token,
+    read_line_containing,
+    token_doc,
+    wait_until_ok,
+    write_tokens,
+)
 
 WORKERS = 2
 
@@ -181,3 +190,44 @@ async def test_bad_worker_count_is_a_usage_error(tmp_path: Path, value: str, mes
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert message in err.decode()
+
+
+async def test_a_worker_replaced_during_a_refused_tokens_edit_is_retried_not_fatal(tmp_path: Path) -> None:
+    """Once the service has served, a replacement that cannot load the tokens (a broken or
+    mid-write edit the running workers refused) is retried; it used to stop the whole service."""
+    async with serve_workers(tmp_path) as served:
+        good = (tmp_path / "tokens.yaml").read_text()
+        (tmp_path / "tokens.yaml").write_text("kind: token\nversion: [\n")  # not YAML
+        victim = min(served.workers())
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(100):  # bounded: until the supervisor has tried a replacement that failed
+            if served.process.returncode is not None or len(served.workers() - {victim}) < WORKERS - 1:
+                break
+            await asyncio.sleep(0.1)
+        assert served.process.returncode is None  # still serving, on the other worker
+        assert await join(served, join_body(pod_token(served.issuer))) == 200
+        (tmp_path / "tokens.yaml").write_text(good)  # restored: the next attempt comes up
+        for _ in range(100):
+            if len(served.workers()) == WORKERS and victim not in served.workers():
+                break
+            await asyncio.sleep(0.1)
+        status, _ = await served.stop()
+    assert status == 0
+
+
+async def test_sigterm_while_workers_start_still_exits_0(tmp_path: Path) -> None:
+    """A worker still importing has no handler yet and dies of the SIGTERM itself: nothing was in
+    flight, so that is a clean stop (it used to make `serve` exit 1)."""
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=LocalIssuer("https://i", [IssuerKey.generate("P-256")])))
+    (tmp_path / "config.yaml").write_text(
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{free_port()}\ntokens_file: tokens.yaml\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), "--workers", "2"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    await read_line_containing(process.stderr, b"with 2 workers")  # spawned, not yet serving
+    process.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()

@@ -85,6 +85,7 @@ class Supervisor:
             *("--worker-fds", ",".join(map(str, fds))),
             *("--lifeline", str(self._lifeline), "--worker-index", str(index)),
         ]
+        came_up = False  # once a worker served, a failed restart is retried, never fatal
         while True:
             started = loop.time()
             process = await asyncio.create_subprocess_exec(
@@ -96,12 +97,16 @@ class Supervisor:
             status = await process.wait()
             multiprocess.mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
             if self.stopping:
-                return status
-            if status == EXIT_USAGE:  # the config or a listener is unusable: a restart cannot help
+                # killed by the SIGTERM itself before it could install its handler: nothing to drain
+                return 0 if status == -signal.SIGTERM else status
+            if status == EXIT_USAGE and not came_up:  # unusable config or listener: nothing will help
                 say(f"kubejoin: worker {index} could not start; stopping")
                 self.fatal = True
                 self.stop.set()
                 return status
+            # A replacement that cannot start (the tokens file mid-edit, say) is retried after the
+            # delay while the other workers go on serving with their last good tokens.
+            came_up = came_up or status != EXIT_USAGE
             say(f"kubejoin: worker {index} (pid {process.pid}) exited with status {status}; starting another")
             if loop.time() - started < RESTART_DELAY:
                 with contextlib.suppress(TimeoutError):

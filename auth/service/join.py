@@ -225,6 +225,10 @@ class JoinService:
             public_key = self._public_keys.prepare(request.public_key_pem)
         except PublicKeyError as exc:
             raise JoinError(JoinReason.BAD_REQUEST, str(exc)) from None
+        if self.ca.not_after.timestamp() <= now:  # it expired while serving: a leaf would be born dead
+            raise JoinError(
+                JoinReason.INTERNAL_ERROR, "kubejoin's CA has expired, so no certificate can be issued; renew the CA"
+            )
         host_id = new_host_id()
         not_after = now + self.certificate_ttl
         if token.expires is not None:

@@ -118,6 +118,8 @@ class JoinLog:
         if self._done >= target:
             start, end = self._failed
             return not start < target <= end
+        if self.stalled:  # stdout took nothing for a whole wait already: fail now, not in `seconds`
+            return False
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((target, future))
         try:

@@ -71,6 +71,7 @@ class Keyring:
         self._verifiers: dict[SourceKey, Verifier] = {}  # the join tokens' verifier of each source
         self._by_token: dict[str, Verifier] = {}
         self._others: OrderedDict[tuple[Any, ...], Verifier] = OrderedDict()  # verifier(), most recent last
+        self._kept: dict[tuple[Any, ...], Verifier] = {}  # verifier(keep=True)
         self._held: set[SourceKey] = set()  # sources that verifier() was asked for: open until close()
         self._retired: dict[SourceKey, tuple[Verifier, float]] = {}  # a verifier no token names, since when
         self._retired_hits = 0
@@ -80,15 +81,25 @@ class Keyring:
     def verifier_for(self, token_name: str) -> Verifier | None:
         return self._by_token.get(token_name)
 
-    def verifier(self, rules: KubernetesRules, *, name: str, audiences: Iterable[str], max_ttl: float) -> Verifier:
+    def verifier(
+        self, rules: KubernetesRules, *, name: str, audiences: Iterable[str], max_ttl: float, keep: bool = False
+    ) -> Verifier:
         """A verifier over the key source that `rules` names (shared with the join tokens that
         name it), for these audiences and this lifetime cap; with the binding check when the
         source is in_cluster. The same arguments give the same verifier while it is among the
         MAX_AUDIENCE_VERIFIERS most recently asked for; the source stays open until close(). Must
-        run in the event loop (a new remote source starts refreshing)."""
+        run in the event loop (a new remote source starts refreshing). `keep`: never pushed out
+        (the TokenReview endpoint's default audiences: callers must not evict it by naming others)."""
         wanted = audiences if isinstance(audiences, frozenset) else frozenset(audiences)
         key = source_key(rules, name)
         combination = (key, wanted, max_ttl)
+        kept = self._kept.get(combination)
+        if kept is not None:
+            return kept
+        if keep:
+            self._held.add(key)
+            kept = self._kept[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl)
+            return kept
         verifier = self._others.get(combination)
         if verifier is not None:
             self._others.move_to_end(combination)
@@ -190,16 +201,17 @@ class Keyring:
         self._retired_misses += verifier.cache_misses
 
     async def close(self) -> None:
-        for verifier in self._others.values():
+        for verifier in [*self._others.values(), *self._kept.values()]:
             self._retire_stats(verifier)
         self._others.clear()
+        self._kept.clear()
         self._held.clear()
         for source in self.update({}):
             await source.close()
         self._retired.clear()
 
     def cache_stats(self) -> CacheStats:
-        verifiers = [*self._verifiers.values(), *self._others.values()]
+        verifiers = [*self._verifiers.values(), *self._others.values(), *self._kept.values()]
         return CacheStats(
             hits=self._retired_hits + sum(v.cache_hits for v in verifiers),
             misses=self._retired_misses + sum(v.cache_misses for v in verifiers),

@@ -299,7 +299,8 @@ async def handle_healthz(request: web.Request) -> web.Response:
 async def handle_readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if not service.ready:
-        return web.json_response({"status": "not ready", "reason": "starting"}, status=503)
+        reason = "draining" if service.draining else "starting"
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
     body: dict[str, object] = {"status": "ready", "join_tokens": len(service.tokens.tokens)}
     if service.config.workers > 1:
         body["workers"] = service.config.workers

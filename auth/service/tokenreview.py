@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
+from verifier.errors import Reason
 from verifier.jose import load_strict_json
 
 from .admission import Admission
@@ -191,7 +193,11 @@ class TokenReviewer:
     def _verifier(self, audiences: tuple[str, ...] | None) -> Verifier:
         wanted = frozenset(audiences) if audiences else self._default_audiences
         return self._keyring.verifier(
-            self.config.source, name=SOURCE_OWNER, audiences=wanted, max_ttl=self.config.max_token_ttl
+            self.config.source,
+            name=SOURCE_OWNER,
+            audiences=wanted,
+            max_ttl=self.config.max_token_ttl,
+            keep=wanted == self._default_audiences,  # caller-named sets must not push it out
         )
 
     async def review(
@@ -288,6 +294,10 @@ class TokenReviewer:
             caller = await self._verifier(None).verify(token)
         except VerificationError as exc:
             record["caller_error"] = f"{exc.code}: {exc.message}"
+            if exc.code in (Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAILABLE):
+                # An outage, not bad credentials: a 401 would tell Vault & co. their token is wrong.
+                message = "the caller's token cannot be checked now (keys or cluster unreachable); retry shortly"
+                raise CallerError(503, "ServiceUnavailable", exc.code, message, {"Retry-After": "5"}) from None
             raise unauthorized from None
         record["caller"] = caller.username
         if not any(rule.matches(caller.namespace, caller.service_account.name) for rule in reviewers):
@@ -312,6 +322,8 @@ class TokenReviewer:
             raise CallerError(
                 413, "RequestEntityTooLarge", JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes"
             ) from None
+        except (ConnectionError, HttpProcessingError):  # the caller left mid-body: its fault, not ours
+            raise _bad_request("the connection closed before the whole body arrived") from None
 
     async def _status(self, request: ReviewRequest, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """The review's status and its reason label ("ok" or the token's REASON)."""
