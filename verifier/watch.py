@@ -161,9 +161,7 @@ class Reflector:
                 # counts that as a failure too, or the watch would be reopened in a tight loop.
                 failures += 1
                 await self._back_off(failures, f"the {self.kind.resource} watch ended at once")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # whatever broke, the store must not go stale silently
+            except Exception as exc:  # anything but cancellation: the store must not go stale silently
                 status = exc.status if isinstance(exc, ApiError) else 0
                 if not isinstance(exc, ApiError):
                     log.exception("binding: %s %s failed unexpectedly", self.kind.resource, verb)

@@ -97,6 +97,7 @@ class JoinService:
         self.cluster_name = cluster_name
         self.worker = worker  # with `serve --workers N`: this worker's slot, in every log line
         self.ca = ca
+        self._ca_expires = ca.not_after.timestamp()  # read on every join: computed once
         self.keyring = keyring
         self._tokens = tokens
         self.metrics = metrics
@@ -225,7 +226,7 @@ class JoinService:
             public_key = self._public_keys.prepare(request.public_key_pem)
         except PublicKeyError as exc:
             raise JoinError(JoinReason.BAD_REQUEST, str(exc)) from None
-        if self.ca.not_after.timestamp() <= now:  # it expired while serving: a leaf would be born dead
+        if self._ca_expires <= now:  # it expired while serving: a leaf would be born dead
             raise JoinError(
                 JoinReason.INTERNAL_ERROR, "kubejoin's CA has expired, so no certificate can be issued; renew the CA"
             )
