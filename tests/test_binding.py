@@ -135,10 +135,10 @@ def _seen(binding: Any, cluster: FakeCluster) -> bool:
     """True once the binding's stores hold what the fake cluster holds now."""
     for name, resource in (("pod", "pods"), ("serviceaccount", "serviceaccounts"), ("node", "nodes")):
         store = binding.stores[name]
-        for (namespace, object_name), obj in cluster.api.objects[resource].items():
-            held = store.lookup(namespace, object_name)
+        for obj in cluster.api.objects[resource].values():
+            uid = obj["metadata"]["uid"]
             deleting = "deletionTimestamp" in obj["metadata"]
-            if held is None or held[0] != obj["metadata"]["uid"] or (held[1] is not None) != deleting:
+            if uid not in store or (store.deleted_at(uid) is not None) != deleting:
                 return False
         if store.count != len(cluster.api.objects[resource]):
             return False
@@ -151,14 +151,13 @@ async def test_pod_in_graceful_termination_still_joins(
     cluster.api.add_pod(NS, "app-1", service_account="app")
     token = cluster.mint(NS, "app-1")
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    uid, pods = cluster.api.uid("pods", NS, "app-1"), binding_of(client).stores["pod"]
     cluster.api.terminate("pods", NS, "app-1", at=time.time() + 30)  # its grace period runs
-    await until(
-        lambda: binding_of(client).stores["pod"].lookup(NS, "app-1") != (cluster.api.uid("pods", NS, "app-1"), None)
-    )
+    await until(lambda: pods.deleted_at(uid) is not None)
     assert await join(client, token) == (200, "ok")
     # deleted 5 s ago: within the 10 s leeway, as kube-apiserver allows
     cluster.api.terminate("pods", NS, "app-1", at=time.time() - 5)
-    await until(lambda: (binding_of(client).stores["pod"].lookup(NS, "app-1") or ("", 0.0))[1] is not None)
+    await until(lambda: (pods.deleted_at(uid) or 0.0) < time.time())
     assert await join(client, token) == (200, "ok")
 
 
@@ -172,8 +171,9 @@ async def test_cached_token_is_refused_right_after_the_deleted_event(
     verifier = client.app[SERVICE].keyring.verifier_for("kubernetes-token")
     assert verifier is not None and verifier.cache_entries == 1
     hits = verifier.cache_hits
+    uid = cluster.api.uid("pods", NS, "app-1")
     cluster.api.delete("pods", NS, "app-1")
-    await until(lambda: binding_of(client).stores["pod"].lookup(NS, "app-1") is None)
+    await until(lambda: uid not in binding_of(client).stores["pod"])
     assert await join(client, token) == (401, "pod_deleted")
     assert verifier.cache_hits == hits + 1  # refused on the cache-hit path, not re-verified
     join_service = client.app[SERVICE].join
@@ -228,10 +228,10 @@ async def test_relist_after_410(tmp_path: Path, aiohttp_client: Any, cluster: Fa
     binding = binding_of(client)
     lists = cluster.api.requests["list", "pods"]
     cluster.api.hold()
-    cluster.api.add_pod(NS, "app-late", service_account="app")
+    late = cluster.api.add_pod(NS, "app-late", service_account="app")
     cluster.api.compact()  # etcd forgot: the watch's resourceVersion is now too old
     cluster.api.end_watches()  # the watch ends before it tells of app-late; resuming it gets 410
-    await until(lambda: binding.stores["pod"].lookup(NS, "app-late") is not None, "the relist")
+    await until(lambda: late in binding.stores["pod"], "the relist")
     assert cluster.api.requests["list", "pods"] == lists + 1
     assert sample(client, "kubejoin_binding_watch_restarts_total", kind="pod") >= 1
     gets = cluster.api.requests["get", "pods"]
@@ -368,8 +368,9 @@ async def test_an_unexpected_watch_error_relists_and_deletions_are_still_seen(
     cluster.api.send_watch_event("pods", "ERROR", status)
     await until(lambda: pods.restarts == 1 and pods.synced, "the pod relist")
     await until(lambda: cluster.api.watching == len(binding.reflectors), "the watches")
+    uid = cluster.api.uid("pods", NS, "app-0")
     cluster.api.delete("pods", NS, "app-0")
-    await until(lambda: binding.stores["pod"].lookup(NS, "app-0") is None, "the DELETED event")
+    await until(lambda: uid not in binding.stores["pod"], "the DELETED event")
     assert await join(client, token) == (401, "pod_deleted")
 
 
@@ -396,7 +397,7 @@ async def test_get_results_are_not_kept_without_a_running_watch(
     binding = binding_of(client)
     await until(lambda: binding.reflectors["serviceaccount"].synced, "the service account list")
     assert await join(client, token) == (200, "ok")  # by GET
-    assert binding.stores["pod"].lookup(NS, "app-0") is None  # nothing would ever remove it
+    assert cluster.api.uid("pods", NS, "app-0") not in binding.stores["pod"]  # nothing would ever remove it
     cluster.api.delete("pods", NS, "app-0")
     assert await join(client, token) == (401, "pod_not_found")  # was (200, ok) from the kept GET
 
@@ -408,7 +409,7 @@ async def test_a_get_landing_after_a_relist_does_not_bring_a_deleted_pod_back(
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
     binding = binding_of(client)
     cluster.api.hold()  # the watch lags: the new pod is known only through a GET
-    cluster.api.add_pod(NS, "app-new", service_account="app")
+    new = cluster.api.add_pod(NS, "app-new", service_account="app")
     token = cluster.mint(NS, "app-new")
     cluster.api.get_gate = asyncio.Event()  # that GET's answer is held back
     first = asyncio.ensure_future(join(client, token))
@@ -422,7 +423,7 @@ async def test_a_get_landing_after_a_relist_does_not_bring_a_deleted_pod_back(
     await until(lambda: cluster.api.requests["list", "pods"] > lists and binding.reflectors["pod"].synced, "relist")
     cluster.api.get_gate.set()  # the GET answers with what it saw before the deletion
     await first
-    assert binding.stores["pod"].lookup(NS, "app-new") is None  # was held until the next relist
+    assert new not in binding.stores["pod"]  # was held until the next relist
     assert await join(client, token) == (401, "pod_not_found")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hypothesis
 from hypothesis import strategies as st
 
-from verifier.claims import _NAME_AND_UID, _UID_SYNTAX, LEGACY_PREFIX, NAME_SYNTAX, _legacy
+from verifier.claims import _NAME_AND_UID, _UID_SYNTAX, LEGACY_PREFIX, NAME_SYNTAX, _legacy, _object, uid_key
 
 # Names and uids near the edges of both syntaxes: valid ones, valid ones with one character
 # changed, and any text (NULs included, which the combined pattern uses as its separator).
@@ -34,6 +34,37 @@ def test_the_pattern_pair_is_not_trivially_true() -> None:
     assert _NAME_AND_UID.fullmatch("agent-0-pod\x005c3d6de9-6000-41a6-adad-2509159c5b95")
     assert not _NAME_AND_UID.fullmatch("agent-0-pod\x00\x005c3d6de9")
     assert not _NAME_AND_UID.fullmatch("Agent\x005c3d6de9")
+
+
+# Uids and the strings int(..., 16) would read as the same number: upper case, sign, spaces,
+# underscores, no dashes. uid_key must keep every one of them apart.
+def _lookalikes(uid: str) -> list[str]:
+    bare = uid.replace("-", "")
+    return [uid, uid.upper(), "+" + uid, f" {uid}", uid + "\n", uid.replace("-", "_"), bare, "0x" + bare, bare[:31]]
+
+
+LOOKALIKES = st.uuids().map(lambda value: _lookalikes(str(value))) | st.lists(UIDS, min_size=2, max_size=2)
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(uids=LOOKALIKES)
+def test_uid_keys_are_one_to_one(uids: list[str]) -> None:
+    keys = [uid_key(uid) for uid in uids]
+    assert len(set(keys)) == len(set(uids))
+
+
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(uid=st.uuids().map(str) | UIDS)
+def test_the_decoded_key_is_uid_key(uid: str) -> None:
+    if _UID_SYNTAX.fullmatch(uid):
+        ref = _object({"pod": {"name": "app-0", "uid": uid}}, "pod")
+        assert ref is not None and ref.key == uid_key(uid) and type(ref.key) is type(uid_key(uid))
+
+
+def test_only_the_canonical_form_becomes_an_integer() -> None:
+    assert uid_key("5c3d6de9-6000-41a6-adad-2509159c5b95") == 0x5C3D6DE9600041A6ADAD2509159C5B95
+    assert uid_key("5C3D6DE9-6000-41A6-ADAD-2509159C5B95") == "5C3D6DE9-6000-41A6-ADAD-2509159C5B95"
+    assert uid_key("not-a-uuid") == "not-a-uuid"
 
 
 CLAIM_NAMES = st.text(max_size=12) | st.sampled_from(

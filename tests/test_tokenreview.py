@@ -539,8 +539,9 @@ async def test_binding_refuses_reviews_of_deleted_pods(
         cluster.api.uid("pods", "team-a", "reader-0")
     ]
 
+    gone = cluster.api.uid("pods", "team-a", "reader-0")
     cluster.api.delete("pods", "team-a", "reader-0")
-    await until(lambda: binding_of(client).stores["pod"].lookup("team-a", "reader-0") is None)
+    await until(lambda: gone not in binding_of(client).stores["pod"])
     status, answer = await post(client, review_body(token), headers=caller)
     assert status == 201 and answer["status"]["authenticated"] is False and answer["status"]["user"] == {}
     assert answer["status"]["error"].startswith("pod_deleted: ")
@@ -548,14 +549,16 @@ async def test_binding_refuses_reviews_of_deleted_pods(
 
     cluster.api.add_pod("team-a", "reader-1", service_account="reader")
     other = cluster.mint("team-a", "reader-1", audiences=[API])
+    gone = cluster.api.uid("pods", "team-a", "reader-1")
     cluster.api.delete("pods", "team-a", "reader-1")  # before kubejoin ever looked it up
-    await until(lambda: binding_of(client).stores["pod"].lookup("team-a", "reader-1") is None)
+    await until(lambda: gone not in binding_of(client).stores["pod"])
     _, answer = await post(client, review_body(other), headers=caller)
     assert answer["status"]["error"].split(":")[0] in ("pod_not_found", "pod_deleted")
 
     # the caller's own pod goes away: the caller is refused, whatever it asks about
+    gone = cluster.api.uid("pods", "vault", "vault-0")
     cluster.api.delete("pods", "vault", "vault-0")
-    await until(lambda: binding_of(client).stores["pod"].lookup("vault", "vault-0") is None)
+    await until(lambda: gone not in binding_of(client).stores["pod"])
     status, answer = await post(client, review_body(token), headers=caller)
     assert status == 401 and answer["reason"] == "Unauthorized"
     assert reviews(client, "failure", "unauthorized") == 1

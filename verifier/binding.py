@@ -8,7 +8,8 @@ with `nodes`, the node exists with the token's uid. kube-apiserver itself only r
 of a pod-bound token; kubejoin also checks it, so a token from a node that was deleted or replaced
 stops working too.
 
-A lookup the cache cannot answer costs one GET, shared by every check waiting for the same object.
+The cache holds uids, not names (watch.Store says why that answers the same question). A lookup it
+cannot answer costs one GET, shared by every check waiting for the same object.
 An object seen deleted or replaced on the watch is refused from memory: uids are never reused, so
 no GET is needed to know that it is gone.
 """
@@ -94,6 +95,8 @@ class LiveBinding:
         self.nodes = nodes
         self.kinds = tuple(kind for kind in KINDS if nodes or kind is not NODE)
         self.stores = {kind.name: Store() for kind in self.kinds}
+        self._accounts, self._pods = self.stores[SERVICE_ACCOUNT.name], self.stores[POD.name]
+        self._nodes = self.stores.get(NODE.name, Store())
         self.reflectors = {
             kind.name: Reflector(
                 api,
@@ -118,28 +121,18 @@ class LiveBinding:
 
     # -- the hot path -----------------------------------------------------------------------
     def check_cached(self, identity: Identity) -> bool:
-        namespace = identity.namespace
-        accounts = self.stores["serviceaccount"].objects.get(namespace)
-        pods = self.stores["pod"].objects.get(namespace)
-        # Entries are bare uid strings unless their object is being deleted: equal strings mean a
-        # live object with the token's uid, and no clock to read.
-        if (
-            accounts is not None
-            and pods is not None
-            and accounts.get(identity.service_account.name) == identity.service_account.uid
-            and pods.get(identity.pod.name) == identity.pod.uid
-        ):
+        # One set membership per object: a live object with the token's uid, and no clock to read.
+        if identity.service_account.key in self._accounts.live and identity.pod.key in self._pods.live:
             node = identity.node
             if node is None or not self.nodes:
                 self.fast += 1
                 return True
-            names = self.stores["node"].objects.get("")
-            if names is not None and names.get(node.name) == node.uid:
+            if node.key in self._nodes.live:
                 self.fast += 1
                 self.fast_nodes += 1
                 return True
         now = self._clock()
-        return all(self._judge(kind, namespace, ref, now) for kind, ref in self._objects(identity))
+        return all(self._judge(kind, identity.namespace, ref, now) for kind, ref in self._objects(identity))
 
     def _objects(self, identity: Identity) -> list[tuple[Kind, ObjectRef]]:
         objects = [(SERVICE_ACCOUNT, identity.service_account), (POD, identity.pod)]
@@ -150,16 +143,16 @@ class LiveBinding:
     def _judge(self, kind: Kind, namespace: str, ref: ObjectRef, now: float) -> bool:
         """True: held and fine. _ASK: not known here. Raises the refusal the cache is sure of."""
         store = self.stores[kind.name]
-        held = store.lookup(namespace if kind.namespaced else "", ref.name)
-        _, mismatch, deleted = _REASONS[kind.name]
-        if held is not None and held[0] == ref.uid:
+        if ref.key in store.live or ref.key in store.terminating:
             self.lookups[kind.name, "cache"] += 1
-            self._refuse_if_deleted(kind, namespace, ref, held[1], now)
+            self._refuse_if_deleted(kind, namespace, ref, store.terminating.get(ref.key), now)
             return True
-        if ref.uid in store.gone:  # seen deleted or replaced on the watch
+        replaced = store.gone.get(ref.key)
+        if replaced is not None:  # seen deleted or replaced on the watch
             self.lookups[kind.name, "cache"] += 1
             what = _describe(kind, namespace, ref.name)
-            if held is not None:
+            _, mismatch, deleted = _REASONS[kind.name]
+            if replaced:
                 raise VerificationError(mismatch, f"{what} was replaced: it now has another uid than the token's")
             raise VerificationError(deleted, f"{what} named by the token was deleted")
         return _ASK

@@ -24,24 +24,41 @@ LEGACY_PREFIX: Final = "kubernetes.io/serviceaccount/"
 NAMESPACE_SYNTAX: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 NAME_SYNTAX: Final = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _UID_SYNTAX: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
+# The form the API server gives every uid it makes (a random UUID, lower-case hex).
+_CANONICAL_UID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # NAME_SYNTAX, NUL, _UID_SYNTAX: one match per bound object instead of two. Neither syntax admits
 # a NUL, so the NUL splits name from uid in exactly one way and this accepts exactly the pairs
-# both patterns accept.
-_NAME_AND_UID: Final = re.compile(f"(?:{NAME_SYNTAX.pattern})\x00(?:{_UID_SYNTAX.pattern})")
+# both patterns accept. Group `canonical` is set when the uid is canonical (a subset of _UID_SYNTAX).
+_NAME_AND_UID: Final = re.compile(
+    f"(?:{NAME_SYNTAX.pattern})\x00(?:(?P<canonical>{_CANONICAL_UID.pattern})|{_UID_SYNTAX.pattern})"
+)
+
+UidKey = int | str
+
+
+def uid_key(uid: str) -> UidKey:
+    """A uid as the binding's cache holds it: in the API server's canonical form, its 128-bit
+    integer (44 bytes, where the string takes 85); in any other form, the string itself. One to
+    one: only canonical strings become integers (int() alone would also take upper case and
+    underscores), and an integer never equals a string."""
+    if len(uid) == 36 and _CANONICAL_UID.fullmatch(uid):
+        return int(uid.replace("-", ""), 16)
+    return uid
 
 
 class ObjectRef(NamedTuple):
-    """A Kubernetes object a token is bound to, by name and uid."""
+    """A Kubernetes object a token is bound to, by name and uid (and the uid's `uid_key`)."""
 
     name: str
     uid: str
+    key: UidKey
 
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "uid": self.uid}
 
 
 # A bound object claim that is present but lacks its name or uid.
-INCOMPLETE: Final = ObjectRef("", "")
+INCOMPLETE: Final = ObjectRef("", "", "")
 
 
 class KubernetesClaim(NamedTuple):  # tuples, like Identity: built for every token verified
@@ -112,9 +129,11 @@ def _object(parent: dict[str, Any], field: str) -> ObjectRef | None:
     uid = value.get("uid") if isinstance(value, dict) else None
     if not isinstance(name, str) or not name or not isinstance(uid, str) or not uid:
         return INCOMPLETE
-    if not _NAME_AND_UID.fullmatch(f"{name}\x00{uid}"):
+    match = _NAME_AND_UID.fullmatch(f"{name}\x00{uid}")
+    if match is None:
         raise _malformed(f"claim kubernetes.io.{field} is not a Kubernetes name and uid")
-    return ObjectRef(name, uid)
+    # uid_key's result, without matching the uid twice
+    return ObjectRef(name, uid, int(uid.replace("-", ""), 16) if match["canonical"] else uid)
 
 
 def _kubernetes(value: object) -> KubernetesClaim | None:

@@ -14,6 +14,7 @@ from typing import Final
 
 from cachetools import LRUCache
 
+from .claims import UidKey, uid_key
 from .kube import ApiError, Kind, KubeAPI, ObjectMeta
 
 log = logging.getLogger("kubejoin.binding")
@@ -23,63 +24,84 @@ WATCH_SECONDS: Final = (300, 600)  # the server ends each watch after a random t
 BACKOFF: Final = (0.5, 30.0)  # first and longest wait after a failure
 QUICK_END: Final = 1.0  # a watch that ends this soon with no event counts as a failure
 
-# name -> uid for a live object; (uid, deletion time) for one being deleted. Plain strings for the
-# common case keep 100,000 pods small and the hot-path comparison a string equality.
-Entry = str | tuple[str, float]
+
+class Snapshot:
+    """The objects of one list, gathered page by page: the uids of live objects, and those being
+    deleted with their deletion time."""
+
+    def __init__(self) -> None:
+        self.live: set[UidKey] = set()
+        self.terminating: dict[UidKey, float] = {}
+
+    def add(self, meta: ObjectMeta) -> None:
+        if meta.deleted_at is None:
+            self.live.add(uid_key(meta.uid))
+        else:
+            self.terminating[uid_key(meta.uid)] = meta.deleted_at
 
 
 class Store:
-    """The objects of one kind: namespace -> name -> Entry, and the uids known to be gone."""
+    """The objects of one kind, by uid only, and the uids known to be gone.
+
+    kube-apiserver looks an object up by the token's name and compares uids. Holding uids alone
+    answers the same question: a uid is never reused, and the token's name, namespace and uid were
+    signed together by the API server that made that object, so "an object with this uid exists"
+    means "the object the token names exists". It keeps 100,000 pods in about 9 MB whatever the
+    length of their names, and the hot-path check is one set membership per object. Uids are
+    held as `claims.uid_key` gives them; the methods here take the uid strings.
+    """
 
     def __init__(self, gone_remembered: int = GONE_REMEMBERED) -> None:
-        self.objects: dict[str, dict[str, Entry]] = {}
-        self.count = 0
+        self.live: set[UidKey] = set()  # objects not being deleted
+        self.terminating: dict[UidKey, float] = {}  # -> deletionTimestamp (unix seconds)
         self.generation = 0  # moves on at every relist: what a GET saw before it may be stale
-        self.gone: LRUCache[str, None] = LRUCache(maxsize=gone_remembered)
+        # True if another object took its name (replaced), False if it was just deleted
+        self.gone: LRUCache[UidKey, bool] = LRUCache(maxsize=gone_remembered)
+        # (namespace, name) of an object deleted lately -> its uid: tells a replacement from a deletion
+        self._deleted_names: LRUCache[tuple[str, str], UidKey] = LRUCache(maxsize=gone_remembered)
 
-    def lookup(self, namespace: str, name: str) -> tuple[str, float | None] | None:
-        names = self.objects.get(namespace)
-        entry = names.get(name) if names is not None else None
-        if entry is None:
-            return None
-        return (entry, None) if isinstance(entry, str) else entry
+    @property
+    def count(self) -> int:
+        return len(self.live) + len(self.terminating)
+
+    def __contains__(self, uid: str) -> bool:
+        key = uid_key(uid)
+        return key in self.live or key in self.terminating
+
+    def deleted_at(self, uid: str) -> float | None:
+        """When the object being deleted was deleted; None for a live or unknown one."""
+        return self.terminating.get(uid_key(uid))
 
     def put(self, meta: ObjectMeta) -> None:
-        names = self.objects.setdefault(meta.namespace, {})
-        old = names.get(meta.name)
-        if old is None:
-            self.count += 1
-        elif (old if isinstance(old, str) else old[0]) != meta.uid:  # replaced under the same name
-            self.gone[old if isinstance(old, str) else old[0]] = None
-        names[meta.name] = meta.uid if meta.deleted_at is None else (meta.uid, meta.deleted_at)
-        self.gone.pop(meta.uid, None)
+        key = uid_key(meta.uid)
+        if meta.deleted_at is None:
+            self.live.add(key)
+            self.terminating.pop(key, None)  # a deletion is never undone, but trust the server
+        else:
+            self.live.discard(key)
+            self.terminating[key] = meta.deleted_at
+        self.gone.pop(key, None)
+        before = self._deleted_names.pop((meta.namespace, meta.name), None)
+        if before is not None and before != key:
+            self.gone[before] = True
 
     def put_fetched(self, meta: ObjectMeta) -> None:
         """Adds what a GET found, unless the watch knows better: it saw that uid go, or already
         holds that uid (possibly with a newer deletionTimestamp)."""
-        held = self.lookup(meta.namespace, meta.name)
-        if meta.uid not in self.gone and (held is None or held[0] != meta.uid):
+        if uid_key(meta.uid) not in self.gone and meta.uid not in self:
             self.put(meta)
 
     def remove(self, meta: ObjectMeta) -> None:
-        self.gone[meta.uid] = None
-        names = self.objects.get(meta.namespace)
-        held = names.get(meta.name) if names is not None else None
-        if names is not None and held is not None and (held if isinstance(held, str) else held[0]) == meta.uid:
-            del names[meta.name]
-            self.count -= 1
-            if not names:
-                del self.objects[meta.namespace]
+        key = uid_key(meta.uid)
+        self.live.discard(key)
+        self.terminating.pop(key, None)
+        self.gone[key] = False
+        self._deleted_names[meta.namespace, meta.name] = key
 
-    def replace(self, items: list[ObjectMeta]) -> None:
+    def replace(self, snapshot: Snapshot) -> None:
         """Swaps in a fresh list at once, so lookups never see a half-built store. Objects missing
         from it are not marked gone: one a GET added after the list's snapshot may be among them."""
-        objects: dict[str, dict[str, Entry]] = {}
-        for meta in items:
-            objects.setdefault(meta.namespace, {})[meta.name] = (
-                meta.uid if meta.deleted_at is None else (meta.uid, meta.deleted_at)
-            )
-        self.objects, self.count = objects, len(items)
+        self.live, self.terminating = snapshot.live, snapshot.terminating
         self.generation += 1
 
 
@@ -111,14 +133,16 @@ class Reflector:
         self._rng = rng
 
     async def _list(self) -> str:
-        items: list[ObjectMeta] = []
+        # Each page is folded in as it arrives: 100,000 objects are never all decoded at once.
+        snapshot = Snapshot()
         page: str | None = None
         while True:
             objects, version, page = await self.api.list_page(self.kind, page)
-            items.extend(objects)
+            for meta in objects:
+                snapshot.add(meta)
             if page is None:
                 break
-        self.store.replace(items)
+        self.store.replace(snapshot)
         return version
 
     async def _watch(self, version: str) -> tuple[str, bool]:

@@ -198,12 +198,13 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
 
             heading("The allowed pod is deleted; its token (still unexpired) is refused at once")
             requests_before = sum(cluster.requests.values())
+            pod_uid = cluster.uid("pods", "teleport-agent", pod_name)
             cluster.delete("pods", "teleport-agent", pod_name)
             watch = binding.reflectors["pod"]
             async with asyncio.timeout(10):
                 while True:  # the DELETED event is on its way over the watch
                     watch.changed.clear()
-                    if binding.stores["pod"].lookup("teleport-agent", pod_name) is None:
+                    if pod_uid not in binding.stores["pod"]:
                         break
                     await watch.changed.wait()
             indent(f"kubectl delete pod -n teleport-agent {pod_name}: the watch saw DELETED")
