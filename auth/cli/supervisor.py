@@ -4,7 +4,10 @@ This process binds the listening sockets, one per worker slot and listener, all 
 with SO_REUSEPORT, so that the kernel spreads new connections evenly over the workers (one shared
 socket lets whichever worker wakes first take a whole burst of connections). It keeps its copies
 open: a worker that dies is replaced on the same sockets and the connections queued on them wait
-for the replacement instead of being reset. Each worker is `kubejoin serve` re-executed with its
+for the replacement instead of being reset. A replacement that cannot start (the tokens file
+mid-edit) is different: nobody would ever take those connections, so the slot's sockets are closed
+(the kernel resets what was queued, and sends new connections to the live workers) until the
+tokens load again, and then bound afresh. Each worker is `kubejoin serve` re-executed with its
 sockets inherited and PROMETHEUS_MULTIPROC_DIR set, so that its metrics go to files that any
 worker's /metrics sums (prometheus_client's multiprocess mode, chosen at import time).
 
@@ -22,6 +25,8 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import multiprocess
 
@@ -37,6 +42,20 @@ STOP_TIMEOUT = 40.0
 RESTART_DELAY = 1.0
 
 
+def _listener(family: int, kind: int, proto: int, where: Any) -> socket.socket:
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.set_inheritable(True)
+        sock.bind(where)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def bind_slots(addresses: list[str], count: int) -> list[list[socket.socket]]:
     """For each worker slot, one listening socket per address, all slots sharing each port."""
     slots: list[list[socket.socket]] = [[] for _ in range(count)]
@@ -46,12 +65,7 @@ def bind_slots(addresses: list[str], count: int) -> list[list[socket.socket]]:
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         for slot in slots:
-            sock = socket.socket(family, kind, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.set_inheritable(True)
-            sock.bind(where)
-            sock.listen(128)
+            sock = _listener(family, kind, proto, where)
             where = sock.getsockname()  # port 0: the others take the port the first one got
             slot.append(sock)
     return slots
@@ -69,6 +83,7 @@ class Supervisor:
         self.stopping = False
         self.fatal = False
         self._workers: dict[int, asyncio.subprocess.Process] = {}
+        self._last_refusal = ""  # said once, not once a second
         # Workers watch the read end: when this process is gone, however it went, they read EOF
         # and drain rather than serve on unsupervised.
         self._lifeline, self._lifeline_writer = os.pipe()
@@ -78,16 +93,17 @@ class Supervisor:
         os.close(self._lifeline_writer)
 
     async def run_slot(self, index: int, sockets: list[socket.socket]) -> int:
-        """Keeps one worker running on `sockets` until the service stops; its last exit status."""
+        """Keeps one worker running on `sockets` until the service stops; its last exit status.
+        `sockets` is replaced in place when the slot is vacated and bound again."""
         loop = asyncio.get_running_loop()
-        fds = [sock.fileno() for sock in sockets]
-        arguments = [
-            *("--worker-fds", ",".join(map(str, fds))),
-            *("--lifeline", str(self._lifeline), "--worker-index", str(index)),
-        ]
         came_up = False  # once a worker served, a failed restart is retried, never fatal
         while True:
             started = loop.time()
+            fds = [sock.fileno() for sock in sockets]
+            arguments = [
+                *("--worker-fds", ",".join(map(str, fds))),
+                *("--lifeline", str(self._lifeline), "--worker-index", str(index)),
+            ]
             process = await asyncio.create_subprocess_exec(
                 *self._command, *arguments, pass_fds=[*fds, self._lifeline], env=self._env
             )
@@ -104,15 +120,53 @@ class Supervisor:
                 self.fatal = True
                 self.stop.set()
                 return status
-            # A replacement that cannot start (the tokens file mid-edit, say) is retried after the
-            # delay while the other workers go on serving with their last good tokens.
+            # A replacement that cannot start (the tokens file mid-edit, say) is retried once the
+            # tokens load, while the other workers go on serving with their last good tokens.
             came_up = came_up or status != EXIT_USAGE
+            if status == EXIT_USAGE:
+                where = [(sock.family, sock.type, sock.proto, sock.getsockname()) for sock in sockets]
+                for sock in sockets:
+                    sock.close()
+                pid = process.pid
+                say(f"kubejoin: worker {index} (pid {pid}) could not start; its listeners are closed until it can")
+                if not await self._rebind_when_startable(sockets, where):
+                    return status
+                continue
             say(f"kubejoin: worker {index} (pid {process.pid}) exited with status {status}; starting another")
             if loop.time() - started < RESTART_DELAY:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
                 if self.stop.is_set():
                     return status
+
+    async def _rebind_when_startable(
+        self, sockets: list[socket.socket], where: Sequence[tuple[int, int, int, Any]]
+    ) -> bool:
+        """Waits until the tokens file loads, then binds the slot's listeners again (in place).
+        False when the service stops first."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
+            if self.stop.is_set():
+                return False
+            try:
+                load_tokens(self._config.tokens_file)
+            except (ConfigError, OSError) as exc:
+                if str(exc) != self._last_refusal:
+                    self._last_refusal = str(exc)
+                    say(f"kubejoin: not starting a worker yet: {exc}")
+                continue
+            fresh: list[socket.socket] = []
+            try:
+                for address in where:
+                    fresh.append(_listener(*address))
+            except OSError as exc:
+                for sock in fresh:
+                    sock.close()
+                say(f"kubejoin: cannot listen again for a worker: {exc}; retrying")
+                continue
+            sockets[:] = fresh
+            return True
 
     def signal_workers(self) -> None:
         self.stopping = True
