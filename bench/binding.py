@@ -7,7 +7,8 @@
               unique tokens (verify + certificate) and repeated tokens (cache hits)
   delay       from the DELETE of a pod at the API server to the first join refused (pod_deleted)
   sync        100,000 pods: time to the first complete list, and the resident memory it adds
-              (each in a fresh process; the library's import cost is reported apart)
+              (each in a fresh process; the library's import cost is reported apart), and the
+              resident memory of `kubejoin serve` with mode watch minus mode off
 
     python bench/binding.py [check|throughput|delay|sync|all] [--pods 100000] [--rounds 5]
 
@@ -131,8 +132,48 @@ async def _check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- throughput: wrk, mode off vs watch ---------------------------------------------------------
+@contextmanager
+def serving(cluster: dict[str, str], scratch: Path, mode: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`kubejoin serve` against the fake cluster with binding `mode`, ready (and, for watch,
+    synced); yields its port and process."""
+    from bench.http import free_port, scrape, wait_ready
+
+    work = Path(tempfile.mkdtemp(dir=scratch))
+    (work / "tokens.yaml").write_text(JOIN_TOKEN)
+    port = free_port()
+    config = {
+        "cluster_name": AUDIENCE,
+        "listen": f"127.0.0.1:{port}",
+        "tokens_file": "tokens.yaml",
+        "verification": {"max_token_ttl": "2h"},
+        "in_cluster": {
+            "api_server": cluster["server"],
+            "ca_file": cluster["ca_file"],
+            "token_file": str(scratch / "token"),
+        },
+        "binding": {"mode": mode},
+    }
+    (work / "config.yaml").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work, env=env)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+        if mode == "watch":  # wait for the first sync: the steady state is what is measured
+            for _ in range(600):
+                if 'kubejoin_binding_synced{kind="pod"} 1.0' in scrape(port):
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the binding did not sync in 60 s")
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def _throughput(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.http import free_port, run_wrk, wait_ready, write_bodies
+    from bench.http import run_wrk, write_bodies
 
     results: dict[str, list[float]] = {}
     with fake_cluster(args.pods, mint=args.tokens) as (cluster, scratch):
@@ -140,42 +181,12 @@ def _throughput(args: argparse.Namespace) -> dict[str, Any]:
         unique = write_bodies(scratch / "unique.jsonl", tokens)
         repeated = write_bodies(scratch / "repeated.jsonl", tokens[:64])
         for mode in ("off", "watch") * args.rounds:
-            work = Path(tempfile.mkdtemp(dir=scratch))
-            (work / "tokens.yaml").write_text(JOIN_TOKEN)
-            port = free_port()
-            config = {
-                "cluster_name": AUDIENCE,
-                "listen": f"127.0.0.1:{port}",
-                "tokens_file": "tokens.yaml",
-                "verification": {"max_token_ttl": "2h"},
-                "in_cluster": {
-                    "api_server": cluster["server"],
-                    "ca_file": cluster["ca_file"],
-                    "token_file": str(scratch / "token"),
-                },
-                "binding": {"mode": mode},
-            }
-            (work / "config.yaml").write_text(json.dumps(config))
-            command = [sys.executable, "-m", "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work, env=env)
-            try:
-                wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-                if mode == "watch":  # wait for the first sync: the steady state is what is measured
-                    for _ in range(600):
-                        from bench.http import scrape
-
-                        if 'kubejoin_binding_synced{kind="pod"} 1.0' in scrape(port):
-                            break
-                        time.sleep(0.1)
+            with serving(cluster, scratch, mode) as (port, _):
                 for case, bodies in (("unique", unique), ("repeated", repeated)):
                     outcome = run_wrk(port, bodies, args)
                     results.setdefault(f"{case} {mode}", []).append(float(outcome["rps"]))
                     if outcome.get("non_2xx"):
                         raise RuntimeError(f"{case} {mode}: {outcome['non_2xx']} refused joins")
-            finally:
-                process.terminate()
-                process.wait(10)
     summary: dict[str, Any] = {"rounds": results}
     for case in ("unique", "repeated"):
         ratios = [w / o for o, w in zip(results[f"{case} off"], results[f"{case} watch"], strict=True)]
@@ -286,10 +297,22 @@ async def _sync_once(server: str, ca_file: str, token_file: str) -> dict[str, fl
     }
 
 
+def _resident_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        line = next(line for line in handle if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def _sync(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     with fake_cluster(args.pods) as (cluster, scratch):
         for _ in range(args.rounds):
+            # the whole service as deployed: `kubejoin serve` idle after start, mode off then watch
+            resident = {}
+            for mode in ("off", "watch"):
+                with serving(cluster, scratch, mode) as (_, process):
+                    time.sleep(1)  # settled: the first key fetch done, the list's garbage freed
+                    resident[mode] = _resident_mb(process.pid)
             command = [
                 sys.executable,
                 __file__,
@@ -299,11 +322,9 @@ def _sync(args: argparse.Namespace) -> dict[str, Any]:
                 str(scratch / "token"),
             ]
             output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
-            runs.append(json.loads(output))
-    return {
-        key: statistics.median(run[key] for run in runs)
-        for key in ("first_sync_s", "import_mb", "cache_mb", "total_mb", "pods")
-    } | {"runs": runs}
+            runs.append(json.loads(output) | {"serve_extra_mb": round(resident["watch"] - resident["off"], 1)})
+    keys = ("first_sync_s", "import_mb", "cache_mb", "total_mb", "serve_extra_mb", "pods")
+    return {key: statistics.median(run[key] for run in runs) for key in keys} | {"runs": runs}
 
 
 def main() -> int:

@@ -159,3 +159,16 @@ async def test_bench_herd_and_memory_run() -> None:
     code, out, err = await run(sys.executable, "bench/memory.py", "--pods", "50", "--json")
     assert code == 0, err
     assert json.loads(out)["cache_entries"] == 50
+
+
+@pytest.mark.slow
+async def test_bench_binding_runs() -> None:
+    code, out, err = await run(sys.executable, "bench/binding.py", "check", "--pods", "300", "--rounds", "1", limit=120)
+    assert code == 0, err
+    check = json.loads(out)["check"]
+    assert check["pods_in_cache"] == 300 and check["cached_verify_us_with"] > 0
+    code, out, err = await run(sys.executable, "bench/binding.py", "sync", "--pods", "300", "--rounds", "1", limit=120)
+    assert code == 0, err
+    sync = json.loads(out)["sync"]
+    assert sync["pods"] == 300  # the cache holds every pod the fake cluster lists
+    assert sync["import_mb"] > 0 and sync["serve_extra_mb"] > 0
