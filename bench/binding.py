@@ -287,12 +287,27 @@ async def _sync_once(server: str, ca_file: str, token_file: str) -> dict[str, fl
     gc.collect()
     after = rss_mb()
     objects = binding.stats().objects
+    # Then as much churn as the store remembers: GONE_REMEMBERED pods deleted (names of 50
+    # characters, as Deployments make them), on top of the 100,000 still there.
+    import uuid
+
+    from verifier.kube import ObjectMeta
+    from verifier.watch import GONE_REMEMBERED
+
+    pods = binding.stores["pod"]
+    for index in range(GONE_REMEMBERED):
+        pods.remove(
+            ObjectMeta("team-0", f"deployment-with-a-long-name-7c9f8d6b5-{index:011d}", str(uuid.uuid4()), None)
+        )
+    gc.collect()
+    churned = rss_mb()
     await binding.close()
     return {
         "first_sync_s": round(seconds, 2),
         "import_mb": round(before - before_import, 1),
         "cache_mb": round(after - before, 1),
         "total_mb": round(after - before_import, 1),
+        "churned_total_mb": round(churned - before_import, 1),
         "pods": objects["pod"],
     }
 
@@ -323,7 +338,7 @@ def _sync(args: argparse.Namespace) -> dict[str, Any]:
             ]
             output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
             runs.append(json.loads(output) | {"serve_extra_mb": round(resident["watch"] - resident["off"], 1)})
-    keys = ("first_sync_s", "import_mb", "cache_mb", "total_mb", "serve_extra_mb", "pods")
+    keys = ("first_sync_s", "import_mb", "cache_mb", "total_mb", "churned_total_mb", "serve_extra_mb", "pods")
     return {key: statistics.median(run[key] for run in runs) for key in keys} | {"runs": runs}
 
 

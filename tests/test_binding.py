@@ -427,6 +427,72 @@ async def test_a_get_landing_after_a_relist_does_not_bring_a_deleted_pod_back(
     assert await join(client, token) == (401, "pod_not_found")
 
 
+async def test_a_get_does_not_bring_back_a_pod_whose_deletion_was_forgotten(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    for index in range(3):
+        cluster.api.add_pod(NS, f"app-{index}", service_account="app")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    binding = binding_of(client)
+    pods = binding.stores["pod"]
+    pods.gone.size = 2  # stands in for 16,384 deletions during one GET
+    cluster.api.hold()  # the watch lags: the new pod is known only through a GET
+    new = cluster.api.add_pod(NS, "app-new", service_account="app")
+    token = cluster.mint(NS, "app-new")
+    cluster.api.get_gate = asyncio.Event()  # that GET's answer is held back
+    first = asyncio.ensure_future(join(client, token))
+    await until(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
+    # the pod goes, and so do others after it: the store has forgotten that it saw app-new go
+    for name in ("app-new", "app-0", "app-1", "app-2"):
+        cluster.api.delete("pods", NS, name)
+    cluster.api.release()
+    await until(lambda: pods.count == 0 and pods.gone.forgotten == 2, "the DELETED events")
+    cluster.api.get_gate.set()  # the GET answers with what it saw before the deletion
+    await first
+    assert new not in pods  # was kept: nothing but a relist would ever have removed it
+    assert await join(client, token) == (401, "pod_not_found")
+
+
+async def test_a_replacement_first_seen_in_a_relist_is_a_uid_mismatch(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-1", service_account="app")
+    token = cluster.mint(NS, "app-1")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    binding = binding_of(client)
+    assert await join(client, token) == (200, "ok")
+    old = cluster.api.uid("pods", NS, "app-1")
+    cluster.api.delete("pods", NS, "app-1")
+    await until(lambda: old not in binding.stores["pod"], "the DELETED event")
+    cluster.api.hold()  # the watch never tells of the new app-1: a relist finds it
+    new = cluster.api.add_pod(NS, "app-1", service_account="app")
+    cluster.api.held = None
+    cluster.api.compact()
+    cluster.api.end_watches()
+    await until(lambda: new in binding.stores["pod"], "the relist")
+    before = object_requests(cluster)
+    assert await join(client, token) == (401, "pod_uid_mismatch")  # was pod_deleted
+    assert object_requests(cluster) == before
+
+
+async def test_a_replacement_that_went_too_leaves_the_first_token_deleted(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-1", service_account="app")
+    token = cluster.mint(NS, "app-1")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    binding = binding_of(client)
+    assert await join(client, token) == (200, "ok")
+    cluster.api.delete("pods", NS, "app-1")
+    second = cluster.api.add_pod(NS, "app-1", service_account="app")
+    await until(lambda: second in binding.stores["pod"], "the replacement")
+    assert await join(client, token) == (401, "pod_uid_mismatch")
+    cluster.api.delete("pods", NS, "app-1")  # no pod of that name now: kube-apiserver says not found
+    await until(lambda: second not in binding.stores["pod"], "its deletion")
+    status, code = await join(client, token)
+    assert (status, code) == (401, "pod_deleted")  # was pod_uid_mismatch, "it now has another uid"
+
+
 async def test_a_watch_that_ends_at_once_backs_off(
     tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

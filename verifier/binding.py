@@ -147,7 +147,7 @@ class LiveBinding:
             self.lookups[kind.name, "cache"] += 1
             self._refuse_if_deleted(kind, namespace, ref, store.terminating.get(ref.key), now)
             return True
-        replaced = store.gone.get(ref.key)
+        replaced = store.gone_as(ref.key, namespace if kind.namespaced else "", ref.name)
         if replaced is not None:  # seen deleted or replaced on the watch
             self.lookups[kind.name, "cache"] += 1
             what = _describe(kind, namespace, ref.name)
@@ -225,9 +225,16 @@ class LiveBinding:
         keeps current and that no relist replaced meanwhile: a relist may have dropped this very
         object (its DELETED event never seen), and with no watch nothing would ever remove it."""
         store, reflector = self.stores[kind.name], self.reflectors[kind.name]
-        generation = store.generation
+        generation, forgotten = store.generation, store.gone.forgotten
         found = await self.api.get(kind, namespace, name)
-        if found is not None and reflector.synced and store.generation == generation:
+        # ... and only while the store still remembers every uid that went meanwhile: else this
+        # very object may have been deleted and already forgotten, and nothing would remove it.
+        if (
+            found is not None
+            and reflector.synced
+            and store.generation == generation
+            and store.gone.forgotten == forgotten
+        ):
             store.put_fetched(found)
         return found
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final
-
-from cachetools import LRUCache
+from typing import Final, Generic, TypeVar
 
 from .claims import UidKey, uid_key
 from .kube import ApiError, Kind, KubeAPI, ObjectMeta
 
 log = logging.getLogger("kubejoin.binding")
+K = TypeVar("K")
+V = TypeVar("V")
 
 GONE_REMEMBERED: Final = 16384  # uids seen deleted or replaced, per kind
 WATCH_SECONDS: Final = (300, 600)  # the server ends each watch after a random time in this range
@@ -25,19 +26,33 @@ BACKOFF: Final = (0.5, 30.0)  # first and longest wait after a failure
 QUICK_END: Final = 1.0  # a watch that ends this soon with no event counts as a failure
 
 
-class Snapshot:
-    """The objects of one list, gathered page by page: the uids of live objects, and those being
-    deleted with their deletion time."""
+class Recent(Generic[K, V]):
+    """A map bounded to `size` entries that forgets the oldest first, and counts what it forgot.
+    Leaner than cachetools' LRUCache (one OrderedDict, no per-key sizes); order is insertion,
+    since nothing here is "used" again."""
 
-    def __init__(self) -> None:
-        self.live: set[UidKey] = set()
-        self.terminating: dict[UidKey, float] = {}
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.forgotten = 0
+        self._entries: OrderedDict[K, V] = OrderedDict()
 
-    def add(self, meta: ObjectMeta) -> None:
-        if meta.deleted_at is None:
-            self.live.add(uid_key(meta.uid))
-        else:
-            self.terminating[uid_key(meta.uid)] = meta.deleted_at
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def pop(self, key: K) -> V | None:
+        return self._entries.pop(key, None)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+            self.forgotten += 1
 
 
 class Store:
@@ -46,7 +61,7 @@ class Store:
     kube-apiserver looks an object up by the token's name and compares uids. Holding uids alone
     answers the same question: a uid is never reused, and the token's name, namespace and uid were
     signed together by the API server that made that object, so "an object with this uid exists"
-    means "the object the token names exists". It keeps 100,000 pods in about 9 MB whatever the
+    means "the object the token names exists". It keeps 100,000 pods in about 12 MB whatever the
     length of their names, and the hot-path check is one set membership per object. Uids are
     held as `claims.uid_key` gives them; the methods here take the uid strings.
     """
@@ -56,9 +71,11 @@ class Store:
         self.terminating: dict[UidKey, float] = {}  # -> deletionTimestamp (unix seconds)
         self.generation = 0  # moves on at every relist: what a GET saw before it may be stale
         # True if another object took its name (replaced), False if it was just deleted
-        self.gone: LRUCache[UidKey, bool] = LRUCache(maxsize=gone_remembered)
-        # (namespace, name) of an object deleted lately -> its uid: tells a replacement from a deletion
-        self._deleted_names: LRUCache[tuple[str, str], UidKey] = LRUCache(maxsize=gone_remembered)
+        self.gone: Recent[UidKey, bool] = Recent(gone_remembered)
+        # hash((namespace, name)) of an object deleted lately -> its uid. Only for the reason code
+        # (a replacement or a deletion), so a hash is enough: a collision can only pick the other
+        # of two refusals.
+        self._deleted_names: Recent[int, UidKey] = Recent(gone_remembered)
 
     @property
     def count(self) -> int:
@@ -72,6 +89,20 @@ class Store:
         """When the object being deleted was deleted; None for a live or unknown one."""
         return self.terminating.get(uid_key(uid))
 
+    def gone_as(self, key: UidKey, namespace: str, name: str) -> bool | None:
+        """For a uid seen go: True if another object now has its name, False if deleted (its name
+        free, or taken by an object that went too); None if not known to be gone."""
+        replaced = self.gone.get(key)
+        if replaced and hash((namespace, name)) in self._deleted_names:
+            return False  # the replacement went too: kube-apiserver would say not found
+        return replaced
+
+    def note_appeared(self, meta: ObjectMeta, key: UidKey) -> None:
+        """An object appeared: if another was deleted under its name lately, that one was replaced."""
+        before = self._deleted_names.pop(hash((meta.namespace, meta.name)))
+        if before is not None and before != key:
+            self.gone[before] = True
+
     def put(self, meta: ObjectMeta) -> None:
         key = uid_key(meta.uid)
         if meta.deleted_at is None:
@@ -80,10 +111,8 @@ class Store:
         else:
             self.live.discard(key)
             self.terminating[key] = meta.deleted_at
-        self.gone.pop(key, None)
-        before = self._deleted_names.pop((meta.namespace, meta.name), None)
-        if before is not None and before != key:
-            self.gone[before] = True
+        self.gone.pop(key)
+        self.note_appeared(meta, key)
 
     def put_fetched(self, meta: ObjectMeta) -> None:
         """Adds what a GET found, unless the watch knows better: it saw that uid go, or already
@@ -96,13 +125,34 @@ class Store:
         self.live.discard(key)
         self.terminating.pop(key, None)
         self.gone[key] = False
-        self._deleted_names[meta.namespace, meta.name] = key
+        self._deleted_names[hash((meta.namespace, meta.name))] = key
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self)
 
     def replace(self, snapshot: Snapshot) -> None:
         """Swaps in a fresh list at once, so lookups never see a half-built store. Objects missing
         from it are not marked gone: one a GET added after the list's snapshot may be among them."""
         self.live, self.terminating = snapshot.live, snapshot.terminating
         self.generation += 1
+
+
+class Snapshot:
+    """The objects of one list, gathered page by page for Store.replace: the uids of live objects,
+    and those being deleted with their deletion time."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.live: set[UidKey] = set()
+        self.terminating: dict[UidKey, float] = {}
+
+    def add(self, meta: ObjectMeta) -> None:
+        key = uid_key(meta.uid)
+        if meta.deleted_at is None:
+            self.live.add(key)
+        else:
+            self.terminating[key] = meta.deleted_at
+        self._store.note_appeared(meta, key)  # a replacement first seen in a relist is one too
 
 
 class Reflector:
@@ -134,7 +184,7 @@ class Reflector:
 
     async def _list(self) -> str:
         # Each page is folded in as it arrives: 100,000 objects are never all decoded at once.
-        snapshot = Snapshot()
+        snapshot = self.store.snapshot()
         page: str | None = None
         while True:
             objects, version, page = await self.api.list_page(self.kind, page)
