@@ -50,6 +50,21 @@ class Served:
             text = await response.text()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_prefix))
 
+    async def wait_all_ready(self) -> None:
+        """Until every worker has answered /readyz (each asked on a connection of its own)."""
+        answered: set[object] = set()
+        for _ in range(200):  # bounded: 20 s
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(self.url + "/readyz") as response:
+                        if response.status == 200:
+                            answered.add((await response.json())["worker"])
+            if len(answered) == WORKERS:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"only workers {sorted(map(str, answered))} answered /readyz")
+
     async def stop(self) -> tuple[int, list[dict[str, object]]]:
         """SIGTERM; the exit status and the join log lines."""
         self.process.send_signal(signal.SIGTERM)
@@ -77,6 +92,7 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Served]:
     served = Served(process, issuer, port, metrics_port)
     try:
         await wait_until_ok(served.url + "/readyz", process, "kubejoin serve --workers 2")
+        await served.wait_all_ready()
         yield served
     finally:
         if process.returncode is None:
@@ -221,6 +237,27 @@ async def test_a_worker_replaced_during_a_refused_tokens_edit_is_retried_not_fat
     assert status == 0
     workers = {line["worker"] for line in lines if line["event"] == "join" and line["reason"] == "ok"}
     assert workers == set(range(WORKERS))  # the replacement, bound afresh, served too
+
+
+async def test_a_broken_config_keeps_the_slot_closed_and_sigterm_still_exits_0(tmp_path: Path) -> None:
+    """A replacement that fails on the config (not the tokens) used to be respawned every second
+    on fresh sockets, each time resetting the connections queued meanwhile; and a SIGTERM while a
+    slot stood empty made `serve` exit 1."""
+    async with serve_workers(tmp_path) as served:
+        assert served.process.stderr is not None
+        (tmp_path / "config.yaml").write_text("cluster_name: [\n")  # not YAML
+        victim = min(served.workers())
+        os.kill(victim, signal.SIGKILL)
+        await read_line_containing(served.process.stderr, b"could not start; its listeners are closed", 30)
+        await read_line_containing(served.process.stderr, b"not starting a worker yet", 10)
+        joins = [asyncio.wait_for(join(served, join_body(pod_token(served.issuer))), 10) for _ in range(11)]
+        assert await asyncio.gather(*joins) == [200] * 11
+        await asyncio.sleep(3)  # three more chances to respawn
+        assert len(served.workers()) == WORKERS - 1  # no worker started on a config that cannot load
+        status, _ = await served.stop()
+        rest = await served.process.stderr.read()
+    assert status == 0, rest.decode()
+    assert b"could not start" not in rest
 
 
 async def test_sigterm_while_workers_start_still_exits_0(tmp_path: Path) -> None:

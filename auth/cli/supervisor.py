@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from ..service.ca import CertificateAuthority
-from ..service.config import Config, ConfigError, split_host_port
+from ..service.config import Config, ConfigError, load_config, split_host_port
 from ..service.tokens import load_tokens
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, say
 
@@ -40,6 +41,24 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_TIMEOUT = 40.0
 # A worker that dies this soon after it started waits this long before it is replaced again.
 RESTART_DELAY = 1.0
+# A slot whose workers keep failing to start waits up to this long between attempts.
+MAX_START_DELAY = 30.0
+
+
+def startable(config_path: str) -> str | None:
+    """What would stop a worker from starting now (the problem, said once), or None: the checks a
+    worker makes first, without building the service."""
+    try:
+        config = load_config(config_path)
+        CertificateAuthority.load_or_create(config.ca_cert_file, config.ca_key_file, config.cluster_name)
+        load_tokens(config.tokens_file)
+        if config.tls is not None and config.tls.cert_file and config.tls.key_file:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.tls.cert_file, config.tls.key_file
+            )
+    except (ConfigError, OSError, ssl.SSLError) as exc:
+        return str(exc)
+    return None
 
 
 def _listener(family: int, kind: int, proto: int, where: Any) -> socket.socket:
@@ -74,6 +93,8 @@ def bind_slots(addresses: list[str], count: int) -> list[list[socket.socket]]:
 class Supervisor:
     def __init__(self, config_path: str, config: Config, log_level: str, metrics_dir: str) -> None:
         self._config = config
+        self._config_path = config_path
+        self._never_up: set[int] = set()  # slots whose workers all failed to start so far
         self._command = [
             sys.executable, "-m", "auth", "serve", "--config", config_path, "--log-level", log_level,
         ]  # fmt: skip
@@ -83,7 +104,6 @@ class Supervisor:
         self.stopping = False
         self.fatal = False
         self._workers: dict[int, asyncio.subprocess.Process] = {}
-        self._last_refusal = ""  # said once, not once a second
         # Workers watch the read end: when this process is gone, however it went, they read EOF
         # and drain rather than serve on unsupervised.
         self._lifeline, self._lifeline_writer = os.pipe()
@@ -96,7 +116,8 @@ class Supervisor:
         """Keeps one worker running on `sockets` until the service stops; its last exit status.
         `sockets` is replaced in place when the slot is vacated and bound again."""
         loop = asyncio.get_running_loop()
-        came_up = False  # once a worker served, a failed restart is retried, never fatal
+        came_up = False  # a worker of this slot ran (it died of something else than its start)
+        failed_starts = 0  # in a row: each doubles the wait before the next attempt
         while True:
             started = loop.time()
             fds = [sock.fileno() for sock in sockets]
@@ -115,46 +136,54 @@ class Supervisor:
             if self.stopping:
                 # killed by the SIGTERM itself before it could install its handler: nothing to drain
                 return 0 if status == -signal.SIGTERM else status
-            if status == EXIT_USAGE and not came_up:  # unusable config or listener: nothing will help
-                say(f"kubejoin: worker {index} could not start; stopping")
-                self.fatal = True
-                self.stop.set()
-                return status
-            # A replacement that cannot start (the tokens file mid-edit, say) is retried once the
-            # tokens load, while the other workers go on serving with their last good tokens.
-            came_up = came_up or status != EXIT_USAGE
-            if status == EXIT_USAGE:
-                where = [(sock.family, sock.type, sock.proto, sock.getsockname()) for sock in sockets]
-                for sock in sockets:
-                    sock.close()
-                pid = process.pid
-                say(f"kubejoin: worker {index} (pid {pid}) could not start; its listeners are closed until it can")
-                if not await self._rebind_when_startable(sockets, where):
-                    return status
+            if status != EXIT_USAGE:
+                came_up, failed_starts = True, 0
+                self._never_up.discard(index)
+                say(f"kubejoin: worker {index} (pid {process.pid}) exited with status {status}; starting another")
+                if loop.time() - started < RESTART_DELAY:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
+                    if self.stop.is_set():
+                        return EXIT_OK
                 continue
-            say(f"kubejoin: worker {index} (pid {process.pid}) exited with status {status}; starting another")
-            if loop.time() - started < RESTART_DELAY:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
-                if self.stop.is_set():
+            if not came_up:
+                self._never_up.add(index)
+                if len(self._never_up) == self._config.workers:  # not one worker could start: nothing will help
+                    say(f"kubejoin: worker {index} could not start; stopping")
+                    self.fatal = True
+                    self.stop.set()
                     return status
+            # It could not start (the tokens file mid-edit, say) while other workers serve with what
+            # they loaded. Nobody would take the connections the kernel queues on this slot's
+            # sockets: close them (what is queued is reset, new connections go to the live
+            # workers) until a start can succeed, then bind afresh.
+            where = [(sock.family, sock.type, sock.proto, sock.getsockname()) for sock in sockets]
+            for sock in sockets:
+                sock.close()
+            failed_starts += 1
+            pid = process.pid
+            say(f"kubejoin: worker {index} (pid {pid}) could not start; its listeners are closed until it can")
+            wait = min(RESTART_DELAY * 2 ** (failed_starts - 1), MAX_START_DELAY)
+            if not await self._rebind_when_startable(sockets, where, wait):
+                return EXIT_OK
 
     async def _rebind_when_startable(
-        self, sockets: list[socket.socket], where: Sequence[tuple[int, int, int, Any]]
+        self, sockets: list[socket.socket], where: Sequence[tuple[int, int, int, Any]], wait: float
     ) -> bool:
-        """Waits until the tokens file loads, then binds the slot's listeners again (in place).
-        False when the service stops first."""
+        """Waits `wait`, then until a worker could start (`startable`), then binds the slot's
+        listeners again (in place). False when the service stops first."""
+        said = ""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
+                await asyncio.wait_for(self.stop.wait(), wait)
             if self.stop.is_set():
                 return False
-            try:
-                load_tokens(self._config.tokens_file)
-            except (ConfigError, OSError) as exc:
-                if str(exc) != self._last_refusal:
-                    self._last_refusal = str(exc)
-                    say(f"kubejoin: not starting a worker yet: {exc}")
+            wait = RESTART_DELAY
+            problem = startable(self._config_path)
+            if problem is not None:
+                if problem != said:
+                    said = problem
+                    say(f"kubejoin: not starting a worker yet: {problem}")
                 continue
             fresh: list[socket.socket] = []
             try:
@@ -163,7 +192,9 @@ class Supervisor:
             except OSError as exc:
                 for sock in fresh:
                     sock.close()
-                say(f"kubejoin: cannot listen again for a worker: {exc}; retrying")
+                if str(exc) != said:
+                    said = str(exc)
+                    say(f"kubejoin: cannot listen again for a worker: {exc}; retrying")
                 continue
             sockets[:] = fresh
             return True

@@ -302,8 +302,8 @@ async def handle_readyz(request: web.Request) -> web.Response:
         reason = "draining" if service.draining else "starting"
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
     body: dict[str, object] = {"status": "ready", "join_tokens": len(service.tokens.tokens)}
-    if service.config.workers > 1:
-        body["workers"] = service.config.workers
+    if service.join.worker is not None:  # which of the workers answered
+        body["worker"], body["workers"] = service.join.worker, service.config.workers
     if service.tokens.last_error:
         body["last_reload_error"] = service.tokens.last_error
     return web.json_response(body)
