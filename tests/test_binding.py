@@ -126,6 +126,15 @@ async def test_each_binding_reason_over_http(
     assert sample(client, "kubejoin_join_attempts_total", token="kubernetes-token", result="failure", reason=code) == 1
 
 
+async def joined_pod(tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster) -> tuple[Any, str]:
+    """kubejoin started, and pod app-1's token joined once (so it is in the verified-token cache)."""
+    cluster.api.add_pod(NS, "app-1", service_account="app")
+    token = cluster.mint(NS, "app-1")
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    assert await join(client, token) == (200, "ok")
+    return client, token
+
+
 def object_requests(cluster: FakeCluster) -> dict[tuple[str, str], int]:
     """Requests for pods, service accounts and nodes (not the issuer's keys)."""
     return {key: count for key, count in cluster.api.requests.items() if key[1] in ("pods", "serviceaccounts", "nodes")}
@@ -164,10 +173,7 @@ async def test_pod_in_graceful_termination_still_joins(
 async def test_cached_token_is_refused_right_after_the_deleted_event(
     tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
 ) -> None:
-    cluster.api.add_pod(NS, "app-1", service_account="app")
-    token = cluster.mint(NS, "app-1")
-    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
-    assert await join(client, token) == (200, "ok")
+    client, token = await joined_pod(tmp_path, aiohttp_client, cluster)
     verifier = client.app[SERVICE].keyring.verifier_for("kubernetes-token")
     assert verifier is not None and verifier.cache_entries == 1
     hits = verifier.cache_hits
