@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--worker-fds", help=argparse.SUPPRESS)
     parser.add_argument("--lifeline", help=argparse.SUPPRESS)
     parser.add_argument("--worker-index", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", help=argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 
 
@@ -105,10 +106,15 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
 
 
 async def serve(
-    app: web.Application, config: Config, stop: asyncio.Event, sockets: list[socket.socket] | None = None
+    app: web.Application,
+    config: Config,
+    stop: asyncio.Event,
+    sockets: list[socket.socket] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Serves until `stop` is set. A worker passes the listening sockets it inherited (the join
-    listener, then the metrics listener if configured) and says nothing: its supervisor does."""
+    listener, then the metrics listener if configured) and says nothing: its supervisor does.
+    `on_ready` is called once every listener serves."""
     listen, metrics_listen = config.listen, config.metrics_listen
     runner = make_runner(app, config)
     await runner.setup()
@@ -140,6 +146,8 @@ async def serve(
             await site.start()
             if not quiet:
                 say(f"kubejoin serving metrics on {metrics_listen}")
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
         if not quiet:
             say("kubejoin stopping: no new connections; draining requests in flight")
@@ -201,7 +209,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.worker_fds:
         fds = [int(fd) for fd in args.worker_fds.split(",")]
-        return run_worker(config, fds, int(args.lifeline), int(args.worker_index))
+        if len(fds) != 1 + bool(config.metrics_listen):  # the config changed since the supervisor bound them
+            say("kubejoin serve: listen or metrics_listen changed since kubejoin started; restart it to apply")
+            return EXIT_USAGE
+        return run_worker(config, fds, int(args.lifeline), int(args.worker_index), int(args.ready_fd))
     if args.workers is not None:
         try:
             config = replace(config, workers=parse_workers(args.workers, "--workers"))
@@ -213,15 +224,21 @@ def run(args: argparse.Namespace) -> int:
     return run_server(config)
 
 
-def run_worker(config: Config, fds: list[int], lifeline: int, index: int) -> int:
-    """One worker started by the supervisor: serves the inherited sockets, and stops (draining)
-    at SIGTERM or when the supervisor is gone (`lifeline`, a pipe only it writes to, reads EOF)."""
+def run_worker(config: Config, fds: list[int], lifeline: int, index: int, ready_fd: int) -> int:
+    """One worker started by the supervisor: serves the inherited sockets, tells the supervisor
+    once it serves (a line on `ready_fd`), and stops (draining) at SIGTERM or when the supervisor
+    is gone (`lifeline`, a pipe only it writes to, reads EOF)."""
     sockets = [socket.socket(fileno=fd) for fd in fds]
 
     async def orphaned(stop: asyncio.Event) -> None:
         asyncio.get_running_loop().add_reader(lifeline, stop.set)
 
-    return run_server(config, sockets, os.environ.get(MULTIPROC_ENV), orphaned, index)
+    def ready() -> None:
+        with contextlib.suppress(OSError):  # a supervisor gone meanwhile: the lifeline tells
+            os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+
+    return run_server(config, sockets, os.environ.get(MULTIPROC_ENV), orphaned, index, ready)
 
 
 def run_server(
@@ -230,6 +247,7 @@ def run_server(
     multiprocess_dir: str | None = None,
     watchdog: Callable[[asyncio.Event], Awaitable[None]] | None = None,
     worker: int | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> int:
     async def main() -> int:
         try:
@@ -255,7 +273,7 @@ def run_server(
 
         loop.add_signal_handler(signal.SIGHUP, reload_now)
         try:
-            await serve(app, config, stop, sockets)
+            await serve(app, config, stop, sockets, on_ready)
         except (OSError, ssl.SSLError) as exc:
             say(f"kubejoin serve: cannot listen: {exc}")
             return EXIT_USAGE

@@ -4,10 +4,17 @@ This process binds the listening sockets, one per worker slot and listener, all 
 with SO_REUSEPORT, so that the kernel spreads new connections evenly over the workers (one shared
 socket lets whichever worker wakes first take a whole burst of connections). It keeps its copies
 open: a worker that dies is replaced on the same sockets and the connections queued on them wait
-for the replacement instead of being reset. A replacement that cannot start (the tokens file
-mid-edit) is different: nobody would ever take those connections, so the slot's sockets are closed
-(the kernel resets what was queued, and sends new connections to the live workers) until the
-tokens load again, and then bound afresh. Each worker is `kubejoin serve` re-executed with its
+for the replacement instead of being reset.
+
+A worker says when it serves (a line on a pipe it inherits). One that exits before that could not
+start (a tokens file or config broken by an edit, say): nobody would ever take the connections
+queued on its slot, so the slot's sockets are closed (the kernel resets what was queued and sends
+new connections to the live workers) until `startable` finds that a worker could start, and are
+then bound afresh; repeated failures wait longer. Only when no worker has ever served and every
+slot failed is the start given up (exit 2). SIGHUP goes to the workers that serve: one still
+starting reads the tokens file anyway, and would be killed by a signal it has no handler for yet.
+
+Each worker is `kubejoin serve` re-executed with its
 sockets inherited and PROMETHEUS_MULTIPROC_DIR set, so that its metrics go to files that any
 worker's /metrics sums (prometheus_client's multiprocess mode, chosen at import time).
 
@@ -45,12 +52,18 @@ RESTART_DELAY = 1.0
 MAX_START_DELAY = 30.0
 
 
-def startable(config_path: str) -> str | None:
-    """What would stop a worker from starting now (the problem, said once), or None: the checks a
-    worker makes first, without building the service."""
+def startable(config_path: str, running: Config) -> str | None:
+    """What would stop a worker from starting now (the problem, to be said once), or None: the
+    checks a worker makes first, without building the service. `running`: the config the
+    listeners were bound for."""
     try:
         config = load_config(config_path)
-        CertificateAuthority.load_or_create(config.ca_cert_file, config.ca_key_file, config.cluster_name)
+        if (config.listen, config.metrics_listen) != (running.listen, running.metrics_listen):
+            return "listen or metrics_listen changed since kubejoin started; restart it to apply"
+        try:  # only loads: a CA made here would differ from the one the other workers sign with
+            CertificateAuthority.load(config.ca_cert_file, config.ca_key_file, config.cluster_name)
+        except OSError as exc:
+            return f"ca: {exc}"
         load_tokens(config.tokens_file)
         if config.tls is not None and config.tls.cert_file and config.tls.key_file:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
@@ -91,11 +104,15 @@ def bind_slots(addresses: list[str], count: int) -> list[list[socket.socket]]:
 
 
 class Supervisor:
-    def __init__(self, config_path: str, config: Config, log_level: str, metrics_dir: str) -> None:
+    def __init__(
+        self, config_path: str, config: Config, log_level: str, metrics_dir: str, command: list[str] | None = None
+    ) -> None:
         self._config = config
         self._config_path = config_path
-        self._never_up: set[int] = set()  # slots whose workers all failed to start so far
-        self._command = [
+        self._never_up: set[int] = set()  # slots that failed to start while no worker ever served
+        self._ever_served = False
+        self._serving: set[int] = set()  # slots whose current worker said it serves
+        self._command = command or [
             sys.executable, "-m", "auth", "serve", "--config", config_path, "--log-level", log_level,
         ]  # fmt: skip
         self._env = {**os.environ, MULTIPROC_ENV: metrics_dir}
@@ -116,56 +133,95 @@ class Supervisor:
         """Keeps one worker running on `sockets` until the service stops; its last exit status.
         `sockets` is replaced in place when the slot is vacated and bound again."""
         loop = asyncio.get_running_loop()
-        came_up = False  # a worker of this slot ran (it died of something else than its start)
         failed_starts = 0  # in a row: each doubles the wait before the next attempt
         while True:
             started = loop.time()
-            fds = [sock.fileno() for sock in sockets]
-            arguments = [
-                *("--worker-fds", ",".join(map(str, fds))),
-                *("--lifeline", str(self._lifeline), "--worker-index", str(index)),
-            ]
-            process = await asyncio.create_subprocess_exec(
-                *self._command, *arguments, pass_fds=[*fds, self._lifeline], env=self._env
-            )
-            self._workers[index] = process
-            if self.stopping:  # the stop came while this worker was starting
-                process.send_signal(signal.SIGTERM)
-            status = await process.wait()
-            multiprocess.mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+            pid, status, served = await self._run_worker(index, sockets)
             if self.stopping:
-                # killed by the SIGTERM itself before it could install its handler: nothing to drain
-                return 0 if status == -signal.SIGTERM else status
-            if status != EXIT_USAGE:
-                came_up, failed_starts = True, 0
-                self._never_up.discard(index)
-                say(f"kubejoin: worker {index} (pid {process.pid}) exited with status {status}; starting another")
+                # a worker that never served had nothing to drain, whatever stopped it
+                return EXIT_OK if not served or status == -signal.SIGTERM else status
+            if served:
+                failed_starts = 0
+                say(f"kubejoin: worker {index} (pid {pid}) exited with status {status}; starting another")
                 if loop.time() - started < RESTART_DELAY:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
                     if self.stop.is_set():
                         return EXIT_OK
                 continue
-            if not came_up:
+            if not self._ever_served:
                 self._never_up.add(index)
-                if len(self._never_up) == self._config.workers:  # not one worker could start: nothing will help
+                if len(self._never_up) == self._config.workers:  # none could start: nothing will help
                     say(f"kubejoin: worker {index} could not start; stopping")
                     self.fatal = True
                     self.stop.set()
                     return status
-            # It could not start (the tokens file mid-edit, say) while other workers serve with what
-            # they loaded. Nobody would take the connections the kernel queues on this slot's
-            # sockets: close them (what is queued is reset, new connections go to the live
-            # workers) until a start can succeed, then bind afresh.
             where = [(sock.family, sock.type, sock.proto, sock.getsockname()) for sock in sockets]
             for sock in sockets:
                 sock.close()
             failed_starts += 1
-            pid = process.pid
             say(f"kubejoin: worker {index} (pid {pid}) could not start; its listeners are closed until it can")
             wait = min(RESTART_DELAY * 2 ** (failed_starts - 1), MAX_START_DELAY)
             if not await self._rebind_when_startable(sockets, where, wait):
                 return EXIT_OK
+
+    async def _run_worker(self, index: int, sockets: list[socket.socket]) -> tuple[int, int, bool]:
+        """Starts a worker on `sockets` and waits for its end: its pid, its exit status, and
+        whether it ever said that it serves."""
+        loop = asyncio.get_running_loop()
+        fds = [sock.fileno() for sock in sockets]
+        ready, ready_writer = os.pipe()
+        arguments = [
+            *("--worker-fds", ",".join(map(str, fds))),
+            *("--lifeline", str(self._lifeline), "--worker-index", str(index), "--ready-fd", str(ready_writer)),
+        ]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command, *arguments, pass_fds=[*fds, self._lifeline, ready_writer], env=self._env
+            )
+        except BaseException:
+            os.close(ready)
+            raise
+        finally:
+            os.close(ready_writer)  # the worker's copy is the only one: its exit is EOF here
+        os.set_blocking(ready, False)
+
+        def said_ready() -> None:
+            try:
+                said = os.read(ready, 64)
+            except BlockingIOError:
+                return
+            except OSError:
+                said = b""
+            if said:
+                self._served(index)
+            loop.remove_reader(ready)  # said it, or EOF: either way nothing more comes
+
+        self._workers[index] = process
+        loop.add_reader(ready, said_ready)
+        try:
+            if self.stopping:  # the stop came while this worker was starting
+                process.send_signal(signal.SIGTERM)
+            status = await process.wait()
+        finally:
+            loop.remove_reader(ready)
+            with contextlib.suppress(OSError):
+                if index not in self._serving and os.read(ready, 64):  # said just before it went
+                    self._served(index)
+            os.close(ready)
+        multiprocess.mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        served = index in self._serving
+        self._serving.discard(index)
+        return process.pid, status, served
+
+    @property
+    def serving(self) -> frozenset[int]:
+        """The slots whose current worker said it serves."""
+        return frozenset(self._serving)
+
+    def _served(self, index: int) -> None:
+        self._serving.add(index)
+        self._ever_served = True  # the config, CA, tokens and listeners worked: later failures are edits
 
     async def _rebind_when_startable(
         self, sockets: list[socket.socket], where: Sequence[tuple[int, int, int, Any]], wait: float
@@ -179,7 +235,7 @@ class Supervisor:
             if self.stop.is_set():
                 return False
             wait = RESTART_DELAY
-            problem = startable(self._config_path)
+            problem = await asyncio.to_thread(startable, self._config_path, self._config)
             if problem is not None:
                 if problem != said:
                     said = problem
@@ -196,6 +252,10 @@ class Supervisor:
                     said = str(exc)
                     say(f"kubejoin: cannot listen again for a worker: {exc}; retrying")
                 continue
+            if self.stop.is_set():  # came while the files were read
+                for sock in fresh:
+                    sock.close()
+                return False
             sockets[:] = fresh
             return True
 
@@ -207,9 +267,10 @@ class Supervisor:
                     process.send_signal(signal.SIGTERM)
 
     def forward(self, signum: int) -> None:
-        """Passes a signal on to every live worker (SIGHUP: each re-reads the join tokens)."""
-        for process in self._workers.values():
-            if process.returncode is None:
+        """Passes a signal on to every worker that serves (SIGHUP: each re-reads the join tokens).
+        One still starting would die of it, and reads the tokens file as it starts anyway."""
+        for index, process in self._workers.items():
+            if index in self._serving and process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signum)
 
@@ -223,12 +284,15 @@ class Supervisor:
 async def supervise(config_path: str, config: Config, log_level: str) -> int:
     """Runs `config.workers` workers until SIGTERM/SIGINT; the exit status of `kubejoin serve`."""
     try:
-        # Here, once, so that workers never race to create the CA, and a broken file stops the
-        # start with one message rather than N.
+        # Here, once, so that workers never race to create the CA (they only load it), and a broken
+        # file stops the start with one message rather than N.
         CertificateAuthority.load_or_create(config.ca_cert_file, config.ca_key_file, config.cluster_name)
-        load_tokens(config.tokens_file)
     except (ConfigError, OSError) as exc:
         say(f"kubejoin serve: {exc}")
+        return EXIT_USAGE
+    problem = startable(config_path, config)
+    if problem is not None:
+        say(f"kubejoin serve: {problem}")
         return EXIT_USAGE
     addresses = [config.listen] + ([config.metrics_listen] if config.metrics_listen else [])
     try:

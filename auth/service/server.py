@@ -108,7 +108,10 @@ class Service:
         self.config = config
         self.metrics = metrics
         self.tokens = TokenStore(config.tokens_file)
-        self.ca = CertificateAuthority.load_or_create(
+        # A supervised worker only loads the CA its supervisor made: one whose files went missing
+        # must not start with a CA of its own while the other workers sign with the first.
+        ca_of = CertificateAuthority.load if worker is not None else CertificateAuthority.load_or_create
+        self.ca = ca_of(
             config.ca_cert_file,
             config.ca_key_file,
             config.cluster_name,
