@@ -225,15 +225,15 @@ class LiveBinding:
         keeps current and that no relist replaced meanwhile: a relist may have dropped this very
         object (its DELETED event never seen), and with no watch nothing would ever remove it."""
         store, reflector = self.stores[kind.name], self.reflectors[kind.name]
-        generation, forgotten = store.generation, store.gone.forgotten
+        generation, added = store.generation, store.gone.added
         found = await self.api.get(kind, namespace, name)
-        # ... and only while the store still remembers every uid that went meanwhile: else this
-        # very object may have been deleted and already forgotten, and nothing would remove it.
+        # ... and only while the store still remembers every uid that went meanwhile: a uid is
+        # forgotten only after `size` newer ones, and this very object may be among those gone.
         if (
             found is not None
             and reflector.synced
             and store.generation == generation
-            and store.gone.forgotten == forgotten
+            and store.gone.added - added < store.gone.size
         ):
             store.put_fetched(found)
         return found

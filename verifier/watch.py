@@ -27,13 +27,13 @@ QUICK_END: Final = 1.0  # a watch that ends this soon with no event counts as a 
 
 
 class Recent(Generic[K, V]):
-    """A map bounded to `size` entries that forgets the oldest first, and counts what it forgot.
-    Leaner than cachetools' LRUCache (one OrderedDict, no per-key sizes); order is insertion,
-    since nothing here is "used" again."""
+    """A map bounded to `size` entries that forgets the oldest first. Leaner than cachetools'
+    LRUCache (one OrderedDict, no per-key sizes); order is insertion, since nothing here is "used"
+    again. `added` counts new keys: a key is forgotten only after `size` newer ones came."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.forgotten = 0
+        self.added = 0
         self._entries: OrderedDict[K, V] = OrderedDict()
 
     def __contains__(self, key: object) -> bool:
@@ -49,10 +49,11 @@ class Recent(Generic[K, V]):
         return self._entries.pop(key, None)
 
     def __setitem__(self, key: K, value: V) -> None:
+        if key not in self._entries:
+            self.added += 1
         self._entries[key] = value
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
-            self.forgotten += 1
 
 
 class Store:
@@ -99,9 +100,15 @@ class Store:
 
     def note_appeared(self, meta: ObjectMeta, key: UidKey) -> None:
         """An object appeared: if another was deleted under its name lately, that one was replaced."""
-        before = self._deleted_names.pop(hash((meta.namespace, meta.name)))
+        self.replaced(hash((meta.namespace, meta.name)), key)
+
+    def replaced(self, name: int, key: UidKey) -> None:
+        before = self._deleted_names.pop(name)
         if before is not None and before != key:
             self.gone[before] = True
+
+    def deleted_under(self, name: int) -> UidKey | None:
+        return self._deleted_names.get(name)
 
     def put(self, meta: ObjectMeta) -> None:
         key = uid_key(meta.uid)
@@ -135,6 +142,8 @@ class Store:
         from it are not marked gone: one a GET added after the list's snapshot may be among them."""
         self.live, self.terminating = snapshot.live, snapshot.terminating
         self.generation += 1
+        for name, key in snapshot.appeared:
+            self.replaced(name, key)
 
 
 class Snapshot:
@@ -145,6 +154,9 @@ class Snapshot:
         self._store = store
         self.live: set[UidKey] = set()
         self.terminating: dict[UidKey, float] = {}
+        # (name hash, uid) of objects under a recently deleted name: replacements first seen in
+        # this list, applied only if the list completes
+        self.appeared: list[tuple[int, UidKey]] = []
 
     def add(self, meta: ObjectMeta) -> None:
         key = uid_key(meta.uid)
@@ -152,7 +164,9 @@ class Snapshot:
             self.live.add(key)
         else:
             self.terminating[key] = meta.deleted_at
-        self._store.note_appeared(meta, key)  # a replacement first seen in a relist is one too
+        name = hash((meta.namespace, meta.name))
+        if self._store.deleted_under(name) not in (None, key):
+            self.appeared.append((name, key))
 
 
 class Reflector:
