@@ -14,9 +14,9 @@ then bound afresh; repeated failures wait longer. Only when no worker has ever s
 slot failed is the start given up (exit 2). SIGHUP goes to the workers that serve: one still
 starting reads the tokens file anyway, and would be killed by a signal it has no handler for yet.
 
-Each worker is `kubejoin serve` re-executed with its
-sockets inherited and PROMETHEUS_MULTIPROC_DIR set, so that its metrics go to files that any
-worker's /metrics sums (prometheus_client's multiprocess mode, chosen at import time).
+Each worker is `kubejoin serve` re-executed with its sockets inherited and PROMETHEUS_MULTIPROC_DIR
+set, so that its metrics go to files that any worker's /metrics sums (prometheus_client's
+multiprocess mode, chosen at import time).
 
 SIGTERM or SIGINT: the sockets close here, every worker gets SIGTERM and drains, and the exit
 status is 0 when every worker drained cleanly.
