@@ -124,7 +124,12 @@ async def test_metrics_sum_the_joins_of_every_worker(tmp_path: Path) -> None:
         assert await served.metric('kubejoin_certificates_issued_total{role="App"}') == 40
         assert await served.metric("kubejoin_join_duration_seconds_count") == 52
         assert await served.metric("kubejoin_ready ") == 1
-        assert await served.metric("kubejoin_verified_token_cache_requests_total") == 40  # published, summed
+        # published by each worker twice a second (the scraping one at once), then summed
+        for _ in range(40):  # bounded: 4 s
+            if await served.metric("kubejoin_verified_token_cache_requests_total") == 40:
+                break
+            await asyncio.sleep(0.1)
+        assert await served.metric("kubejoin_verified_token_cache_requests_total") == 40
         assert await served.metric("process_resident_memory_bytes ") > 0
         status, lines = await served.stop()
     assert status == 0
