@@ -2,7 +2,7 @@
 follows the next step of its slot's plan (a JSON list in PLAN_DIR/<index>), as a real worker
 would behave. Steps: "fail" (exit 2 at once, as a worker whose tokens do not load), "serve"
 (say ready, then serve until SIGTERM: exit 0), "serve-then-2" (say ready, exit 2 after 0.5 s),
-"slow-serve" (1 s of starting with no SIGHUP handler yet, then as "serve"), "late-fail" (exit 2
+"slow-serve" (3 s of starting with no SIGHUP handler yet, then as "serve"), "late-fail" (exit 2
 after 2 s of starting), "term-fails" (never ready; a SIGTERM makes it exit 2)."""
 
 import json
@@ -32,7 +32,7 @@ if step == "term-fails":
     time.sleep(60)
     sys.exit(3)
 if step == "slow-serve":
-    time.sleep(1.0)  # SIGHUP's default action (terminate) applies until the handler below
+    time.sleep(3.0)  # SIGHUP's default action (terminate) applies until the handler below
 stopping = False
 
 
