@@ -132,18 +132,10 @@ async def _check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- throughput: wrk, mode off vs watch ---------------------------------------------------------
-@contextmanager
-def serving(cluster: dict[str, str], scratch: Path, mode: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """`kubejoin serve` against the fake cluster with binding `mode`, ready (and, for watch,
-    synced); yields its port and process."""
-    from bench.http import free_port, scrape, wait_ready
-
-    work = Path(tempfile.mkdtemp(dir=scratch))
-    (work / "tokens.yaml").write_text(JOIN_TOKEN)
-    port = free_port()
-    config = {
+def service_config(cluster: dict[str, str], scratch: Path, mode: str) -> dict[str, Any]:
+    """kubejoin's config against the fake cluster, with binding `mode`."""
+    return {
         "cluster_name": AUDIENCE,
-        "listen": f"127.0.0.1:{port}",
         "tokens_file": "tokens.yaml",
         "verification": {"max_token_ttl": "2h"},
         "in_cluster": {
@@ -153,6 +145,18 @@ def serving(cluster: dict[str, str], scratch: Path, mode: str) -> Iterator[tuple
         },
         "binding": {"mode": mode},
     }
+
+
+@contextmanager
+def serving(cluster: dict[str, str], scratch: Path, mode: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`kubejoin serve` against the fake cluster with binding `mode`, ready (and, for watch,
+    synced); yields its port and process."""
+    from bench.http import free_port, scrape, wait_ready
+
+    work = Path(tempfile.mkdtemp(dir=scratch))
+    (work / "tokens.yaml").write_text(JOIN_TOKEN)
+    port = free_port()
+    config = service_config(cluster, scratch, mode) | {"listen": f"127.0.0.1:{port}"}
     (work / "config.yaml").write_text(json.dumps(config))
     command = [sys.executable, "-m", "auth", "serve", "--config", "config.yaml", "--log-level", "WARNING"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -209,20 +213,7 @@ async def _delay(args: argparse.Namespace) -> dict[str, Any]:
     with fake_cluster(min(args.pods, 10_000), mint=args.samples) as (cluster, scratch):
         tokens = (scratch / "pod-tokens").read_text().split()
         (scratch / "tokens.yaml").write_text(JOIN_TOKEN)
-        config = parse_config(
-            {
-                "cluster_name": AUDIENCE,
-                "tokens_file": "tokens.yaml",
-                "verification": {"max_token_ttl": "2h"},
-                "in_cluster": {
-                    "api_server": cluster["server"],
-                    "ca_file": cluster["ca_file"],
-                    "token_file": str(scratch / "token"),
-                },
-                "binding": {"mode": "watch"},
-            },
-            scratch,
-        )
+        config = parse_config(service_config(cluster, scratch, "watch"), scratch)
         import io
 
         from aiohttp import web

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import io
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
+from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from prometheus_client import CollectorRegistry
 
+from auth.cli.serve import make_runner
 from auth.devtools.issuer import LocalIssuer
 from auth.service.config import Config, parse_config
+from auth.service.server import create_app
 
 CLUSTER = "example.teleport.sh"
 
@@ -157,3 +162,17 @@ async def wait_until_ok(url: str, process: asyncio.subprocess.Process, what: str
                 raise AssertionError(f"{what} exited with {process.returncode}")
             await asyncio.sleep(0.1)
     raise AssertionError(f"{what} did not become ready")
+
+
+@contextlib.asynccontextmanager
+async def served_as_serve(config: Config, port: int, audit: Any = None) -> AsyncIterator[web.AppRunner]:
+    """The service on 127.0.0.1:`port` with `kubejoin serve`'s runner settings: aiohttp's test
+    server cancels a handler whose client left, serve does not."""
+    app = create_app(config, registry=CollectorRegistry(), audit=audit if audit is not None else AuditLog())
+    runner = make_runner(app, config)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield runner
+    finally:
+        await runner.cleanup()

@@ -13,10 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from auth.cli.serve import make_runner
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
-from tests.service import AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
+from tests.service import AuditLog, join_body, make_config, pod_token, served_as_serve, token_doc, write_tokens
 
 Client = TestClient[web.Request, web.Application]
 HEAD = b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
@@ -113,11 +112,7 @@ async def test_abandoned_requests_are_let_go(
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
     overloaded = b"overloaded" in head
     config = make_config(tmp_path, limits={"max_pending_per_address": 1} if overloaded else {})
-    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog())
-    runner = make_runner(app, config)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    try:
+    async with served_as_serve(config, unused_tcp_port) as runner:
         held = await slow_body(unused_tcp_port) if overloaded else None  # takes the address's only place
         for _ in range(20):
             reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
@@ -129,8 +124,6 @@ async def test_abandoned_requests_are_let_go(
         await wait_for(lambda: not any(_lingering(task) for task in asyncio.all_tasks()), seconds=5)
         if held is not None:
             held[1].close()
-    finally:
-        await runner.cleanup()
 
 
 def _lingering(task: asyncio.Task[Any]) -> bool:

@@ -129,13 +129,28 @@ async def test_each_binding_reason_over_http(
     assert sample(client, "kubejoin_join_attempts_total", token="kubernetes-token", result="failure", reason=code) == 1
 
 
-async def joined_pod(tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster) -> tuple[Any, str]:
-    """kubejoin started, and pod app-1's token joined once (so it is in the verified-token cache)."""
-    cluster.api.add_pod(NS, "app-1", service_account="app")
-    token = cluster.mint(NS, "app-1")
+async def joined_pod(tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, pod: str = "app-1") -> tuple[Any, str]:
+    """kubejoin started, and `pod`'s token joined once (so it is in the verified-token cache)."""
+    cluster.api.add_pod(NS, pod, service_account="app")
+    token = cluster.mint(NS, pod)
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
     assert await join(client, token) == (200, "ok")
     return client, token
+
+
+async def join_awaiting_its_get(
+    client: Any, cluster: FakeCluster
+) -> tuple[str, str, asyncio.Future[Any], asyncio.Event]:
+    """A new pod the lagging watch has not told of, and its join, waiting on the GET whose answer
+    the API server has read but holds back: the pod's uid, its token, the join, and the gate that
+    lets the answer go."""
+    cluster.api.hold()
+    new = cluster.api.add_pod(NS, "app-new", service_account="app")
+    token = cluster.mint(NS, "app-new")
+    gate = cluster.api.get_gate = asyncio.Event()
+    first = asyncio.ensure_future(join(client, token))
+    await until(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
+    return new, token, first, gate
 
 
 def object_requests(cluster: FakeCluster) -> dict[tuple[str, str], int]:
@@ -365,11 +380,8 @@ async def test_keyring_verifier_shares_the_source_and_applies_the_binding(
 async def test_an_unexpected_watch_error_relists_and_deletions_are_still_seen(
     tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
 ) -> None:
-    cluster.api.add_pod(NS, "app-0", service_account="app")
-    token = cluster.mint(NS, "app-0")
-    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    client, token = await joined_pod(tmp_path, aiohttp_client, cluster, "app-0")
     binding = binding_of(client)
-    assert await join(client, token) == (200, "ok")
     pods = binding.reflectors["pod"]
     # kube-apiserver omits a Status's reason when it is unknown; the client library then raised a
     # KeyError that ended the pod watch for good while kubejoin_binding_synced stayed 1
@@ -417,12 +429,7 @@ async def test_a_get_landing_after_a_relist_does_not_bring_a_deleted_pod_back(
     cluster.api.add_pod(NS, "app-0", service_account="app")
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
     binding = binding_of(client)
-    cluster.api.hold()  # the watch lags: the new pod is known only through a GET
-    new = cluster.api.add_pod(NS, "app-new", service_account="app")
-    token = cluster.mint(NS, "app-new")
-    cluster.api.get_gate = asyncio.Event()  # that GET's answer is held back
-    first = asyncio.ensure_future(join(client, token))
-    await until(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
+    new, token, first, gate = await join_awaiting_its_get(client, cluster)
     # meanwhile the pod goes, and a relist (after a 410) happens without ever seeing its DELETED
     cluster.api.delete("pods", NS, "app-new")
     lists = cluster.api.requests["list", "pods"]
@@ -430,7 +437,7 @@ async def test_a_get_landing_after_a_relist_does_not_bring_a_deleted_pod_back(
     cluster.api.compact()
     cluster.api.end_watches()
     await until(lambda: cluster.api.requests["list", "pods"] > lists and binding.reflectors["pod"].synced, "relist")
-    cluster.api.get_gate.set()  # the GET answers with what it saw before the deletion
+    gate.set()  # the GET answers with what it saw before the deletion
     await first
     assert new not in binding.stores["pod"]  # was held until the next relist
     assert await join(client, token) == (401, "pod_not_found")
@@ -445,18 +452,13 @@ async def test_a_get_does_not_bring_back_a_pod_whose_deletion_was_forgotten(
     binding = binding_of(client)
     pods = binding.stores["pod"]
     pods.gone.size = 2  # stands in for 16,384 deletions during one GET
-    cluster.api.hold()  # the watch lags: the new pod is known only through a GET
-    new = cluster.api.add_pod(NS, "app-new", service_account="app")
-    token = cluster.mint(NS, "app-new")
-    cluster.api.get_gate = asyncio.Event()  # that GET's answer is held back
-    first = asyncio.ensure_future(join(client, token))
-    await until(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
+    new, token, first, gate = await join_awaiting_its_get(client, cluster)
     # the pod goes, and so do others after it: the store has forgotten that it saw app-new go
     for name in ("app-new", "app-0", "app-1", "app-2"):
         cluster.api.delete("pods", NS, name)
     cluster.api.release()
     await until(lambda: pods.count == 0 and len(pods.gone) == 2, "the DELETED events")
-    cluster.api.get_gate.set()  # the GET answers with what it saw before the deletion
+    gate.set()  # the GET answers with what it saw before the deletion
     await first
     assert new not in pods  # was kept: nothing but a relist would ever have removed it
     assert await join(client, token) == (401, "pod_not_found")
@@ -465,11 +467,8 @@ async def test_a_get_does_not_bring_back_a_pod_whose_deletion_was_forgotten(
 async def test_a_replacement_first_seen_in_a_relist_is_a_uid_mismatch(
     tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
 ) -> None:
-    cluster.api.add_pod(NS, "app-1", service_account="app")
-    token = cluster.mint(NS, "app-1")
-    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    client, token = await joined_pod(tmp_path, aiohttp_client, cluster)
     binding = binding_of(client)
-    assert await join(client, token) == (200, "ok")
     old = cluster.api.uid("pods", NS, "app-1")
     cluster.api.delete("pods", NS, "app-1")
     await until(lambda: old not in binding.stores["pod"], "the DELETED event")
@@ -487,11 +486,8 @@ async def test_a_replacement_first_seen_in_a_relist_is_a_uid_mismatch(
 async def test_a_replacement_that_went_too_leaves_the_first_token_deleted(
     tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
 ) -> None:
-    cluster.api.add_pod(NS, "app-1", service_account="app")
-    token = cluster.mint(NS, "app-1")
-    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    client, token = await joined_pod(tmp_path, aiohttp_client, cluster)
     binding = binding_of(client)
-    assert await join(client, token) == (200, "ok")
     cluster.api.delete("pods", NS, "app-1")
     second = cluster.api.add_pod(NS, "app-1", service_account="app")
     await until(lambda: second in binding.stores["pod"], "the replacement")
@@ -535,12 +531,7 @@ async def test_one_deletion_during_a_get_does_not_cost_its_result(
     for index in range(2):  # the memory is full
         cluster.api.delete("pods", NS, f"app-{index}")
     await until(lambda: len(pods.gone) == 2, "the DELETED events")
-    cluster.api.hold()
-    new = cluster.api.add_pod(NS, "app-new", service_account="app")
-    token = cluster.mint(NS, "app-new")
-    cluster.api.get_gate = asyncio.Event()
-    first = asyncio.ensure_future(join(client, token))
-    await until(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
+    new, token, first, gate = await join_awaiting_its_get(client, cluster)
     other = cluster.api.uid("pods", NS, "app-2")
     cluster.api.delete("pods", NS, "app-2")  # another pod goes meanwhile: only its event arrives
     held = cluster.api.held or []
@@ -549,7 +540,7 @@ async def test_one_deletion_during_a_get_does_not_cost_its_result(
         if event[2]["metadata"]["uid"] == other:
             watcher.queue.put_nowait(event)
     await until(lambda: uid_key(other) in pods.gone, "its DELETED event")
-    cluster.api.get_gate.set()
+    gate.set()
     assert await first == (200, "ok")
     assert new in pods  # kept
     gets = cluster.api.requests["get", "pods"]

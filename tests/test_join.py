@@ -20,7 +20,6 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
-from auth.cli.serve import make_runner
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.ca import CA_LIFETIME, CertificateAuthority
 from auth.service.server import SERVICE, create_app
@@ -32,6 +31,7 @@ from tests.service import (
     make_config,
     pod_token,
     public_key_pem,
+    served_as_serve,
     token_doc,
     wait_for,
     write_tokens,
@@ -188,12 +188,8 @@ async def test_client_leaving_mid_body_is_not_a_server_error(
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
     config = make_config(tmp_path)
     audit = AuditLog()
-    app = create_app(config, registry=CollectorRegistry(), audit=audit)
-    runner = make_runner(app, config)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    try:
-        service = app[SERVICE]
+    async with served_as_serve(config, unused_tcp_port, audit) as runner:
+        service = runner.app[SERVICE]
         _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
         writer.write(b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
         writer.write(b"Content-Length: 1000\r\n\r\n{")
@@ -208,8 +204,6 @@ async def test_client_leaving_mid_body_is_not_a_server_error(
         [record] = audit.records()
         assert record["message"] == "the connection closed before the whole body arrived"
         assert not [r for r in caplog.records if r.exc_info], "no traceback"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(

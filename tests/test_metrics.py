@@ -18,6 +18,7 @@ from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
 from auth.service.errors import JOIN_REASONS
 from auth.service.server import SERVICE, create_app
 from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
+from tests.test_binding import BINDING_CODES
 
 Client = TestClient[Any, Any]
 
@@ -117,42 +118,37 @@ async def test_junk_flood_creates_no_new_series(client: Client, issuer: LocalIss
 
 
 def test_join_reason_codes_cover_the_contract() -> None:
-    assert set(JOIN_REASONS) >= {
-        "bad_request",
-        "malformed_token",
-        "token_too_large",
-        "unsupported_algorithm",
-        "unknown_key",
-        "bad_signature",
-        "invalid_issuer",
-        "invalid_audience",
-        "token_expired",
-        "token_not_yet_valid",
-        "token_issued_in_future",
-        "token_ttl_too_long",
-        "missing_claim",
-        "not_pod_bound",
-        "legacy_token",
-        "subject_mismatch",
-        "join_token_not_found",
-        "join_token_expired",
-        "wrong_join_method",
-        "no_matching_allow_rule",
-        "role_not_allowed",
-        "payload_too_large",
-        "unsupported_media_type",
-        "overloaded",
-        "keys_unavailable",
-        "service_account_not_found",
-        "service_account_uid_mismatch",
-        "service_account_deleted",
-        "pod_not_found",
-        "pod_uid_mismatch",
-        "pod_deleted",
-        "node_not_found",
-        "node_uid_mismatch",
-        "binding_unavailable",
-    }
+    assert (
+        set(JOIN_REASONS)
+        >= {
+            "bad_request",
+            "malformed_token",
+            "token_too_large",
+            "unsupported_algorithm",
+            "unknown_key",
+            "bad_signature",
+            "invalid_issuer",
+            "invalid_audience",
+            "token_expired",
+            "token_not_yet_valid",
+            "token_issued_in_future",
+            "token_ttl_too_long",
+            "missing_claim",
+            "not_pod_bound",
+            "legacy_token",
+            "subject_mismatch",
+            "join_token_not_found",
+            "join_token_expired",
+            "wrong_join_method",
+            "no_matching_allow_rule",
+            "role_not_allowed",
+            "payload_too_large",
+            "unsupported_media_type",
+            "overloaded",
+            "keys_unavailable",
+        }
+        | BINDING_CODES
+    )
 
 
 async def test_openmetrics_when_asked(client: Client) -> None:

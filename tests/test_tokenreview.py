@@ -16,13 +16,22 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from auth.cli.serve import make_runner
 from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
 from tests.conftest import Clock
 from tests.kube import binding_of, start_cluster, start_kubejoin, until
-from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, wait_for, write_tokens
+from tests.service import (
+    CLUSTER,
+    AuditLog,
+    join_body,
+    make_config,
+    pod_token,
+    served_as_serve,
+    token_doc,
+    wait_for,
+    write_tokens,
+)
 
 Client = TestClient[web.Request, web.Application]
 StartReview = Callable[..., Awaitable[Client]]
@@ -570,12 +579,8 @@ async def test_a_caller_leaving_mid_body_is_a_bad_request_not_a_500(
     """Served as `kubejoin serve` serves (aiohttp's test server cancels the handler instead)."""
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
     config = make_config(tmp_path, token_review={"source": static_source(issuer), "audiences": [API]})
-    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog())
-    runner = make_runner(app, config)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    try:
-        service = app[SERVICE]
+    async with served_as_serve(config, unused_tcp_port) as runner:
+        service = runner.app[SERVICE]
         _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
         writer.write(b"POST " + V1.encode() + b' HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"spec":')
         await wait_for(lambda: service.admission.active == 1)
@@ -587,8 +592,6 @@ async def test_a_caller_leaving_mid_body_is_a_bad_request_not_a_500(
         internal = {"result": "failure", "reason": "internal_error"}
         assert registry.get_sample_value("kubejoin_token_reviews_total", internal) is None  # was 1
         assert not [r for r in caplog.records if r.exc_info], "no traceback"
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_reviewer_whose_token_cannot_be_checked_now_gets_503(

@@ -42,6 +42,10 @@ def _rfc3339(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _not_found(resource: str, name: str) -> web.Response:
+    return web.json_response(_status(404, "NotFound", f'{resource} "{name}" not found'), status=404)
+
+
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {
         "kind": "Status",
@@ -277,40 +281,40 @@ class FakeKubeAPI:
             body = {"kind": KINDS[resource][0] + "List", "apiVersion": "v1", "metadata": metadata, "items": page}
         return web.json_response(body)
 
-    async def _object(self, request: web.Request) -> web.Response:
-        resource = request.match_info["resource"]
-        namespace = request.match_info.get("namespace", "")
-        name = request.match_info["name"]
-        if resource not in KINDS:
-            return web.json_response(
-                _status(404, "NotFound", "the server could not find the requested resource"), status=404
-            )
-        refused = self._refusal(request, "get", resource)
-        if refused is not None:
-            return refused
-        obj = self.objects[resource].get((namespace, name))
-        if self.get_gate is not None:  # the answer is read, and in flight until the gate opens
-            await self.get_gate.wait()
-        if obj is None:
-            message = f'{resource} "{name}" not found'
-            return web.json_response(_status(404, "NotFound", message), status=404)
-        return web.json_response(self._render(self._shape(request), obj))
-
-    async def _delete_object(self, request: web.Request) -> web.Response:
-        """DELETE: removes the object at once (no grace period) and answers it, as the API server
-        does for an immediate deletion."""
+    def _addressed(self, request: web.Request, verb: str) -> tuple[str, str, str, dict[str, Any] | None] | web.Response:
+        """The object a request names (resource, namespace, name, the object or None), or the
+        answer when the resource is unknown or the request refused."""
         resource, name = request.match_info["resource"], request.match_info["name"]
         namespace = request.match_info.get("namespace", "")
         if resource not in KINDS:
             return web.json_response(
                 _status(404, "NotFound", "the server could not find the requested resource"), status=404
             )
-        refused = self._refusal(request, "delete", resource)
+        refused = self._refusal(request, verb, resource)
         if refused is not None:
             return refused
-        obj = self.objects[resource].get((namespace, name))
+        return resource, namespace, name, self.objects[resource].get((namespace, name))
+
+    async def _object(self, request: web.Request) -> web.Response:
+        addressed = self._addressed(request, "get")
+        if isinstance(addressed, web.Response):
+            return addressed
+        resource, _, name, obj = addressed
+        if self.get_gate is not None:  # the answer is read, and in flight until the gate opens
+            await self.get_gate.wait()
         if obj is None:
-            return web.json_response(_status(404, "NotFound", f'{resource} "{name}" not found'), status=404)
+            return _not_found(resource, name)
+        return web.json_response(self._render(self._shape(request), obj))
+
+    async def _delete_object(self, request: web.Request) -> web.Response:
+        """DELETE: removes the object at once (no grace period) and answers it, as the API server
+        does for an immediate deletion."""
+        addressed = self._addressed(request, "delete")
+        if isinstance(addressed, web.Response):
+            return addressed
+        resource, namespace, name, obj = addressed
+        if obj is None:
+            return _not_found(resource, name)
         self.delete(resource, namespace, name)
         return web.json_response(obj)
 

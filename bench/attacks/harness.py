@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -27,15 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.loadtest import join_token_document, public_keys
-
-AUDIENCE = "example.teleport.sh"
-ISSUER = "https://kubernetes.default.svc.cluster.local"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.http import AUDIENCE, ISSUER, free_port
 
 
 def rss_mib(pid: int) -> float:
