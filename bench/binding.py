@@ -81,8 +81,8 @@ def fake_cluster(pods: int, mint: int = 0) -> Iterator[tuple[dict[str, str], Pat
 async def _check(args: argparse.Namespace) -> dict[str, Any]:
     from auth.devtools.issuer import IssuerKey, LocalIssuer
     from verifier import StaticKeySource, Verifier, parse_jwks
-    from verifier.binding import LiveBinding
-    from verifier.kube import KubeAPI, ObjectMeta
+    from verifier.k8s.api import KubeAPI, ObjectMeta
+    from verifier.k8s.binding import LiveBinding
 
     issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate("P-256")])
     source = StaticKeySource(parse_jwks(issuer.jwks_document()), label="bench", issuer=issuer.issuer)
@@ -258,7 +258,7 @@ async def _delay(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- sync: 100,000 pods -------------------------------------------------------------------------
 async def _sync_once(server: str, ca_file: str, token_file: str) -> dict[str, float]:
-    import verifier.binding  # noqa: F401  (what mode off loads too)
+    import verifier.k8s.binding  # noqa: F401  (what mode off loads too)
 
     gc.collect()
     before_import = rss_mb()
@@ -267,8 +267,8 @@ async def _sync_once(server: str, ca_file: str, token_file: str) -> dict[str, fl
 
     gc.collect()
     before = rss_mb()
-    from verifier.binding import LiveBinding
-    from verifier.kube import KubeAPI
+    from verifier.k8s.api import KubeAPI
+    from verifier.k8s.binding import LiveBinding
 
     binding = LiveBinding(KubeAPI(api_server=server, ca_file=ca_file, token_file=token_file), leeway=10)
     started = time.perf_counter()
@@ -282,8 +282,8 @@ async def _sync_once(server: str, ca_file: str, token_file: str) -> dict[str, fl
     # characters, as Deployments make them), on top of the 100,000 still there.
     import uuid
 
-    from verifier.kube import ObjectMeta
-    from verifier.watch import GONE_REMEMBERED
+    from verifier.k8s.api import ObjectMeta
+    from verifier.k8s.watch import GONE_REMEMBERED
 
     pods = binding.stores["pod"]
     for index in range(GONE_REMEMBERED):

@@ -18,7 +18,7 @@ from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.kubeapi import FakeKubeAPI
 from auth.service.server import SERVICE, create_app
 from tests.service import CLUSTER, AuditLog, make_config, token_doc, write_tokens
-from verifier.binding import LiveBinding
+from verifier.k8s.binding import LiveBinding
 
 Client = TestClient[web.Request, web.Application]
 BEARER = "kubejoin-own-token"

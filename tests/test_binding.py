@@ -19,8 +19,8 @@ from tests.kube import BEARER, Client, FakeCluster, binding_of, start_cluster, s
 from tests.service import AuditLog, join_body
 from verifier import VerificationError
 from verifier.claims import uid_key
-from verifier.kube import ObjectMeta
-from verifier.watch import Store
+from verifier.k8s.api import ObjectMeta
+from verifier.k8s.watch import Store
 
 BINDING_CODES: Final = {
     "service_account_not_found",

@@ -21,7 +21,7 @@ from auth.service.ca import (
     parse_public_key,
     prepare_public_key,
 )
-from auth.service.config import ConfigError
+from auth.service.files import ConfigError
 from auth.service.server import SERVICE, create_app
 from tests.service import AuditLog, make_config, public_key_pem
 

@@ -9,7 +9,8 @@ import pytest
 
 from auth.cli import main
 from auth.service import config as config_module
-from auth.service.config import ConfigError, load_config, parse_config
+from auth.service.config import load_config, parse_config
+from auth.service.files import ConfigError
 
 
 def test_contract_example_loads(tmp_path: Path) -> None:

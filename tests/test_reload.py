@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
-from auth.service.config import ConfigError, load_config
+from auth.service.config import load_config
+from auth.service.files import ConfigError
 from auth.service.server import SERVICE, Service, create_app
 from tests.conftest import ServeIssuer
 from tests.service import AuditLog, join_body, make_config, pod_token, token_doc, write_tokens

@@ -10,7 +10,7 @@ import yaml
 
 from auth.cli import main
 from auth.devtools.issuer import LocalIssuer
-from auth.service.config import ConfigError
+from auth.service.files import ConfigError
 from auth.service.tokens import parse_tokens
 
 SEED = """\

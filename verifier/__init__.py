@@ -1,12 +1,15 @@
 """Offline verification of Kubernetes ServiceAccount tokens: key sources and the verifier."""
 
-from .claims import ObjectRef
-from .errors import KeySourceError, VerificationError
+from .binding import BindingCheck
+from .errors import BindingRefusal, KeySourceError, VerificationError
+from .identity import Identity, ObjectRef
 from .keys import KeySet, VerifyingKey, parse_jwks
 from .sources import InClusterKeySource, KeySource, OIDCKeySource, RemoteKeySource, StaticKeySource
-from .verify import Identity, Verifier
+from .verify import Verifier
 
 __all__ = [
+    "BindingCheck",
+    "BindingRefusal",
     "Identity",
     "InClusterKeySource",
     "KeySet",

@@ -12,6 +12,7 @@ import re
 from typing import Any, Final, NamedTuple
 
 from .errors import Reason, VerificationError
+from .identity import ObjectRef, UidKey
 
 # JSON numbers beyond int64 seconds are not times any issuer writes; refusing them early keeps
 # float conversion (OverflowError) and year-300000 datetimes out of every later step.
@@ -33,8 +34,6 @@ _NAME_AND_UID: Final = re.compile(
     f"(?:{NAME_SYNTAX.pattern})\x00(?:(?P<canonical>{_CANONICAL_UID.pattern})|{_UID_SYNTAX.pattern})"
 )
 
-UidKey = int | str
-
 
 def uid_key(uid: str) -> UidKey:
     """A uid as the binding's cache holds it: in the API server's canonical form, its 128-bit
@@ -44,17 +43,6 @@ def uid_key(uid: str) -> UidKey:
     if len(uid) == 36 and _CANONICAL_UID.fullmatch(uid):
         return int(uid.replace("-", ""), 16)
     return uid
-
-
-class ObjectRef(NamedTuple):
-    """A Kubernetes object a token is bound to, by name and uid (and the uid's `uid_key`)."""
-
-    name: str
-    uid: str
-    key: UidKey
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "uid": self.uid}
 
 
 # A bound object claim that is present but lacks its name or uid.

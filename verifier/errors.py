@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from .verify import Identity
+from .identity import Identity
 
 
 class Reason(StrEnum):
@@ -52,9 +51,16 @@ class VerificationError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-        # Set when a verified token was refused by the live binding (its pod is gone, say): who it
-        # spoke for, so that the refusal can be audited in full.
-        self.identity: Identity | None = None
+
+
+class BindingRefusal(VerificationError):
+    """A token whose signature and claims passed was refused by the live binding (its pod is gone,
+    say, or the cluster cannot be asked). Carries who the token spoke for, so that the refusal can
+    be audited in full."""
+
+    def __init__(self, code: Reason, message: str, identity: Identity) -> None:
+        super().__init__(code, message)
+        self.identity = identity
 
 
 class KeySourceError(Exception):

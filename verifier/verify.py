@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from cachetools import LRUCache
 
 from .binding import BindingCheck
-from .claims import INCOMPLETE, ObjectRef, decode_claims
+from .claims import INCOMPLETE, decode_claims
 from .errors import Reason, VerificationError
+from .identity import Identity
 from .jose import HeaderMemo, parse_compact
 from .keys import VerifyingKey
 from .sources import KeySource
@@ -19,40 +20,6 @@ from .sources import KeySource
 DEFAULT_LEEWAY: Final = 10.0
 DEFAULT_MAX_TTL: Final = 1800.0
 DEFAULT_CACHE_SIZE: Final = 16384
-
-
-class Identity(NamedTuple):
-    """Who a verified token speaks for. Immutable (a tuple: cheap to build on the hot path)."""
-
-    namespace: str
-    service_account: ObjectRef
-    pod: ObjectRef
-    node: ObjectRef | None
-    issuer: str
-    audiences: tuple[str, ...]
-    jti: str | None
-    issued_at: int
-    expires_at: int
-    not_before: int | None
-    warn_after: int | None = None  # kubernetes.io.warnafter: kubelet should have rotated it by then
-
-    @property
-    def username(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.service_account.name}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "username": self.username,
-            "namespace": self.namespace,
-            "service_account": self.service_account.to_json(),
-            "pod": self.pod.to_json(),
-            "node": self.node.to_json() if self.node else None,
-            "issuer": self.issuer,
-            "audiences": list(self.audiences),
-            "jti": self.jti,
-            "issued_at": self.issued_at,
-            "expires_at": self.expires_at,
-        }
 
 
 def _short(value: object) -> str:
@@ -146,12 +113,8 @@ class Verifier:
 
     @staticmethod
     async def _check_binding(binding: BindingCheck, identity: Identity) -> None:
-        try:
-            if not binding.check_cached(identity):
-                await binding.check(identity)
-        except VerificationError as exc:
-            exc.identity = identity
-            raise
+        if not binding.check_cached(identity):
+            await binding.check(identity)
 
     def _check_times(self, exp: int, nbf: int | None, iat: int) -> None:
         now = self._clock()

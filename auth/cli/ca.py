@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..service.ca import CertificateAuthority
-from ..service.config import ConfigError
+from ..service.files import ConfigError
 from .common import EXIT_OK, EXIT_USAGE, say
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..service.config import Config, ConfigError, load_config, parse_workers, split_host_port
-from ..service.files import write_private_file
+from ..service.config import Config, load_config, parse_workers, split_host_port
+from ..service.files import ConfigError, write_private_file
 from ..service.server import SERVICE, create_app, create_metrics_app
 from .common import EXIT_OK, EXIT_USAGE, say
 from .supervisor import MULTIPROC_ENV, supervise

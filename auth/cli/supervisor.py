@@ -39,7 +39,8 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from ..service.ca import CertificateAuthority
-from ..service.config import Config, ConfigError, load_config, split_host_port
+from ..service.config import Config, load_config, split_host_port
+from ..service.files import ConfigError
 from ..service.tokens import load_tokens
 from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, say
 

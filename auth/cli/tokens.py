@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..service.config import ConfigError
+from ..service.files import ConfigError
 from ..service.tokens import load_tokens
 from .common import EXIT_OK, EXIT_REFUSED, emit_json, say
 

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .config import ConfigError, check_cluster_name
+from .config import check_cluster_name
 from .der import WorkloadCertificates, pem_certificate, random_serial, spki_der
-from .files import write_private_file
+from .files import ConfigError, write_private_file
 
 CA_LIFETIME: Final = datetime.timedelta(days=3650)
 BACKDATE: Final = datetime.timedelta(minutes=1)  # tolerate clients whose clocks run a little behind

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import os
 import re
-import stat
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-
-import yaml
+from typing import Any, Final
 
 from verifier.sources import url_scheme_allowed
 
 from .durations import parse_duration
-
-if TYPE_CHECKING:
-    from .tokens import AllowRule, KubernetesRules
+from .files import ConfigError, load_yaml, read_text_file
+from .tokens import AllowRule, KubernetesRules, parse_allow_rules, parse_key_source
 
 DEFAULT_LISTEN: Final = "127.0.0.1:3025"
 MAX_WORKERS: Final = 256
@@ -26,12 +22,7 @@ MAX_WORKERS: Final = 256
 # is the SPIFFE trust domain of every certificate (spiffe://<cluster_name>/...).
 _LABEL: Final = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME: Final = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*", re.ASCII)
-MAX_FILE_BYTES: Final = 4 * 1024 * 1024  # config and join token files; larger ones are refused
 SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-class ConfigError(Exception):
-    """A config or join token file is invalid; the message names the key path."""
 
 
 @dataclass(frozen=True)
@@ -258,8 +249,6 @@ def _binding(top: _Reader) -> Binding:
 def _token_review(top: _Reader, default_ttl: float, binding: Binding) -> TokenReview | None:
     if top.get("token_review") is None:
         return None
-    # tokens.py imports this module (ConfigError): import its parsers here, not at the top.
-    from .tokens import parse_allow_rules, parse_key_source
 
     reader = _Reader(top.get("token_review"), "token_review")
     source = _Reader(reader.get("source", {}), "token_review.source")
@@ -350,65 +339,6 @@ def parse_config(document: object, base_dir: Path) -> Config:
     )
     top.finish()
     return config
-
-
-class StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader that refuses a key given twice in one mapping: PyYAML keeps the last,
-    so a second `allow:` would silently replace the first (Kubernetes' own strict decoding
-    refuses duplicates too). Merge keys (`<<`) are not duplicates."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable):
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def yaml_error(exc: yaml.YAMLError, source: str) -> ConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    where = f" line {mark.line + 1}" if mark is not None else ""
-    return ConfigError(f"{source}:{where} not valid YAML ({getattr(exc, 'problem', exc)})")
-
-
-def load_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise yaml_error(exc, source) from None
-
-
-def read_small_file(path: str, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes. A FIFO, a device (/dev/zero) or a
-    directory is refused without blocking: opened non-blocking, checked with fstat."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{path}: not a regular file")
-        if info.st_size > limit:
-            raise ConfigError(f"{path}: larger than {limit} bytes")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ConfigError(f"{path}: larger than {limit} bytes")
-    return data
-
-
-def read_text_file(path: str) -> str:
-    try:
-        return read_small_file(path).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8") from None
 
 
 def load_config(path: str) -> Config:

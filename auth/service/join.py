@@ -13,7 +13,7 @@ from typing import Any, Final, NamedTuple, TextIO
 from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
 from verifier import Identity, VerificationError
-from verifier.errors import Reason
+from verifier.errors import BindingRefusal, Reason
 
 from .auditlog import UNVERIFIED_REFUSALS, JunkLimiter
 from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
@@ -215,7 +215,7 @@ class JoinService:
             identity = await verifier.verify(id_token)
         except VerificationError as exc:
             self.metrics.token_verified(exc.code)
-            if exc.identity is not None:  # a verified token its binding refused: audit who it was
+            if isinstance(exc, BindingRefusal):  # a verified token its binding refused: audit who it was
                 _describe(exc.identity, record)
             raise JoinError(exc.code, exc.message) from None
         self.metrics.token_verified("ok")

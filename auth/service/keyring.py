@@ -17,7 +17,7 @@ from typing import Any, Final
 from metrics import CacheStats, Metrics
 from verifier import InClusterKeySource, OIDCKeySource, StaticKeySource, Verifier, parse_jwks
 from verifier.binding import BindingCheck
-from verifier.kube import KubeAPI, KubeKeySource
+from verifier.k8s.api import KubeAPI, KubeKeySource
 from verifier.sources import KeySource, RemoteKeySource
 
 from .config import Config, InCluster

@@ -24,14 +24,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from metrics import BindingStats, Metrics
-from verifier.binding import LiveBinding
 from verifier.errors import Reason
+from verifier.k8s.binding import LiveBinding
 
 from .admission import Admission
 from .body import parse_body
 from .ca import CertificateAuthority
-from .config import Config, ConfigError, read_text_file
+from .config import Config
 from .errors import STATUS, Code, JoinError, JoinReason, error_body
+from .files import ConfigError, read_text_file
 from .join import JoinService
 from .keyring import Keyring, kube_api
 from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review

@@ -18,7 +18,7 @@ from verifier import KeySourceError, parse_jwks
 from verifier.claims import NAME_SYNTAX, NAMESPACE_SYNTAX
 from verifier.sources import url_scheme_allowed
 
-from .config import ConfigError, StrictLoader, read_text_file, yaml_error
+from .files import ConfigError, StrictLoader, read_text_file, yaml_error
 
 ROLES: Final = {
     r.lower(): r for r in ("Node", "Proxy", "Kube", "App", "Db", "WindowsDesktop", "Discovery", "Instance", "Bot")

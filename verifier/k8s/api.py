@@ -28,9 +28,9 @@ from typing import Any, Final, NamedTuple
 
 import aiohttp
 
-from .errors import KeySourceError
-from .keys import KeySet, parse_jwks
-from .sources import MAX_RESPONSE_BYTES, RemoteKeySource, max_age_of
+from ..errors import KeySourceError
+from ..keys import KeySet, parse_jwks
+from ..sources import MAX_RESPONSE_BYTES, RemoteKeySource, max_age_of
 
 # The API server's metadata-only representations (meta.k8s.io/v1), with full objects as fallback.
 META_LIST_ACCEPT: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"

@@ -13,8 +13,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
-from .claims import UidKey, uid_key
-from .kube import ApiError, Kind, KubeAPI, ObjectMeta
+from ..claims import uid_key
+from ..identity import UidKey
+from .api import ApiError, Kind, KubeAPI, ObjectMeta
 
 log = logging.getLogger("kubejoin.binding")
 K = TypeVar("K")

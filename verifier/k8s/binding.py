@@ -1,0 +1,303 @@
+"""Live binding: the checks kube-apiserver's ServiceAccount token validator makes on the objects a
+token names (pkg/serviceaccount/claims.go), answered from a watch-fed cache instead of a call per
+token.
+
+In kube-apiserver's order: the service account exists with the token's uid and is not deleted
+beyond the leeway; the pod likewise (a pod in its graceful termination period still passes); then,
+with `nodes`, the node exists with the token's uid. kube-apiserver itself only reads the node claim
+of a pod-bound token; kubejoin also checks it, so a token from a node that was deleted or replaced
+stops working too.
+
+The cache holds uids, not names (verifier.k8s.watch.Store says why that answers the same question). A lookup it
+cannot answer costs one GET, shared by every check waiting for the same object.
+An object seen deleted or replaced on the watch is refused from memory: uids are never reused, so
+no GET is needed to know that it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from enum import Enum
+from typing import Final, NamedTuple
+
+from cachetools import TTLCache
+
+from ..errors import BindingRefusal, Reason
+from ..identity import Identity, ObjectRef
+from .api import KINDS, NODE, POD, SERVICE_ACCOUNT, ApiError, Kind, KubeAPI, ObjectMeta
+from .watch import BACKOFF, WATCH_SECONDS, Reflector, Store
+
+log = logging.getLogger("kubejoin.binding")
+
+LOOKUP_RESULTS: Final = ("cache", "api", "not_found", "error")
+
+
+class KindReasons(NamedTuple):
+    """The refusals of one kind of object."""
+
+    not_found: Reason
+    uid_mismatch: Reason
+    deleted: Reason
+
+
+# A node is checked for existence and uid only (as the contract says); once the watch has seen it
+# go, its tokens get node_not_found.
+_REASONS: Final = {
+    "serviceaccount": KindReasons(
+        Reason.SERVICE_ACCOUNT_NOT_FOUND, Reason.SERVICE_ACCOUNT_UID_MISMATCH, Reason.SERVICE_ACCOUNT_DELETED
+    ),
+    "pod": KindReasons(Reason.POD_NOT_FOUND, Reason.POD_UID_MISMATCH, Reason.POD_DELETED),
+    "node": KindReasons(Reason.NODE_NOT_FOUND, Reason.NODE_UID_MISMATCH, Reason.NODE_NOT_FOUND),
+}
+
+
+class Memory(Enum):
+    """What the cache knows of one object (a refusal it is sure of is raised instead)."""
+
+    HOLDS = "holds"
+    ASK = "ask"  # the cache cannot answer: ask the API server
+
+
+ABSENT_REMEMBERED: Final = 16384
+ABSENT_SECONDS: Final = 5.0
+_ABSENT_SAYS: Final = "named by the token was not there when last looked up (a few seconds ago)"
+
+
+class BindingStats(NamedTuple):
+    """What the metrics show, read at scrape time (the hot path only adds to integers)."""
+
+    objects: dict[str, int]
+    synced: dict[str, bool]
+    lookups: dict[tuple[str, str], int]
+    restarts: dict[str, int]
+
+
+class LiveBinding:
+    """The watch-fed binding check against one cluster's API server."""
+
+    def __init__(
+        self,
+        api: KubeAPI,
+        *,
+        leeway: float,
+        nodes: bool = True,
+        clock: Callable[[], float] = time.time,
+        backoff: tuple[float, float] = BACKOFF,
+        watch_seconds: tuple[int, int] = WATCH_SECONDS,
+    ) -> None:
+        self.api = api
+        self._leeway = leeway
+        self._clock = clock
+        self.nodes = nodes
+        self.kinds = tuple(kind for kind in KINDS if nodes or kind is not NODE)
+        self.stores = {kind.name: Store() for kind in self.kinds}
+        self._accounts, self._pods = self.stores[SERVICE_ACCOUNT.name], self.stores[POD.name]
+        self._nodes = self.stores.get(NODE.name, Store())
+        self.reflectors = {
+            kind.name: Reflector(
+                api,
+                kind,
+                self.stores[kind.name],
+                on_forbidden=self._forbidden,
+                backoff=backoff,
+                watch_seconds=watch_seconds,
+            )
+            for kind in self.kinds
+        }
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[ObjectMeta | None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._forbidden_said: set[tuple[str, str]] = set()
+        # (kind, uid) a GET found absent or replaced: refused without asking again for a few seconds,
+        # so a token of a long-gone pod costs one GET per few seconds, not one per join. Short,
+        # because one shared GET may have started before a pod of that name was recreated.
+        self._absent: TTLCache[tuple[str, str], Reason] = TTLCache(ABSENT_REMEMBERED, ABSENT_SECONDS, timer=clock)
+        self.lookups: Counter[tuple[str, str]] = Counter()
+        self.fast = 0  # checks answered wholly by the fast path (a service account and pod each)
+        self.fast_nodes = 0  # ... of which also looked up a node
+
+    # -- the hot path -----------------------------------------------------------------------
+    def check_cached(self, identity: Identity) -> bool:
+        # One set membership per object: a live object with the token's uid, and no clock to read.
+        if identity.service_account.key in self._accounts.live and identity.pod.key in self._pods.live:
+            node = identity.node
+            if node is None or not self.nodes:
+                self.fast += 1
+                return True
+            if node.key in self._nodes.live:
+                self.fast += 1
+                self.fast_nodes += 1
+                return True
+        now = self._clock()
+        return all(self._judge(kind, identity, ref, now) is Memory.HOLDS for kind, ref in self._objects(identity))
+
+    def _objects(self, identity: Identity) -> list[tuple[Kind, ObjectRef]]:
+        objects = [(SERVICE_ACCOUNT, identity.service_account), (POD, identity.pod)]
+        if identity.node is not None and self.nodes:
+            objects.append((NODE, identity.node))
+        return objects
+
+    def _judge(self, kind: Kind, identity: Identity, ref: ObjectRef, now: float) -> Memory:
+        """What memory says of one object; raises the refusal the cache is sure of."""
+        store, namespace = self.stores[kind.name], identity.namespace
+        if ref.key in store.live or ref.key in store.terminating:
+            self.lookups[kind.name, "cache"] += 1
+            self._refuse_if_deleted(kind, identity, ref, store.terminating.get(ref.key), now)
+            return Memory.HOLDS
+        replaced = store.gone_as(ref.key, namespace if kind.namespaced else "", ref.name)
+        if replaced is not None:  # seen deleted or replaced on the watch
+            self.lookups[kind.name, "cache"] += 1
+            what = _describe(kind, namespace, ref.name)
+            reasons = _REASONS[kind.name]
+            if replaced:
+                raise BindingRefusal(
+                    reasons.uid_mismatch, f"{what} was replaced: it now has another uid than the token's", identity
+                )
+            raise BindingRefusal(reasons.deleted, f"{what} named by the token was deleted", identity)
+        return Memory.ASK
+
+    def _refuse_if_deleted(
+        self, kind: Kind, identity: Identity, ref: ObjectRef, deleted_at: float | None, now: float
+    ) -> None:
+        if deleted_at is not None and kind is not NODE and deleted_at < now - self._leeway:
+            what = _describe(kind, identity.namespace, ref.name)
+            raise BindingRefusal(
+                _REASONS[kind.name].deleted, f"{what} was deleted at {int(deleted_at)}; now is {int(now)}", identity
+            )
+
+    # -- asking the API server --------------------------------------------------------------
+    async def check(self, identity: Identity) -> None:
+        now = self._clock()
+        for kind, ref in self._objects(identity):
+            if self._judge(kind, identity, ref, now) is Memory.ASK:
+                absent = self._absent.get((kind.name, ref.uid))
+                if absent is not None:  # a GET said so a moment ago
+                    self.lookups[kind.name, "cache"] += 1
+                    what = _describe(kind, identity.namespace, ref.name)
+                    raise BindingRefusal(absent, f"{what} {_ABSENT_SAYS}", identity)
+                await self._ask(kind, identity, ref, now)
+
+    async def _ask(self, kind: Kind, identity: Identity, ref: ObjectRef, now: float) -> None:
+        namespace = identity.namespace
+        scope = namespace if kind.namespaced else ""
+        what = _describe(kind, namespace, ref.name)
+        try:
+            found = await asyncio.shield(self._fetch(kind, scope, ref.name))
+        except ApiError as exc:
+            self.lookups[kind.name, "error"] += 1
+            if exc.status == 403:
+                self._forbidden("get", kind)
+            raise BindingRefusal(
+                Reason.BINDING_UNAVAILABLE, f"could not look up {what} in the cluster: {exc}", identity
+            ) from None
+        except Exception:  # e.g. an unreadable bearer token file: still a 503, never a traceback
+            self.lookups[kind.name, "error"] += 1
+            log.exception("binding: looking up %s failed unexpectedly", what)
+            raise BindingRefusal(
+                Reason.BINDING_UNAVAILABLE, f"could not look up {what} in the cluster", identity
+            ) from None
+        reasons = _REASONS[kind.name]
+        if found is None:
+            self.lookups[kind.name, "not_found"] += 1
+            self._absent[kind.name, ref.uid] = reasons.not_found
+            raise BindingRefusal(reasons.not_found, f"{what} named by the token does not exist", identity)
+        self.lookups[kind.name, "api"] += 1
+        if found.uid != ref.uid:
+            self._absent[kind.name, ref.uid] = reasons.uid_mismatch
+            raise BindingRefusal(
+                reasons.uid_mismatch, f"{what} has another uid than the token's: it was replaced", identity
+            )
+        self._refuse_if_deleted(kind, identity, ref, found.deleted_at, now)
+
+    def _fetch(self, kind: Kind, namespace: str, name: str) -> asyncio.Future[ObjectMeta | None]:
+        """One GET per object at a time, whoever asks."""
+        key = (kind.name, namespace, name)
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._get_and_keep(kind, namespace, name))
+            self._inflight[key] = future
+
+            def done(finished: asyncio.Future[ObjectMeta | None]) -> None:
+                self._inflight.pop(key, None)
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: every waiter may have gone
+
+            future.add_done_callback(done)
+        return future
+
+    async def _get_and_keep(self, kind: Kind, namespace: str, name: str) -> ObjectMeta | None:
+        """GETs an object and adds it to the store, but only into a store that a running watch
+        keeps current and that no relist replaced meanwhile: a relist may have dropped this very
+        object (its DELETED event never seen), and with no watch nothing would ever remove it."""
+        store, reflector = self.stores[kind.name], self.reflectors[kind.name]
+        generation, added = store.generation, store.gone.added
+        found = await self.api.get(kind, namespace, name)
+        # ... and only while the store still remembers every uid that went meanwhile: a uid is
+        # forgotten only after `size` newer ones, and this very object may be among those gone.
+        if (
+            found is not None
+            and reflector.synced
+            and store.generation == generation
+            and store.gone.added - added < store.gone.size
+        ):
+            store.put_fetched(found)
+        return found
+
+    def _forbidden(self, verb: str, kind: Kind) -> None:
+        if (verb, kind.resource) not in self._forbidden_said:
+            self._forbidden_said.add((verb, kind.resource))
+            log.error(
+                "binding: the API server refused to %s %s (403 Forbidden). kubejoin's ServiceAccount needs "
+                "get, list and watch on %s (ClusterRole in k8s/rbac.yaml); until then tokens are checked by GET "
+                "where allowed and refused with binding_unavailable where not",
+                verb,
+                kind.resource,
+                kind.resource,
+            )
+
+    # -- running ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts listing and watching (in the running event loop)."""
+        if not self._tasks:
+            self._tasks = [asyncio.ensure_future(reflector.run()) for reflector in self.reflectors.values()]
+
+    async def wait_synced(self) -> None:
+        """Returns once every kind has been listed (for the demo, tests and benchmarks)."""
+        for reflector in self.reflectors.values():
+            await reflector.synced_event.wait()
+
+    @property
+    def synced(self) -> bool:
+        return all(reflector.synced for reflector in self.reflectors.values())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.api.close()
+
+    def stats(self) -> BindingStats:
+        lookups = Counter(self.lookups)
+        for kind in (SERVICE_ACCOUNT, POD):
+            lookups[kind.name, "cache"] += self.fast
+        lookups[NODE.name, "cache"] += self.fast_nodes
+        return BindingStats(
+            objects={name: store.count for name, store in self.stores.items()},
+            synced={name: reflector.synced for name, reflector in self.reflectors.items()},
+            lookups={
+                (kind.name, result): lookups[kind.name, result] for kind in self.kinds for result in LOOKUP_RESULTS
+            },
+            restarts={name: reflector.restarts for name, reflector in self.reflectors.items()},
+        )
+
+
+def _describe(kind: Kind, namespace: str, name: str) -> str:
+    label = "service account" if kind is SERVICE_ACCOUNT else kind.name
+    return f"{label} {namespace}/{name}" if kind.namespaced else f"{label} {name}"
