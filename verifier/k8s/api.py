@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, Final, NamedTuple
 import aiohttp
 
 from ..errors import KeySourceError
+from ..jose import load_strict_json
 from ..keys import KeySet, parse_jwks
 from ..sources import MAX_RESPONSE_BYTES, RemoteKeySource, max_age_of
 
@@ -301,7 +301,7 @@ class KubeAPI:
 
 def _json(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = load_strict_json(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(0, "the API server's answer is not JSON") from None
     if not isinstance(value, dict):
@@ -312,7 +312,7 @@ def _json(body: bytes) -> dict[str, Any]:
 def _status_message(body: bytes) -> str:
     """The message of a Kubernetes Status answer, else the start of the body."""
     try:
-        value = json.loads(body)
+        value = load_strict_json(body)
         if isinstance(value, dict) and isinstance(value.get("message"), str):
             return str(value["message"])[:300]
     except (ValueError, UnicodeDecodeError):
