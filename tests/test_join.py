@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.ca import CA_LIFETIME, CertificateAuthority
-from auth.service.server import SERVICE, create_app
+from auth.service.server import SERVICE, Reload, create_app
 from tests.conftest import Clock, ServeIssuer
 from tests.service import (
     CLUSTER,
@@ -392,6 +392,19 @@ async def test_hot_reload_and_broken_edit(start_service: StartService, issuer: L
     registry = service.metrics.registry
     assert registry.get_sample_value("kubejoin_config_reloads_total", {"result": "failure"}) == 1
     assert registry.get_sample_value("kubejoin_config_reloads_total", {"result": "success"}) == 1
+
+
+async def test_a_reload_says_what_it_did(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> None:
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    app = create_app(make_config(tmp_path), registry=CollectorRegistry(), audit=AuditLog(), reload_interval=3600)
+    service = (await aiohttp_client(app)).app[SERVICE]  # no reload but those asked for here
+    tokens_file = tmp_path / "tokens.yaml"
+    assert await service.reload_tokens() is Reload.UNCHANGED
+    tokens_file.write_text(tokens_file.read_text().replace("App", "Auth"))
+    assert await service.reload_tokens() is Reload.REFUSED
+    assert await service.reload_tokens() is Reload.UNCHANGED  # refused once, not again and again
+    write_tokens(tokens_file, token_doc(issuer=issuer), token_doc("db-token", issuer=issuer, roles=["Db"]))
+    assert await service.reload_tokens() is Reload.CHANGED and "db-token" in service.tokens.tokens
 
 
 async def test_reload_closes_sources_no_token_uses(

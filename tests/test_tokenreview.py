@@ -510,7 +510,7 @@ async def test_a_flood_of_unauthorized_callers_is_bounded_in_the_log(
     assert reviews(client, "failure", "unauthorized") == 12
     assert len(records(client)) == 5  # the first 5 of a reason in a second, as for junk joins
     clock.advance(1)
-    client.app[SERVICE].join.flush_audit()
+    client.app[SERVICE].audit.flush()
     [summary] = [r for r in records(client) if r["event"] == "join_refusals_suppressed"]
     assert summary["suppressed"] == {"unauthorized": 7}
     # an allowed caller's reviews are never bounded
