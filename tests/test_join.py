@@ -482,3 +482,30 @@ async def test_readyz_says_why_it_is_not_ready(start_service: StartService, issu
     service.ready, service.draining = False, True  # as at SIGTERM, seen on a kept-alive connection
     response = await client.get("/readyz")
     assert (response.status, (await response.json())["reason"]) == (503, "draining")  # was "starting"
+
+
+async def test_a_cancelled_join_is_no_internal_error(
+    start_service: StartService, issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, item 7: before, a join cancelled (its client gone, or still running at the end of
+    the drain) was counted and logged as internal_error. aiohttp's test server cancels the handler
+    of a client that leaves."""
+    client = await start_service(token_doc(issuer=issuer))
+    service = client.app[SERVICE]
+    verifier = service.keyring.verifier_for("kubernetes-token")
+    assert verifier is not None
+    entered = asyncio.Event()
+
+    async def hanging(token: str) -> Any:
+        entered.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(verifier, "verify", hanging)
+    posted = asyncio.ensure_future(client.post("/v1/join", json=join_body(pod_token(issuer))))
+    async with asyncio.timeout(5):
+        await entered.wait()
+    posted.cancel()
+    await wait_for(lambda: service.admission.active == 0)
+    labels = {"token": "kubernetes-token", "result": "failure", "reason": "internal_error"}
+    assert service.metrics.registry.get_sample_value("kubejoin_join_attempts_total", labels) is None
+    assert client.audit.records() == []  # type: ignore[attr-defined]

@@ -1,5 +1,6 @@
 """The join decision, apart from HTTP: request shape, join token, ServiceAccount token, allow
-rules, role, certificate. Every attempt ends in one reason code, counted and logged once."""
+rules, role, certificate. Every attempt ends in one reason code, counted and logged once (a join
+cancelled before it ended, at shutdown, has no outcome and is neither)."""
 
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ class JoinService:
             record["message"] = exc.message
             self._finish(record, token_label, exc.code, started)
             raise
-        except BaseException:
+        except Exception:  # not BaseException: a cancelled join (shutdown) is no error of ours
             self._finish(record, token_label, JoinReason.INTERNAL_ERROR, started)
             raise
         # The certificate leaves only once its line is written: a crash after the answer must

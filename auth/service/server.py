@@ -37,7 +37,7 @@ from .files import ConfigError, read_text_file
 from .join import JoinService
 from .keyring import Keyring, kube_api
 from .pipeline import INTERNAL, MAX_BODY, Pipeline, retry_after
-from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review
+from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review, kube_status
 from .tokens import JoinToken, parse_tokens, public_names
 
 log = logging.getLogger("kubejoin.server")
@@ -321,6 +321,13 @@ def metrics_handler(metrics: Metrics) -> Handler:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+KUBE_API_PATHS: Final = "/apis/"
+_KUBE_MESSAGES: Final = {  # kube-apiserver's own words
+    404: "the server could not find the requested resource",
+    405: "the server does not allow this method on the requested resource",
+}
+
+
 def _observed(metrics: Metrics, route: str, handler: Handler) -> Handler:
     """The handler of `route`, counted in the HTTP metrics (the join route counts itself)."""
 
@@ -342,13 +349,17 @@ def _observed(metrics: Metrics, route: str, handler: Handler) -> Handler:
 
 
 def _unmatched(metrics: Metrics, allowed: dict[str, str]) -> Handler:
-    """Every request no route takes: 405 for a known path (with Allow), else 404; counted."""
+    """Every request no route takes: 405 for a known path (with Allow), else 404; counted. Under
+    /apis/ (the Kubernetes API's paths) as a Kubernetes Status, as kube-apiserver answers there:
+    a client of the TokenReview API reads that, not text."""
 
     async def handle_unmatched(request: web.Request) -> web.StreamResponse:
         methods = allowed.get(request.path)
         status = 405 if methods else 404
         method = request.method if request.method in _METHODS else "other"
         metrics.http_request("unmatched", method, str(status), 0.0)
+        if request.path.startswith(KUBE_API_PATHS):
+            return kube_status(status, _KUBE_MESSAGES[status], {"Allow": methods} if methods else None)
         if methods:
             raise web.HTTPMethodNotAllowed(request.method, methods.split(","))
         raise web.HTTPNotFound()

@@ -194,7 +194,7 @@ class TokenReviewer:
         """Opens the key source (so keys are fetched before the first review). In the event loop."""
         self._verifier(None)
 
-    def _verifier(self, audiences: tuple[str, ...] | None) -> Verifier:
+    def _verifier(self, audiences: tuple[str, ...] | None, *, bound: bool = True) -> Verifier:
         wanted = frozenset(audiences) if audiences else self._default_audiences
         return self._keyring.verifier(
             self.config.source,
@@ -202,11 +202,15 @@ class TokenReviewer:
             audiences=wanted,
             max_ttl=self.config.max_token_ttl,
             keep=wanted == self._default_audiences,  # caller-named sets must not push it out
+            bound=bound,
         )
 
     async def check_caller(self, authorization: str | None, record: dict[str, Any]) -> None:
         """With `reviewers` set, the caller's own token must be valid and allowed. The refusal
-        says nothing of why the caller's token failed (the audit log does): it is no oracle."""
+        says nothing of why the caller's token failed (the audit log does): it is no oracle.
+
+        The rule is applied to the verified claims before the live binding looks the caller's
+        pod up: a caller the rule refuses costs no request to the API server."""
         reviewers = self.config.reviewers
         if reviewers is None:
             return
@@ -215,7 +219,19 @@ class TokenReviewer:
             record["caller_error"] = "no bearer token"
             raise _unauthorized()
         try:
-            caller = await self._verifier(None).verify(token)
+            caller = await self._verifier(None, bound=False).verify(token)  # keys, signature, claims
+            if not any(rule.matches(caller.namespace, caller.service_account.name) for rule in reviewers):
+                record["caller"] = caller.username
+                raise CallerError(
+                    403,
+                    "forbidden",
+                    f'tokenreviews.authentication.k8s.io is forbidden: User "{caller.username}" cannot create '
+                    'resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope: '
+                    "not in token_review.reviewers",
+                )
+            binding = self._keyring.binding_for(self.config.source, SOURCE_OWNER)
+            if binding is not None and not binding.check_cached(caller):
+                await binding.check(caller)
         except VerificationError as exc:
             record["caller_error"] = f"{exc.code}: {exc.message}"
             if exc.code in RETRY_LATER:
@@ -224,14 +240,6 @@ class TokenReviewer:
                 raise CallerError.of(JoinError(exc.code, message)) from None
             raise _unauthorized() from None
         record["caller"] = caller.username
-        if not any(rule.matches(caller.namespace, caller.service_account.name) for rule in reviewers):
-            raise CallerError(
-                403,
-                "forbidden",
-                f'tokenreviews.authentication.k8s.io is forbidden: User "{caller.username}" cannot create resource '
-                '"tokenreviews" in API group "authentication.k8s.io" at the cluster scope: '
-                "not in token_review.reviewers",
-            )
 
     async def status(self, request: ReviewRequest, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """The review's status and its reason label ("ok" or the token's REASON)."""
