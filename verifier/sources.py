@@ -268,12 +268,21 @@ class RemoteKeySource:
                 raise KeySourceError(f"GET {url} answered {response.status}")
             if (response.content_length or 0) > MAX_RESPONSE_BYTES:
                 raise KeySourceError(f"GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise KeySourceError(f"GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes")
-            return bytes(body), max_age_of(response.headers.get("Cache-Control"))
+            body = await read_limited(response.content, MAX_RESPONSE_BYTES)
+            if body is None:
+                raise KeySourceError(f"GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes")
+            return body, max_age_of(response.headers.get("Cache-Control"))
+
+
+async def read_limited(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body of a response, or None once it is longer than `limit` bytes (the caller
+    says so in its own error). The one bounded reader of answers from issuers and API servers."""
+    body = bytearray()
+    async for chunk in content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
