@@ -84,6 +84,19 @@ async def post(client: Client, body: Any, path: str = V1, **kwargs: Any) -> tupl
     return response.status, await response.json()
 
 
+def kube_status(answer: dict[str, Any], reason: str, code: int) -> dict[str, Any]:
+    """The Status object kube-apiserver answers with, with the answer's own message."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": answer["message"],
+        "reason": reason,
+        "code": code,
+    }
+
+
 def records(client: Client) -> list[dict[str, Any]]:
     return client.audit.records()  # type: ignore[attr-defined,no-any-return]
 
@@ -268,15 +281,7 @@ async def test_malformed_reviews_are_400_status_objects(start_review: StartRevie
     client = await start_review()
     status, answer = await post(client, body)
     assert status == 400
-    assert answer == {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": answer["message"],
-        "reason": "BadRequest",
-        "code": 400,
-    }
+    assert answer == kube_status(answer, "BadRequest", 400)
     assert reviews(client, "failure", "bad_request") == 1
 
 
@@ -663,15 +668,7 @@ async def test_other_requests_on_review_paths_get_a_status_as_from_kube_apiserve
     response = await client.request(method, path, data=b"{}")
     assert response.status == code and response.content_type == "application/json"
     answer = await response.json()
-    assert answer == {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": answer["message"],
-        "reason": reason,
-        "code": code,
-    }
+    assert answer == kube_status(answer, reason, code)
     if code == 405:
         assert response.headers["Allow"] == "POST"
     assert (await client.get("/nowhere")).content_type == "text/plain"  # outside /apis/: as before
@@ -692,7 +689,7 @@ async def test_a_cancelled_review_is_no_internal_error(
         entered.set()
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(reviewer, "status", hanging)
+    monkeypatch.setattr(reviewer, "judge", hanging)
     posted = asyncio.ensure_future(client.post(V1, json=review_body(issuer.sign(claims_of(issuer)))))
     async with asyncio.timeout(5):
         await entered.wait()

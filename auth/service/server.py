@@ -321,13 +321,6 @@ def metrics_handler(metrics: Metrics) -> Handler:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-KUBE_API_PATHS: Final = "/apis/"
-_KUBE_MESSAGES: Final = {  # kube-apiserver's own words
-    404: "the server could not find the requested resource",
-    405: "the server does not allow this method on the requested resource",
-}
-
-
 def _observed(metrics: Metrics, route: str, handler: Handler) -> Handler:
     """The handler of `route`, counted in the HTTP metrics (the join route counts itself)."""
 
@@ -346,6 +339,13 @@ def _observed(metrics: Metrics, route: str, handler: Handler) -> Handler:
             metrics.http_request(route, method, str(status), time.perf_counter() - started)
 
     return observed
+
+
+KUBE_API_PATHS: Final = "/apis/"
+_KUBE_MESSAGES: Final = {  # kube-apiserver's own words
+    404: "the server could not find the requested resource",
+    405: "the server does not allow this method on the requested resource",
+}
 
 
 def _unmatched(metrics: Metrics, allowed: dict[str, str]) -> Handler:

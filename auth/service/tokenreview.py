@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aiohttp import web
 
@@ -169,6 +169,13 @@ def user_info(identity: Identity) -> dict[str, Any]:
     }
 
 
+class Verdict(NamedTuple):
+    """A review's `status`, and its reason label: "ok" or the token's REASON."""
+
+    status: dict[str, Any]
+    reason: str
+
+
 class TokenReviewer:
     """Answers TokenReviews against one key source, counted and logged once each."""
 
@@ -241,23 +248,24 @@ class TokenReviewer:
             raise _unauthorized() from None
         record["caller"] = caller.username
 
-    async def status(self, request: ReviewRequest, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """The review's status and its reason label ("ok" or the token's REASON)."""
+    async def judge(self, request: ReviewRequest, record: dict[str, Any]) -> Verdict:
+        """Verifies the reviewed token; puts who it speaks for into the record."""
         try:
             identity = await self._verifier(request.audiences).verify(request.token)
         except VerificationError as exc:
-            return {"authenticated": False, "user": {}, "error": f"{exc.code}: {exc.message}"}, exc.code
+            return Verdict({"authenticated": False, "user": {}, "error": f"{exc.code}: {exc.message}"}, exc.code)
         record.update(user=identity.username, pod=identity.pod.name, node=identity.node.name if identity.node else None)
         if identity.warn_after is not None and self._clock() > identity.warn_after:
             # kube-apiserver accepts these too, and counts them: kubelet failed to rotate the token.
             self._metrics.stale_tokens.inc()
             record["stale"] = True
         asked = frozenset(request.audiences) if request.audiences else self._default_audiences
-        return {
+        status = {
             "authenticated": True,
             "user": user_info(identity),
             "audiences": [audience for audience in identity.audiences if audience in asked],
-        }, "ok"
+        }
+        return Verdict(status, "ok")
 
     def finish(self, record: dict[str, Any], reason: str, started: float) -> None:
         """Counts one review and logs it."""
@@ -280,8 +288,7 @@ def _unauthorized() -> CallerError:
 
 
 class _Review:
-    """One TokenReview request in the pipeline (pipeline.Exchange): the caller first (so that a
-    refused caller learns nothing about the reviewed token), then the body, then the token."""
+    """One TokenReview request in the pipeline (pipeline.Exchange), in the order of concern above."""
 
     __slots__ = ("_record", "_request", "_reviewer", "_started", "_version")
 
@@ -312,7 +319,7 @@ class _Review:
             request = parse_review(body, self._version)
         except CallerError as exc:
             return self._refused(exc)
-        status, reason = await self._reviewer.status(request, self._record)
+        verdict = await self._reviewer.judge(request, self._record)
         # spec.token comes back empty, never echoed: the official Python client cannot read an
         # answer without it. spec.audiences comes back as kube-apiserver gives it: bounded by the body.
         spec: dict[str, Any] = {"token": ""}
@@ -323,11 +330,11 @@ class _Review:
             "apiVersion": f"{API_GROUP}/{self._version}",
             "metadata": {"creationTimestamp": None},
             "spec": spec,
-            "status": status,
+            "status": verdict.status,
         }
-        if reason != "ok":
-            self._record["message"] = status["error"]
-        self._reviewer.finish(self._record, reason, self._started)
+        if verdict.reason != "ok":
+            self._record["message"] = verdict.status["error"]
+        self._reviewer.finish(self._record, verdict.reason, self._started)
         return web.json_response(answer, status=201)
 
     def refuse(self, error: JoinError) -> web.Response:
