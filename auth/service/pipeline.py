@@ -12,7 +12,8 @@ In this order, for every request:
 5. the endpoint's answer to the body: `Exchange.answer`.
 
 An endpoint supplies one `Exchange` per request: its checks, its answer, and how a refusal of the
-pipeline is shown and counted (a join's `{"error": ...}`, a review's Kubernetes `Status`). A
+pipeline (a JoinError with the contract's code: the reason label of joins and reviews alike) is
+shown and counted (a join's `{"error": ...}`, a review's Kubernetes `Status`). A
 request cancelled on the way (at shutdown, after the drain) has no outcome: it is neither counted
 nor logged as a refusal.
 """
@@ -39,6 +40,7 @@ RETRY_OVERLOADED: Final = "1"
 RETRY_UNAVAILABLE: Final = "5"
 RETRY_LATER: Final = frozenset({Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAILABLE})  # 503s worth a retry
 INTERNAL: Final = "internal error; the service log has the details"
+_TOO_LARGE: Final = f"the body is limited to {MAX_BODY} bytes"
 
 
 def retry_after(code: str) -> dict[str, str] | None:
@@ -105,7 +107,7 @@ class Pipeline:
     async def _read(self, request: web.Request) -> bytes:
         """The whole body, or JoinError saying why not."""
         if (request.content_length or 0) > MAX_BODY:
-            raise JoinError(JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes")
+            raise JoinError(JoinReason.PAYLOAD_TOO_LARGE, _TOO_LARGE)
         try:
             if request.content.is_eof():  # the whole body is here already: no timer needed
                 return await request.read()
@@ -114,7 +116,7 @@ class Pipeline:
         except TimeoutError:
             raise JoinError(JoinReason.REQUEST_TIMEOUT, "the request body did not arrive in time") from None
         except web.HTTPRequestEntityTooLarge:  # a chunked body beyond the application's client_max_size
-            raise JoinError(JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes") from None
+            raise JoinError(JoinReason.PAYLOAD_TOO_LARGE, _TOO_LARGE) from None
         except (ConnectionError, HttpProcessingError):
             # The client left, or broke the framing, before the whole body arrived: its refusal,
             # not a server error, and nothing worth a traceback.

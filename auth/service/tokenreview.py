@@ -267,6 +267,27 @@ class TokenReviewer:
         }
         return Verdict(status, "ok")
 
+    async def review(self, version: str, body: bytes, record: dict[str, Any], started: float) -> dict[str, Any]:
+        """The answer (201) to the body of an admitted caller's review, counted and logged. Raises
+        CallerError, not yet counted, for a body that is no TokenReview."""
+        request = parse_review(body, version)
+        verdict = await self.judge(request, record)
+        # spec.token comes back empty, never echoed: the official Python client cannot read an
+        # answer without it. spec.audiences comes back as kube-apiserver gives it: bounded by the body.
+        spec: dict[str, Any] = {"token": ""}
+        if request.audiences is not None:
+            spec["audiences"] = list(request.audiences)
+        if verdict.reason != "ok":
+            record["message"] = verdict.status["error"]
+        self.finish(record, verdict.reason, started)
+        return {
+            "kind": "TokenReview",
+            "apiVersion": f"{API_GROUP}/{version}",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": verdict.status,
+        }
+
     def finish(self, record: dict[str, Any], reason: str, started: float) -> None:
         """Counts one review and logs it."""
         self._metrics.token_reviewed(reason)
@@ -277,6 +298,19 @@ class TokenReviewer:
         unverified = reason == "unauthorized" or (record["caller"] is None and reason in UNVERIFIED_REFUSALS)
         if self._audit.admit(reason, unverified=unverified):
             self._audit.write(record)
+
+
+def review_record(version: str, remote: str | None) -> dict[str, Any]:
+    """A review's line of the audit log, before anything is known."""
+    return {
+        "event": "token_review",
+        "version": version,
+        "user": None,
+        "pod": None,
+        "node": None,
+        "caller": None,
+        "remote": remote,
+    }
 
 
 def _unauthorized() -> CallerError:
@@ -297,15 +331,7 @@ class _Review:
         self._request = request
         self._started = time.perf_counter()
         self._version = request.match_info["version"]
-        self._record: dict[str, Any] = {
-            "event": "token_review",
-            "version": self._version,
-            "user": None,
-            "pod": None,
-            "node": None,
-            "caller": None,
-            "remote": request.remote,
-        }
+        self._record = review_record(self._version, request.remote)
 
     async def admit(self) -> web.Response | None:
         try:
@@ -316,25 +342,9 @@ class _Review:
 
     async def answer(self, body: bytes) -> web.Response:
         try:
-            request = parse_review(body, self._version)
+            answer = await self._reviewer.review(self._version, body, self._record, self._started)
         except CallerError as exc:
             return self._refused(exc)
-        verdict = await self._reviewer.judge(request, self._record)
-        # spec.token comes back empty, never echoed: the official Python client cannot read an
-        # answer without it. spec.audiences comes back as kube-apiserver gives it: bounded by the body.
-        spec: dict[str, Any] = {"token": ""}
-        if request.audiences is not None:
-            spec["audiences"] = list(request.audiences)
-        answer = {
-            "kind": "TokenReview",
-            "apiVersion": f"{API_GROUP}/{self._version}",
-            "metadata": {"creationTimestamp": None},
-            "spec": spec,
-            "status": verdict.status,
-        }
-        if verdict.reason != "ok":
-            self._record["message"] = verdict.status["error"]
-        self._reviewer.finish(self._record, verdict.reason, self._started)
         return web.json_response(answer, status=201)
 
     def refuse(self, error: JoinError) -> web.Response:
