@@ -52,6 +52,7 @@ from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
 from auth.devtools.loadtest import join_token_document, mint_tokens, public_keys
 
 AUDIENCE = "example.teleport.sh"
+REVIEW_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # token_review.audiences: not the join audience
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -87,7 +88,9 @@ def write_bodies(path: Path, tokens: list[str], role: str = "App") -> Path:
 def write_reviews(path: Path, tokens: list[str]) -> Path:
     with path.open("w") as handle:
         for token in tokens:
-            review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+            # the tokens are minted for joins: a review names their audience (token_review.audiences may not)
+            spec = {"token": token, "audiences": [AUDIENCE]}
+            review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
             handle.write(json.dumps(review) + "\n")
     return path
 
@@ -205,7 +208,7 @@ def main() -> int:
 
         review = {
             "source": {"type": "static_jwks", "static_jwks": {"jwks": issuer.jwks_document().decode()}},
-            "audiences": [AUDIENCE],
+            "audiences": [REVIEW_AUDIENCE],
         }
         cases = [(case, name, path, 1) for case, name, path in CASES if not args.only or case in args.only.split(",")]
         if args.workers > 1 and not args.only:

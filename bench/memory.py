@@ -70,7 +70,7 @@ async def run(pods: int) -> dict[str, float]:
                 "127.0.0.1",
             )
             if index % 1000 == 0:
-                service.join.log = JoinLog(io.StringIO())  # the log goes to stdout in production, not memory
+                service.audit.writer = JoinLog(io.StringIO())  # the log goes to stdout in production, not memory
         gc.collect()
         stats = service.keyring.cache_stats()
         return {

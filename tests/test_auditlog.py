@@ -1,9 +1,9 @@
-"""The join log under floods (JunkLimiter, and the service using it with a hand-moved clock) and
-whole-line writes (WholeLineWriter)."""
+"""The audit log: bounded under floods (JunkLimiter, and the service using it with a hand-moved
+clock), and lines of bounded size. Writing lines to stdout: test_joinlog.py."""
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
-from auth.service.auditlog import UNVERIFIED_REFUSALS, JunkLimiter, WholeLineWriter
+from auth.service import auditlog
+from auth.service.auditlog import UNVERIFIED_REFUSALS, JunkLimiter
 from auth.service.errors import JOIN_REASONS
 from auth.service.server import SERVICE, create_app
 from tests.conftest import Clock
@@ -26,7 +27,7 @@ def test_limiter_admits_the_first_few_per_reason_and_second() -> None:
     assert admitted == [True] * 3 + [False] * 7
     assert limiter.admit("malformed_token", 100)  # each reason has its own allowance
     assert limiter.summary(100) is None  # the second is not over
-    assert limiter.summary(101) == (100, {"bad_signature": 7})
+    assert limiter.summary(101) == auditlog.Suppressed(second=100, counts={"bad_signature": 7})
     assert limiter.summary(102) is None  # reported once
     assert limiter.admit("bad_signature", 101)  # a new second, a new allowance
 
@@ -49,29 +50,6 @@ def test_unverified_refusals_are_join_reasons_decided_before_a_signature() -> No
         "internal_error",
     ):
         assert kept not in UNVERIFIED_REFUSALS
-
-
-def test_writer_writes_whole_lines_at_most_limit_bytes_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    writes: list[bytes] = []
-    real_write = os.write
-
-    def recording(fd: int, data: Any) -> int:
-        writes.append(bytes(data))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", recording)  # the module object auditlog writes through
-    reader, writer_fd = os.pipe()
-    try:
-        writer = WholeLineWriter(writer_fd, limit=100)
-        lines = [f'{{"n":{i},"pad":"{"x" * (i % 40)}"}}\n' for i in range(50)]
-        for line in lines:
-            writer.write(line)
-        writer.flush()
-        assert writes and all(len(chunk) <= 100 and chunk.endswith(b"\n") for chunk in writes)
-        assert os.read(reader, 1 << 16).decode() == "".join(lines)
-    finally:
-        os.close(reader)
-        os.close(writer_fd)
 
 
 Client = TestClient[Any, Any]
@@ -100,7 +78,7 @@ async def test_a_junk_flood_is_logged_as_a_few_lines_and_a_count(
         other = pod_token(issuer, account="intruder")
         assert (await client.post("/v1/join", json=join_body(other))).status == 403
     clock.advance(1.0)
-    client.app[SERVICE].join.flush_audit()
+    client.app[SERVICE].audit.flush()
     records = audit.records()
     by_reason = [r["reason"] for r in records if r["event"] == "join"]
     assert by_reason.count("malformed_token") == 5
@@ -112,3 +90,39 @@ async def test_a_junk_flood_is_logged_as_a_few_lines_and_a_count(
     registry = client.app[SERVICE].metrics.registry
     labels = {"token": "kubernetes-token", "result": "failure", "reason": "malformed_token"}
     assert registry.get_sample_value("kubejoin_join_attempts_total", labels) == 40
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["x" * 60000, "\u2603\u0000" * 30000, "\U0001f600" * 20000],
+    ids=["ascii", "escaped", "astral"],
+)
+def test_no_line_exceeds_8_kib_and_each_stays_json(message: str, clock: Clock) -> None:
+    """Issue 20, item 1: a long field is cut with a marker; the other fields and JSON stay whole."""
+    stream = AuditLog()
+    audit = auditlog.AuditLog(stream, clock=clock, worker=3)
+    record = {"event": "join", "reason": "bad_request", "remote": "127.0.0.1", "message": message}
+    assert audit.write(record)
+    [line] = stream.getvalue().splitlines(keepends=True)
+    assert len(line.encode()) <= auditlog.MAX_LINE and line.endswith("\n")
+    written = json.loads(line)
+    assert written["message"].startswith(message[:500])
+    assert written["message"].endswith(f" of {len(message):,} characters]")
+    assert {k: v for k, v in written.items() if k != "message"} == {
+        "event": "join",
+        "reason": "bad_request",
+        "remote": "127.0.0.1",
+        "time": written["time"],
+        "worker": 3,
+    }
+
+
+def test_a_line_of_many_long_fields_is_cut_field_by_field(clock: Clock) -> None:
+    record: dict[str, Any] = {"event": "token_review", **{f"f{n}": "y" * 3000 for n in range(10)}, "n": 7}
+    line = auditlog.bounded_line(record)
+    assert len(line) < auditlog.MAX_LINE
+    written = json.loads(line)
+    assert written["event"] == "token_review" and written["n"] == 7
+    assert sum("...[cut " in str(value) for value in written.values()) >= 7
+    short = {"event": "join", "message": "fits"}
+    assert auditlog.bounded_line(short) == '{"event":"join","message":"fits"}'  # the usual case: as it was

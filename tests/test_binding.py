@@ -200,9 +200,8 @@ async def test_cached_token_is_refused_right_after_the_deleted_event(
     await until(lambda: uid not in binding_of(client).stores["pod"])
     assert await join(client, token) == (401, "pod_deleted")
     assert verifier.cache_hits == hits + 1  # refused on the cache-hit path, not re-verified
-    join_service = client.app[SERVICE].join
-    join_service.flush_audit()
-    audit = join_service.log.stream
+    client.app[SERVICE].audit.flush()
+    audit = client.app[SERVICE].audit.writer.stream
     assert isinstance(audit, AuditLog)
     refused = audit.records()[-1]  # a verified identity's refusal is audited in full
     assert (refused["reason"], refused["service_account"], refused["pod"]) == ("pod_deleted", f"{NS}:app", "app-1")

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.ca import CA_LIFETIME, CertificateAuthority
-from auth.service.server import SERVICE, create_app
+from auth.service.server import SERVICE, Reload, create_app
 from tests.conftest import Clock, ServeIssuer
 from tests.service import (
     CLUSTER,
@@ -394,6 +394,19 @@ async def test_hot_reload_and_broken_edit(start_service: StartService, issuer: L
     assert registry.get_sample_value("kubejoin_config_reloads_total", {"result": "success"}) == 1
 
 
+async def test_a_reload_says_what_it_did(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> None:
+    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
+    app = create_app(make_config(tmp_path), registry=CollectorRegistry(), audit=AuditLog(), reload_interval=3600)
+    service = (await aiohttp_client(app)).app[SERVICE]  # no reload but those asked for here
+    tokens_file = tmp_path / "tokens.yaml"
+    assert await service.reload_tokens() is Reload.UNCHANGED
+    tokens_file.write_text(tokens_file.read_text().replace("App", "Auth"))
+    assert await service.reload_tokens() is Reload.REFUSED
+    assert await service.reload_tokens() is Reload.UNCHANGED  # refused once, not again and again
+    write_tokens(tokens_file, token_doc(issuer=issuer), token_doc("db-token", issuer=issuer, roles=["Db"]))
+    assert await service.reload_tokens() is Reload.CHANGED and "db-token" in service.tokens.tokens
+
+
 async def test_reload_closes_sources_no_token_uses(
     start_service: StartService, serve_issuer: ServeIssuer, tmp_path: Path
 ) -> None:
@@ -469,3 +482,30 @@ async def test_readyz_says_why_it_is_not_ready(start_service: StartService, issu
     service.ready, service.draining = False, True  # as at SIGTERM, seen on a kept-alive connection
     response = await client.get("/readyz")
     assert (response.status, (await response.json())["reason"]) == (503, "draining")  # was "starting"
+
+
+async def test_a_cancelled_join_is_no_internal_error(
+    start_service: StartService, issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20, item 7: before, a join cancelled (its client gone, or still running at the end of
+    the drain) was counted and logged as internal_error. aiohttp's test server cancels the handler
+    of a client that leaves."""
+    client = await start_service(token_doc(issuer=issuer))
+    service = client.app[SERVICE]
+    verifier = service.keyring.verifier_for("kubernetes-token")
+    assert verifier is not None
+    entered = asyncio.Event()
+
+    async def hanging(token: str) -> Any:
+        entered.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(verifier, "verify", hanging)
+    posted = asyncio.ensure_future(client.post("/v1/join", json=join_body(pod_token(issuer))))
+    async with asyncio.timeout(5):
+        await entered.wait()
+    posted.cancel()
+    await wait_for(lambda: service.admission.active == 0)
+    labels = {"token": "kubernetes-token", "result": "failure", "reason": "internal_error"}
+    assert service.metrics.registry.get_sample_value("kubejoin_join_attempts_total", labels) is None
+    assert client.audit.records() == []  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import select
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ class BrokenPipe(io.StringIO):
 async def test_sync_waits_until_the_line_is_written() -> None:
     stream = io.StringIO()
     log = JoinLog(stream)
-    assert log.write({"event": "join", "n": 1})
+    assert log.write('{"event":"join","n":1}')
     assert await log.sync(5)
     assert json.loads(stream.getvalue()) == {"event": "join", "n": 1}
 
@@ -40,9 +41,33 @@ async def test_lines_of_one_turn_are_one_write_and_in_the_pipe_when_sync_returns
     try:
         log = JoinLog(write_end)
         for n in range(3):
-            assert log.write({"n": n})
+            assert log.write(json.dumps({"n": n}))
         assert await log.sync(5)
         assert [json.loads(line)["n"] for line in os.read(read_end, 65536).splitlines()] == [0, 1, 2]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def test_writes_are_whole_lines_of_at_most_pipe_buf_bytes_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers share stdout: a write of at most PIPE_BUF bytes is never interleaved with another's."""
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def recording(fd: int, data: Any) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", recording)  # the module object joinlog writes through
+    read_end, write_end = os.pipe()
+    try:
+        log = JoinLog(write_end)
+        lines = [json.dumps({"n": i, "pad": "x" * (i * 7 % 400)}) for i in range(60)]  # about 13 KB: 4 writes
+        for line in lines:
+            assert log.write(line)
+        assert await log.sync(5)
+        assert len(writes) > 1 and all(len(chunk) <= select.PIPE_BUF and chunk.endswith(b"\n") for chunk in writes)
+        assert os.read(read_end, 1 << 16).decode() == "".join(line + "\n" for line in lines)
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -54,7 +79,7 @@ async def test_a_pipe_nobody_reads_blocks_neither_the_loop_nor_forever() -> None
     dropped: list[int] = []
     try:
         log = JoinLog(write_end, capacity=200, on_drop=dropped.append)
-        line = {"pad": "x" * 1000}
+        line = json.dumps({"pad": "x" * 1000})
         accepted = 0
         while accepted < 1000 and log.write(line):  # a pipe holds 64 KiB: about 64 of these
             accepted += 1
@@ -84,7 +109,7 @@ async def test_a_pipe_nobody_reads_blocks_neither_the_loop_nor_forever() -> None
 async def test_a_closed_stdout_is_reported_not_raised() -> None:
     dropped: list[int] = []
     log = JoinLog(BrokenPipe(), on_drop=dropped.append)
-    assert log.write({"n": 1})
+    assert log.write('{"n":1}')
     assert await log.sync(5) is False
     assert dropped == [1]
 

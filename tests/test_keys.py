@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth.devtools.issuer import IssuerKey, _uint
 from tests.conftest import EKS_FIXTURES, KUBE_FIXTURES
-from verifier import KeySourceError, parse_jwks
+from verifier import KeySourceError, StaticKeySource, parse_jwks
 from verifier.keys import keep_unchanged
 
 
@@ -82,12 +83,26 @@ def test_duplicate_kid_keeps_the_first() -> None:
     assert "duplicate kid" in key_set.skipped[0]
 
 
+_VALID_KEYS = json.dumps([IssuerKey.generate("P-256").jwk()]).encode()
+
+
 @pytest.mark.parametrize(
-    "document", [b"not json", b"[]", b'{"keys": {}}', b"{}"], ids=["text", "array", "dict", "empty"]
+    "document",
+    [b"not json", b"[]", b'{"keys": {}}', b"{}", b'{"keys": {}, "keys": ' + _VALID_KEYS + b"}", b'{"keys": [NaN]}'],
+    ids=["text", "array", "dict", "empty", "duplicate-member", "nan"],
 )
 def test_unusable_document_is_an_error(document: bytes) -> None:
+    # duplicate members and NaN: read as strictly as every untrusted document (json.loads kept the last "keys")
     with pytest.raises(KeySourceError):
         parse_jwks(document)
+
+
+def test_a_jwks_of_junk_is_refused_in_a_message_of_fixed_size() -> None:
+    """Issue 20, item 1: the refusal named every skipped entry (10,000 here: about 900 KB)."""
+    junk = parse_jwks({"keys": [{"kid": "k" * 80 + str(n), "kty": "oct" * 30} for n in range(10000)]})
+    with pytest.raises(KeySourceError) as refused:
+        StaticKeySource(junk, label="static:junk")
+    assert len(str(refused.value)) < 600 and str(refused.value).endswith("; and 9,997 more")
 
 
 def test_keep_unchanged_keeps_objects_only_for_the_same_key() -> None:

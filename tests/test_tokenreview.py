@@ -84,6 +84,19 @@ async def post(client: Client, body: Any, path: str = V1, **kwargs: Any) -> tupl
     return response.status, await response.json()
 
 
+def kube_status(answer: dict[str, Any], reason: str, code: int) -> dict[str, Any]:
+    """The Status object kube-apiserver answers with, with the answer's own message."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": answer["message"],
+        "reason": reason,
+        "code": code,
+    }
+
+
 def records(client: Client) -> list[dict[str, Any]]:
     return client.audit.records()  # type: ignore[attr-defined,no-any-return]
 
@@ -268,15 +281,7 @@ async def test_malformed_reviews_are_400_status_objects(start_review: StartRevie
     client = await start_review()
     status, answer = await post(client, body)
     assert status == 400
-    assert answer == {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": answer["message"],
-        "reason": "BadRequest",
-        "code": 400,
-    }
+    assert answer == kube_status(answer, "BadRequest", 400)
     assert reviews(client, "failure", "bad_request") == 1
 
 
@@ -510,7 +515,7 @@ async def test_a_flood_of_unauthorized_callers_is_bounded_in_the_log(
     assert reviews(client, "failure", "unauthorized") == 12
     assert len(records(client)) == 5  # the first 5 of a reason in a second, as for junk joins
     clock.advance(1)
-    client.app[SERVICE].join.flush_audit()
+    client.app[SERVICE].audit.flush()
     [summary] = [r for r in records(client) if r["event"] == "join_refusals_suppressed"]
     assert summary["suppressed"] == {"unauthorized": 7}
     # an allowed caller's reviews are never bounded
@@ -619,3 +624,118 @@ async def test_caller_named_audiences_do_not_push_out_the_default_verifier(
     assert (await post(client, review_body(token)))[0] == 201
     assert keyring.cache_stats().misses == misses_after_flood  # a hit: was a miss, its cache evicted
     assert misses_after_flood > misses
+
+
+# -- issue 20: bounded answers and lines, Status on every review path, no API request for refused
+# callers, cancellation is no error, no join audience among the review audiences --------------
+
+
+async def test_many_audiences_give_an_answer_and_a_log_line_of_fixed_size(
+    start_review: StartReview, issuer: LocalIssuer
+) -> None:
+    """Before: 6,000 audiences the token lacks (a 50 KB body) were answered with a 118 KB
+    status.error and logged as one 65 KB line, naming every audience."""
+    client = await start_review()
+    asked = [f"a{n}" for n in range(6000)]
+    body = json.dumps(review_body(issuer.sign(claims_of(issuer)), asked)).encode()
+    assert len(body) < 64 * 1024
+    response = await client.post(V1, data=body)
+    answer = await response.json()
+    assert response.status == 201 and answer["spec"]["audiences"] == asked  # echoed as kube-apiserver does
+    error = answer["status"]["error"]
+    assert error.startswith("invalid_audience: expected one of 6,000 audiences ('a0', 'a1', 'a10', ...), got [")
+    assert len(error) < 400
+    assert len(await response.read()) < len(body) + 1024  # the echo of the body, and a fixed size beyond it
+    [line] = client.audit.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert len(line) < 1024 and json.loads(line)["message"] == error
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code", "reason"),
+    [
+        ("GET", V1, 405, "MethodNotAllowed"),
+        ("PUT", V1BETA1, 405, "MethodNotAllowed"),
+        ("POST", "/apis/authentication.k8s.io/v2/tokenreviews", 404, "NotFound"),
+        ("GET", "/apis/authentication.k8s.io/v1", 404, "NotFound"),
+    ],
+    ids=["get-v1", "put-v1beta1", "unknown-version", "group-version"],
+)
+async def test_other_requests_on_review_paths_get_a_status_as_from_kube_apiserver(
+    start_review: StartReview, method: str, path: str, code: int, reason: str
+) -> None:
+    """Before: aiohttp's plain-text 404 and 405, which Kubernetes clients cannot read."""
+    client = await start_review()
+    response = await client.request(method, path, data=b"{}")
+    assert response.status == code and response.content_type == "application/json"
+    answer = await response.json()
+    assert answer == kube_status(answer, reason, code)
+    if code == 405:
+        assert response.headers["Allow"] == "POST"
+    assert (await client.get("/nowhere")).content_type == "text/plain"  # outside /apis/: as before
+
+
+async def test_a_cancelled_review_is_no_internal_error(
+    start_review: StartReview, issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: counted (and logged) as internal_error. aiohttp's test server cancels the handler
+    of a client that leaves, as `serve` does for requests still running at shutdown."""
+    client = await start_review()
+    service = client.app[SERVICE]
+    reviewer = service.reviewer
+    assert reviewer is not None
+    entered = asyncio.Event()
+
+    async def hanging(*args: Any) -> Any:
+        entered.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(reviewer, "judge", hanging)
+    posted = asyncio.ensure_future(client.post(V1, json=review_body(issuer.sign(claims_of(issuer)))))
+    async with asyncio.timeout(5):
+        await entered.wait()
+    posted.cancel()
+    await wait_for(lambda: service.admission.active == 0)
+    assert reviews(client, "failure", "internal_error") is None
+    assert records(client) == []
+
+
+def test_review_audiences_must_not_include_the_join_audience(tmp_path: Path) -> None:
+    """Before: accepted, and a token meant for joins then passed reviews and served as a
+    reviewer's credential."""
+    from auth.service.files import ConfigError
+
+    review = {"audiences": [API, CLUSTER], "reviewers": [{"service_account": "vault:vault-auth"}]}
+    with pytest.raises(ConfigError, match=r"token_review\.audiences: 'example\.teleport\.sh' is cluster_name"):
+        make_config(tmp_path, token_review=review)
+
+
+async def test_a_caller_the_reviewers_rule_refuses_costs_no_api_request(
+    tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """Before: the caller's own pod, unknown to the watch, was looked up with a GET before the rule
+    refused the caller (and 100 such requests with the pod list forbidden were 300 GETs)."""
+    cluster = await start_cluster(tmp_path, aiohttp_server)
+    review = {"source": {"type": "in_cluster"}, "audiences": [API], "reviewers": [{"service_account": "vault:vault"}]}
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, token_review=review)
+    # signed by the cluster's key, for a pod the cluster does not have: only a GET could tell
+    stranger = cluster.api.issuer.mint("team-a", "reader", pod="reader-0", audiences=[API])
+    reviewed = review_body(cluster.api.issuer.mint("team-a", "reader", pod="reader-1", audiences=[API]))
+
+    def gets() -> int:
+        return sum(count for (verb, _), count in cluster.api.requests.items() if verb == "get")
+
+    before = gets()
+    for _ in range(3):
+        status, answer = await post(client, reviewed, headers={"Authorization": f"Bearer {stranger}"})
+        assert (status, answer["reason"]) == (403, "Forbidden")
+    assert gets() == before
+    # an allowed caller's objects are still looked up, and the caller refused when they do not exist
+    ghost = cluster.api.issuer.mint("vault", "vault", pod="vault-0", audiences=[API])
+    status, answer = await post(client, reviewed, headers={"Authorization": f"Bearer {ghost}"})
+    assert (status, answer["reason"]) == (401, "Unauthorized")
+    assert gets() > before
+    client.app[SERVICE].audit.flush()
+    captured = client.app[SERVICE].audit.writer.stream
+    assert isinstance(captured, AuditLog)
+    record = captured.records()[-1]
+    assert record["caller"] is None and record["caller_error"].split(":")[0].endswith("_not_found")

@@ -7,7 +7,6 @@ not fatal: a key set that also publishes an encryption key still verifies tokens
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, RSAKey
 
 from .errors import KeySourceError
+from .jose import load_strict_json
+from .texts import clip, cut
 
 MIN_RSA_BITS: Final = 2048
 # JWK curve name -> (JWS algorithm, hash, bytes per coordinate, group order)
@@ -97,7 +98,7 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> VerifyingKey:
     if "d" in jwk:
         raise ValueError("private key material published; refusing it")
     if jwk.get("use", "sig") != "sig":
-        raise ValueError(f"use is {jwk.get('use')!r}, not sig")
+        raise ValueError(f"use is {clip(jwk.get('use'), 40)}, not sig")
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
         raise ValueError("key_ops does not allow verify")
@@ -116,19 +117,19 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> VerifyingKey:
         elif kty == "EC":
             crv = jwk.get("crv")
             if crv not in _EC_CURVES:
-                raise ValueError(f"curve {crv!r} is not P-256, P-384 or P-521")
+                raise ValueError(f"curve {clip(crv, 40)} is not P-256, P-384 or P-521")
             ec_key = ECKey.import_key(dict(jwk)).raw_value
             if not isinstance(ec_key, ec.EllipticCurvePublicKey) or _curve_name(ec_key) != crv:
                 raise ValueError("not an EC public key on its curve")
             alg, _, size, _ = _EC_CURVES[crv]
             key = VerifyingKey(kid, alg, f"EC {crv}", ec_key, 2 * size)
         else:
-            raise ValueError(f"kty {kty!r} is not RSA or EC")
+            raise ValueError(f"kty {clip(kty, 40)} is not RSA or EC")
     except (JoseError, TypeError, KeyError) as exc:
-        raise ValueError(f"not a valid {kty} key ({exc})") from None
+        raise ValueError(f"not a valid {kty} key ({cut(str(exc))})") from None
     declared = jwk.get("alg")
     if declared is not None and declared != key.alg:
-        raise ValueError(f"alg {declared!r} does not fit a {key.description} key (expected {key.alg})")
+        raise ValueError(f"alg {clip(declared, 40)} does not fit a {key.description} key (expected {key.alg})")
     return key
 
 
@@ -157,16 +158,17 @@ def keep_unchanged(new: KeySet, old: KeySet | None) -> KeySet:
 
 def parse_jwks(document: bytes | str | Mapping[str, Any]) -> KeySet:
     """Parses a JWKS document. Raises KeySourceError if the document itself is unusable."""
+    value: object = document
     if isinstance(document, (bytes, str)):
-        try:
-            document = json.loads(document)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise KeySourceError(f"JWKS is not valid JSON ({exc})") from None
-    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        try:  # as strictly as every untrusted document: a member given twice is refused, not the last one kept
+            value = load_strict_json(document.encode("utf-8") if isinstance(document, str) else document)
+        except ValueError as exc:  # UnicodeDecodeError and UnicodeEncodeError (a lone surrogate) included
+            raise KeySourceError(f"JWKS is not valid JSON ({cut(str(exc))})") from None
+    if not isinstance(value, Mapping) or not isinstance(value.get("keys"), list):
         raise KeySourceError('JWKS must be a JSON object with a "keys" list')
     keys: dict[str, VerifyingKey] = {}
     skipped: list[str] = []
-    for index, jwk in enumerate(document["keys"]):
+    for index, jwk in enumerate(value["keys"]):
         if not isinstance(jwk, Mapping):
             skipped.append(f"keys[{index}]: not an object")
             continue
@@ -176,7 +178,7 @@ def parse_jwks(document: bytes | str | Mapping[str, Any]) -> KeySet:
             skipped.append(f"keys[{index}]: {exc}")
             continue
         if key.kid in keys:
-            skipped.append(f"keys[{index}]: duplicate kid {key.kid!r}; the first one is kept")
+            skipped.append(f"keys[{index}]: duplicate kid {clip(key.kid, 64)}; the first one is kept")
             continue
         keys[key.kid] = key
     return KeySet(keys, tuple(skipped))

@@ -30,6 +30,7 @@ import aiohttp
 from .errors import KeySourceError, Reason, VerificationError
 from .jose import parse_json_object
 from .keys import KeySet, VerifyingKey, keep_unchanged, parse_jwks
+from .texts import cut, listing
 
 log = logging.getLogger("kubejoin.keys")
 
@@ -74,7 +75,7 @@ class StaticKeySource:
 
     def __init__(self, keys: KeySet, *, label: str, issuer: str | None = None) -> None:
         if not keys.keys:
-            raise KeySourceError("the JWKS has no usable signing key: " + "; ".join(keys.skipped))
+            raise KeySourceError(f"the JWKS has no usable signing key: {listing(keys.skipped)}")
         self._keys = keys
         self._label = label
         self._issuer = issuer
@@ -196,15 +197,15 @@ class RemoteKeySource:
             async with asyncio.timeout(self._timeout):
                 keys, issuer, max_age = await self._fetch()
             if not keys.keys:
-                raise KeySourceError("the JWKS has no usable signing key: " + "; ".join(keys.skipped))
+                raise KeySourceError(f"the JWKS has no usable signing key: {listing(keys.skipped)}")
         except Exception as exc:  # any failure keeps the last good keys
             self._failures += 1
-            self.last_error = _describe(exc, self._timeout)
+            self.last_error = cut(_describe(exc, self._timeout), 300)  # it reaches answers: keys_unavailable
             log.warning("key fetch for %s failed: %s", self.label, self.last_error)
             self._notify(False)
             return False
-        for note in keys.skipped:
-            log.info("key set of %s: skipped %s", issuer, note)
+        if keys.skipped:
+            log.info("key set of %s: skipped %s", issuer, listing(keys.skipped))
         self._keys, self._issuer = keep_unchanged(keys, self._keys), issuer
         self._ttl = min(max(DEFAULT_TTL if max_age is None else max_age, self._min_ttl), self._max_ttl)
         self._fetched_at = self._clock()
@@ -267,12 +268,21 @@ class RemoteKeySource:
                 raise KeySourceError(f"GET {url} answered {response.status}")
             if (response.content_length or 0) > MAX_RESPONSE_BYTES:
                 raise KeySourceError(f"GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise KeySourceError(f"GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes")
-            return bytes(body), max_age_of(response.headers.get("Cache-Control"))
+            body = await read_limited(response.content, MAX_RESPONSE_BYTES)
+            if body is None:
+                raise KeySourceError(f"GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes")
+            return body, max_age_of(response.headers.get("Cache-Control"))
+
+
+async def read_limited(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body of a response, or None once it is longer than `limit` bytes (the caller
+    says so in its own error). The one bounded reader of answers from issuers and API servers."""
+    body = bytearray()
+    async for chunk in content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

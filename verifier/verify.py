@@ -16,15 +16,11 @@ from .identity import Identity
 from .jose import HeaderMemo, parse_compact
 from .keys import VerifyingKey
 from .sources import KeySource
+from .texts import clip, one_of
 
 DEFAULT_LEEWAY: Final = 10.0
 DEFAULT_MAX_TTL: Final = 1800.0
 DEFAULT_CACHE_SIZE: Final = 16384
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 class Verifier:
@@ -137,14 +133,12 @@ class Verifier:
             raise VerificationError(Reason.MISSING_CLAIM, "claim 'iss' is required")
         expected = self.source.issuer
         if expected is not None and claims.iss != expected:
-            raise VerificationError(Reason.INVALID_ISSUER, f"expected issuer {expected!r}, got {_short(claims.iss)}")
+            raise VerificationError(Reason.INVALID_ISSUER, f"expected issuer {expected!r}, got {clip(claims.iss)}")
         if claims.audiences is None:
             raise VerificationError(Reason.MISSING_CLAIM, "claim 'aud' is required")
         if self._audiences.isdisjoint(claims.audiences):
-            wanted = " or ".join(sorted(map(repr, self._audiences)))
-            raise VerificationError(
-                Reason.INVALID_AUDIENCE, f"expected audience {wanted}, got {_short(list(claims.audiences))}"
-            )
+            wanted = one_of(self._audiences, "audience", "audiences")
+            raise VerificationError(Reason.INVALID_AUDIENCE, f"expected {wanted}, got {clip(list(claims.audiences))}")
         exp, iat = claims.exp, claims.iat
         if exp is None or iat is None:
             raise VerificationError(Reason.MISSING_CLAIM, f"claim {'exp' if exp is None else 'iat'!r} is required")
@@ -175,7 +169,7 @@ class Verifier:
         if claims.sub is None:
             raise VerificationError(Reason.MISSING_CLAIM, "claim 'sub' is required")
         if claims.sub != expected_sub:
-            raise VerificationError(Reason.SUBJECT_MISMATCH, f"sub is {_short(claims.sub)}, expected {expected_sub!r}")
+            raise VerificationError(Reason.SUBJECT_MISMATCH, f"sub is {clip(claims.sub)}, expected {expected_sub!r}")
         return Identity(
             namespace=kube.namespace,
             service_account=kube.service_account,

@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .config import check_cluster_name
 from .der import WorkloadCertificates, pem_certificate, random_serial, spki_der
+from .durations import rfc3339
 from .files import ConfigError, write_private_file
 
 CA_LIFETIME: Final = datetime.timedelta(days=3650)
@@ -29,10 +30,6 @@ BACKDATE: Final = datetime.timedelta(minutes=1)  # tolerate clients whose clocks
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 WorkloadKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 _WORKLOAD_CURVES: Final = ("secp256r1", "secp384r1")
-
-
-def _rfc3339(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class PublicKeyError(ValueError):
@@ -203,10 +200,10 @@ class CertificateAuthority:
             raise ConfigError("ca.cert_file: the certificate is not a CA (basicConstraints CA:TRUE)")
         now = now or datetime.datetime.now(datetime.UTC)
         if now >= certificate.not_valid_after_utc:
-            expired = _rfc3339(certificate.not_valid_after_utc)
+            expired = rfc3339(certificate.not_valid_after_utc)
             raise ConfigError(f"ca.cert_file: the CA certificate expired at {expired}; replace the CA")
         if now < certificate.not_valid_before_utc:
-            start = _rfc3339(certificate.not_valid_before_utc)
+            start = rfc3339(certificate.not_valid_before_utc)
             raise ConfigError(f"ca.cert_file: the CA certificate is not valid before {start} (check the clock)")
         return cls(certificate, key, cluster_name)
 

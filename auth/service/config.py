@@ -246,7 +246,7 @@ def _binding(top: _Reader) -> Binding:
     return Binding(mode, nodes)
 
 
-def _token_review(top: _Reader, default_ttl: float, binding: Binding) -> TokenReview | None:
+def _token_review(top: _Reader, default_ttl: float, binding: Binding, cluster_name: str) -> TokenReview | None:
     if top.get("token_review") is None:
         return None
 
@@ -259,6 +259,11 @@ def _token_review(top: _Reader, default_ttl: float, binding: Binding) -> TokenRe
     audiences = reader.get("audiences", required=True)
     if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) and a for a in audiences):
         raise ConfigError("token_review.audiences: expected a non-empty list of audiences (strings)")
+    if cluster_name in audiences:
+        raise ConfigError(
+            f"token_review.audiences: {cluster_name!r} is cluster_name, the audience of join tokens: a token "
+            "meant for joins would then pass reviews (and serve as a reviewer's credential); use another audience"
+        )
     ttl = reader.get("max_token_ttl")
     if ttl in (0, "0", "0s"):
         if binding.mode != "watch" or rules.type != "in_cluster":
@@ -335,7 +340,7 @@ def parse_config(document: object, base_dir: Path) -> Config:
         limits=limits,
         binding=binding,
         workers=parse_workers(top.get("workers", 1)),
-        token_review=_token_review(top, checks.max_token_ttl, binding),
+        token_review=_token_review(top, checks.max_token_ttl, binding, cluster_name),
     )
     top.finish()
     return config

@@ -1,7 +1,9 @@
-"""Durations as written in config files and flags: 90s, 30m, 1h, 24h, 1h30m, 500ms."""
+"""Durations as written in config files and flags (90s, 30m, 1h, 24h, 1h30m, 500ms), and
+moments as logs and answers write them (RFC 3339, UTC, whole seconds)."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Final
 
@@ -23,3 +25,12 @@ def parse_duration(text: object) -> float:
     if position != len(text) or position == 0:
         raise ValueError(f"expected a duration such as 90s, 30m or 1h, got {text!r}")
     return total
+
+
+def rfc3339(moment: datetime.datetime | float) -> str:
+    """`2050-01-01T00:00:00Z`: a datetime (naive means UTC) or seconds since the epoch. An
+    f-string, not strftime: the join log stamps a line with it every second."""
+    if not isinstance(moment, datetime.datetime):
+        moment = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+    m = moment.astimezone(datetime.UTC) if moment.tzinfo is not None else moment
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"

@@ -1,5 +1,6 @@
 """The join decision, apart from HTTP: request shape, join token, ServiceAccount token, allow
-rules, role, certificate. Every attempt ends in one reason code, counted and logged once."""
+rules, role, certificate. Every attempt ends in one reason code, counted and logged once (a join
+cancelled before it ended, at shutdown, has no outcome and is neither)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple, TextIO
+from typing import Any, Final, NamedTuple
 
 from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
 from verifier import Identity, VerificationError
 from verifier.errors import BindingRefusal, Reason
+from verifier.texts import cut
 
-from .auditlog import UNVERIFIED_REFUSALS, JunkLimiter
+from .auditlog import UNVERIFIED_REFUSALS, AuditLog
 from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
+from .durations import rfc3339
 from .errors import Code, JoinError, JoinReason
-from .joinlog import JoinLog
 from .keyring import Keyring
 from .tokens import KUBERNETES, ROLES, JoinToken
 
@@ -69,11 +71,6 @@ def new_host_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _rfc3339(moment: datetime.datetime) -> str:
-    m = moment.astimezone(datetime.UTC)
-    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
-
-
 class JoinService:
     """Decides joins, apart from HTTP: checks the request, finds the join token, verifies the
     ServiceAccount token with that token's verifier, applies the allow rules and role, and issues
@@ -88,14 +85,11 @@ class JoinService:
         keyring: Keyring,
         tokens: Callable[[], Mapping[str, JoinToken]],
         metrics: Metrics,
+        audit: AuditLog,
         certificate_ttl: float,
         clock: Callable[[], float] = time.time,
-        audit: TextIO | int | None = None,
-        worker: int | None = None,
-        log_timeout: float = 10.0,
     ) -> None:
         self.cluster_name = cluster_name
-        self.worker = worker  # with `serve --workers N`: this worker's slot, in every log line
         self.ca = ca
         self._ca_expires = ca.not_after.timestamp()  # read on every join: computed once
         self.keyring = keyring
@@ -103,11 +97,7 @@ class JoinService:
         self.metrics = metrics
         self.certificate_ttl = certificate_ttl
         self._clock = clock
-        self.log = JoinLog(audit, on_drop=metrics.join_log_dropped.inc)
-        self._log_timeout = log_timeout
-        self._audit_second = -1
-        self._audit_time = ""
-        self._junk = JunkLimiter()
+        self.audit = audit
         self._public_keys = PublicKeyCache()
 
     async def join(self, body: object, remote: str | None) -> dict[str, Any]:
@@ -137,15 +127,14 @@ class JoinService:
             record["message"] = exc.message
             self._finish(record, token_label, exc.code, started)
             raise
-        except BaseException:
+        except Exception:  # not BaseException: a cancelled join (shutdown) is no error of ours
             self._finish(record, token_label, JoinReason.INTERNAL_ERROR, started)
             raise
         # The certificate leaves only once its line is written: a crash after the answer must
         # not leave a certificate that the log does not show.
         seconds = time.perf_counter() - started
         record.update(result="success", reason="ok", duration_ms=round(seconds * 1000, 3))
-        self._admit("ok")
-        if self._write_audit(record) and await self.log.sync(self._log_timeout):
+        if self.audit.write(record) and await self.audit.sync():
             self.metrics.join_finished(token_label, "ok", seconds)
             return response
         self.metrics.join_finished(token_label, JoinReason.INTERNAL_ERROR, seconds)
@@ -158,15 +147,15 @@ class JoinService:
         """Counts a refused attempt and logs it (unless it is junk beyond its bound)."""
         seconds = time.perf_counter() - started
         self.metrics.join_finished(token_label, reason, seconds)
-        if self._admit(reason):
+        if self.audit.admit(reason, unverified=reason in UNVERIFIED_REFUSALS):
             record.update(result="failure", reason=reason, duration_ms=round(seconds * 1000, 3))
-            self._write_audit(record)
+            self.audit.write(record)
 
     def refuse(self, code: Code, message: str, remote: str | None) -> JoinError:
         """Counts and logs an attempt refused before its body could be read; returns the error."""
         self.metrics.join_finished(UNKNOWN_TOKEN, code, 0.0)
-        if self._admit(code):
-            self._write_audit(
+        if self.audit.admit(code, unverified=code in UNVERIFIED_REFUSALS):
+            self.audit.write(
                 {
                     "event": "join",
                     "token": None,
@@ -184,24 +173,25 @@ class JoinService:
         if token.join_method != KUBERNETES:
             raise JoinError(
                 JoinReason.WRONG_JOIN_METHOD,
-                f"that join token uses join method {token.join_method}, not kubernetes",
+                f"that join token uses join method {cut(token.join_method, 40)}, not kubernetes",
             )
         now = self._clock()
         if token.expires is not None and now >= token.expires:
             raise JoinError(
-                JoinReason.JOIN_TOKEN_EXPIRED, f"join token {token.name} expired at {_rfc3339(_utc(token.expires))}"
+                JoinReason.JOIN_TOKEN_EXPIRED, f"join token {cut(token.name)} expired at {rfc3339(token.expires)}"
             )
         identity = await self._verify(token, request.id_token, record)
         account = _describe(identity, record)
         if not token.allows(identity.namespace, identity.service_account.name):
             raise JoinError(
                 JoinReason.NO_MATCHING_ALLOW_RULE,
-                f"service account {account} is not allowed by join token {token.name}",
+                f"service account {account} is not allowed by join token {cut(token.name)}",
             )
         if request.role not in token.roles:
+            granted = ", ".join(token.roles)
             raise JoinError(
                 JoinReason.ROLE_NOT_ALLOWED,
-                f"role {request.role} not granted by join token {token.name}, which grants {', '.join(token.roles)}",
+                f"role {request.role} not granted by join token {cut(token.name)}, which grants {granted}",
             )
         response = self._issue(request, token, identity, now)
         record["host_id"] = response["host_id"]  # the certificate's CN: a log line for each certificate
@@ -210,7 +200,7 @@ class JoinService:
     async def _verify(self, token: JoinToken, id_token: str, record: dict[str, Any]) -> Identity:
         verifier = self.keyring.verifier_for(token.name)
         if verifier is None:  # a token loaded a moment ago whose sources are being built
-            raise JoinError(Reason.KEYS_UNAVAILABLE, f"keys for join token {token.name} are not loaded yet")
+            raise JoinError(Reason.KEYS_UNAVAILABLE, f"keys for join token {cut(token.name)} are not loaded yet")
         try:
             identity = await verifier.verify(id_token)
         except VerificationError as exc:
@@ -258,60 +248,8 @@ class JoinService:
             },
             "certificate": issued.pem,
             "ca_certificates": [self.ca.certificate_pem],
-            "expires_at": _rfc3339(issued.not_after),
+            "expires_at": rfc3339(issued.not_after),
         }
-
-    def write_event(self, record: dict[str, Any], reason: str, *, unverified: bool) -> None:
-        """Logs one line of another kind of request (a TokenReview) in the join log: the same
-        writer, time stamps and bound on unverified refusals (`unverified`: the caller decides
-        whether this line is one that anybody could provoke for free)."""
-        if self._admit(reason, unverified=unverified):
-            self._write_audit(record)
-
-    def _admit(self, reason: str, *, unverified: bool | None = None) -> bool:
-        """Whether this attempt gets a full log line: always, unless it is one more unverified
-        refusal of a reason already logged in full a few times this second (auditlog.py)."""
-        second = int(self._clock())
-        if second != self._audit_second:  # formatting a time costs more than the rest of the line
-            self._summarize(second)
-            self._audit_second, self._audit_time = second, _rfc3339(_utc(second))
-        if unverified is None:
-            unverified = reason in UNVERIFIED_REFUSALS
-        return not unverified or self._junk.admit(reason, second)
-
-    def _summarize(self, second: int) -> None:
-        summary = self._junk.summary(second)
-        if summary is not None:
-            when, counts = summary
-            self._write_line(
-                {
-                    "event": "join_refusals_suppressed",
-                    "time": _rfc3339(_utc(when)),
-                    "suppressed": counts,
-                    "total": sum(counts.values()),
-                    "message": f"refusals beyond the first {self._junk.per_second} per reason in this second",
-                }
-            )
-
-    def _write_audit(self, record: dict[str, Any]) -> bool:
-        record["time"] = self._audit_time
-        return self._write_line(record)
-
-    def _write_line(self, record: dict[str, Any]) -> bool:
-        """Queues one line of the join log (JoinLog writes it); False if it was dropped."""
-        if self.worker is not None:
-            record["worker"] = self.worker
-        return self.log.write(record)
-
-    def flush_audit(self, *, final: bool = False) -> None:
-        """Writes the summary of suppressed refusals once their second is over, and what stdout
-        takes now (`final`: the service is stopping, the current second is over too, and what is
-        queued is written, waiting a little for stdout if need be)."""
-        self._summarize(int(self._clock()) + (1 if final else 0))
-        if final:
-            self.log.close()
-        else:
-            self.log.flush()
 
 
 def _describe(identity: Identity, record: dict[str, Any]) -> str:

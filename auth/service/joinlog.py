@@ -1,4 +1,4 @@
-"""The join log: one JSON line per join attempt, on stdout.
+"""The audit log's writer (auditlog.AuditLog shapes the lines): whole lines on stdout.
 
 Lines queued during one turn of the event loop are written together at the end of it (one
 write(2) per batch, not per line; a successful join's line at once, see `sync`), and only as far
@@ -21,20 +21,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import os
 import select
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 log = logging.getLogger("kubejoin.join")
 CAPACITY: Final = 8192  # lines; about 2.5 MB
 CHUNK: Final = select.PIPE_BUF  # a pipe with room for one such write never blocks it
-# Built once: json.dumps with options builds a new encoder on every call.
-_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 def _writable(fd: int, timeout_ms: int = 0) -> bool:
@@ -53,8 +50,7 @@ def _whole_lines(batch: bytes) -> bytes:
 
 
 class JoinLog:
-    """Writes join records as JSON lines. `write` queues one; `sync` waits until all lines queued
-    so far are written. A rate limiter or summariser may sit in front of `write`.
+    """Writes lines. `write` queues one; `sync` waits until all lines queued so far are written.
 
     `stream` is a file descriptor (default: stdout's), or a text stream without one (tests),
     which is written directly."""
@@ -90,12 +86,13 @@ class JoinLog:
         """The text stream written to, when it is not a file descriptor (tests)."""
         return self._stream
 
-    def write(self, record: dict[str, Any]) -> bool:
-        """Queues one line; False if it was dropped (the queue is full: stdout is stuck)."""
+    def write(self, line: str) -> bool:
+        """Queues one line (without its newline); False if it was dropped (the queue is full:
+        stdout is stuck)."""
         if len(self._pending) + self._batch_lines >= self._capacity:
             self._dropped(1)
             return False
-        self._pending.append(_COMPACT_JSON.encode(record) + "\n")
+        self._pending.append(line + "\n")
         self._queued += 1
         if not self._scheduled and not self._waiting:
             try:

@@ -82,33 +82,48 @@ class Keyring:
         return self._by_token.get(token_name)
 
     def verifier(
-        self, rules: KubernetesRules, *, name: str, audiences: Iterable[str], max_ttl: float, keep: bool = False
+        self,
+        rules: KubernetesRules,
+        *,
+        name: str,
+        audiences: Iterable[str],
+        max_ttl: float,
+        keep: bool = False,
+        bound: bool = True,
     ) -> Verifier:
         """A verifier over the key source that `rules` names (shared with the join tokens that
         name it), for these audiences and this lifetime cap; with the binding check when the
         source is in_cluster. The same arguments give the same verifier while it is among the
         MAX_AUDIENCE_VERIFIERS most recently asked for; the source stays open until close(). Must
         run in the event loop (a new remote source starts refreshing). `keep`: never pushed out
-        (the TokenReview endpoint's default audiences: callers must not evict it by naming others)."""
+        (the TokenReview endpoint's default audiences: callers must not evict it by naming others).
+        `bound=False`: without the binding check, for a caller that makes checks of its own first
+        and then applies `binding_for` itself."""
         wanted = audiences if isinstance(audiences, frozenset) else frozenset(audiences)
         key = source_key(rules, name)
-        combination = (key, wanted, max_ttl)
+        combination = (key, wanted, max_ttl, bound)
         kept = self._kept.get(combination)
         if kept is not None:
             return kept
         if keep:
             self._held.add(key)
-            kept = self._kept[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl)
+            kept = self._kept[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl, bound)
             return kept
         verifier = self._others.get(combination)
         if verifier is not None:
             self._others.move_to_end(combination)
             return verifier
         self._held.add(key)
-        verifier = self._others[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl)
+        verifier = self._others[combination] = self._verifier(
+            key, self._source(key, rules, name), wanted, max_ttl, bound
+        )
         while len(self._others) > MAX_AUDIENCE_VERIFIERS:
             self._retire_stats(self._others.popitem(last=False)[1])
         return verifier
+
+    def binding_for(self, rules: KubernetesRules, name: str) -> BindingCheck | None:
+        """The binding check that the verifiers of this source carry, if any."""
+        return self._binding if source_key(rules, name) == IN_CLUSTER else None
 
     def _source(self, key: SourceKey, rules: KubernetesRules, name: str) -> KeySource:
         source = self._sources.get(key)
@@ -137,14 +152,16 @@ class Keyring:
         self._sources[key] = source
         return source
 
-    def _verifier(self, key: SourceKey, source: KeySource, audiences: Iterable[str], max_ttl: float) -> Verifier:
+    def _verifier(
+        self, key: SourceKey, source: KeySource, audiences: Iterable[str], max_ttl: float, bound: bool = True
+    ) -> Verifier:
         return Verifier(
             source,
             audiences,
             leeway=self._config.verification.leeway,
             max_ttl=max_ttl,
             clock=self._clock,
-            binding=self._binding if key == IN_CLUSTER else None,
+            binding=self._binding if bound and key == IN_CLUSTER else None,
         )
 
     def update(self, tokens: Mapping[str, JoinToken]) -> list[RemoteKeySource]:

@@ -10,39 +10,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import hashlib
 import json
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, TextIO
+from typing import Final, NamedTuple, TextIO
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from metrics import BindingStats, Metrics
-from verifier.errors import Reason
 from verifier.k8s.binding import LiveBinding
+from verifier.texts import cut
 
 from .admission import Admission
+from .auditlog import AuditLog
 from .body import parse_body
 from .ca import CertificateAuthority
 from .config import Config
-from .errors import STATUS, Code, JoinError, JoinReason, error_body
+from .errors import STATUS, JoinError, JoinReason, error_body
 from .files import ConfigError, read_text_file
 from .join import JoinService
 from .keyring import Keyring, kube_api
-from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review
+from .pipeline import INTERNAL, MAX_BODY, Pipeline, retry_after
+from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review, kube_status
 from .tokens import JoinToken, parse_tokens, public_names
 
 log = logging.getLogger("kubejoin.server")
-MAX_BODY: Final = 64 * 1024
 CA_WARNING: Final = 30 * 86400.0  # warn this long before the CA expires
 _METHODS: Final = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"})
-_RETRY_LATER: Final = frozenset({Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAILABLE})
+
+
+class Reload(enum.Enum):
+    """What a reload of the join tokens file did."""
+
+    CHANGED = "changed"  # new tokens are in force
+    UNCHANGED = "unchanged"  # the file says what was applied (or refused) last
+    REFUSED = "refused"  # a broken edit: the last good tokens stay in force
+
+
+class _Read(NamedTuple):
+    digest: str
+    tokens: dict[str, JoinToken]
 
 
 class TokenStore:
@@ -58,9 +71,9 @@ class TokenStore:
         self._applied = self._seen = _digest(text)
         self.last_error = ""
 
-    def _read_new(self) -> tuple[str, dict[str, JoinToken]] | None:
-        """Runs in a thread: (digest, tokens) if the content changed and parses; None if it is
-        what was applied or refused last. Raises ConfigError."""
+    def _read_new(self) -> _Read | None:
+        """Runs in a thread: the digest and tokens if the content changed and parses; None if it
+        is what was applied or refused last. Raises ConfigError."""
         try:
             text = read_text_file(self.path)
         except ConfigError:
@@ -76,7 +89,7 @@ class TokenStore:
         tokens = parse_tokens(text, self.path)
         if not tokens:
             raise ConfigError(f"{self.path}: no join tokens; a reload that leaves none is refused")
-        return digest, tokens
+        return _Read(digest, tokens)
 
     async def read_new(self) -> dict[str, JoinToken] | None:
         """The file's tokens if they changed and are good; None if unchanged. Raises ConfigError."""
@@ -85,8 +98,8 @@ class TokenStore:
             if self._seen == self._applied:
                 self.last_error = ""  # a broken edit was undone
             return None
-        self._applied, tokens = found
-        return tokens
+        self._applied = found.digest
+        return found.tokens
 
 
 def _digest(text: str) -> str:
@@ -122,6 +135,14 @@ class Service:
         self._ca_warned = -math.inf
         metrics.ca_expiry.set(self.ca.not_after.timestamp())
         self.check_ca()
+        self.worker = worker  # with `serve --workers N`: this worker's slot
+        self.audit = AuditLog(
+            audit,
+            clock=clock,
+            worker=worker,
+            on_drop=metrics.join_log_dropped.inc,
+            sync_timeout=config.limits.request_timeout,
+        )
         self.binding: LiveBinding | None = None
         if config.binding.mode == "watch" and config.in_cluster is not None:
             binding = LiveBinding(
@@ -136,16 +157,16 @@ class Service:
             keyring=self.keyring,
             tokens=lambda: self.tokens.tokens,
             metrics=metrics,
+            audit=self.audit,
             certificate_ttl=config.certificate_ttl,
             clock=clock,
-            audit=audit,
-            worker=worker,
-            log_timeout=config.limits.request_timeout,
         )
         self.admission = Admission(
             max_in_flight=config.limits.max_in_flight,
             max_pending_per_address=config.limits.max_pending_per_address,
         )
+        # joins and reviews share it: both bounds, and the drain at SIGTERM, count them together
+        self.pipeline = Pipeline(self.admission, request_timeout=config.limits.request_timeout)
         self.ready = False
         self.draining = False
         self._reloading = asyncio.Lock()
@@ -156,9 +177,8 @@ class Service:
                 config.token_review,
                 keyring=self.keyring,
                 metrics=metrics,
-                admission=self.admission,
-                audit=self.join.write_event,
-                request_timeout=config.limits.request_timeout,
+                pipeline=self.pipeline,
+                audit=self.audit,
                 clock=clock,
             )
 
@@ -175,24 +195,25 @@ class Service:
                 self.ca.not_after.isoformat(),
             )
 
-    async def reload_tokens(self) -> bool | None:
-        """Applies a changed token file. True applied, False refused, None unchanged."""
+    async def reload_tokens(self) -> Reload:
+        """Applies a changed token file."""
         async with self._reloading:  # the watcher and SIGHUP may ask at the same moment
             return await self._reload_tokens()
 
-    async def _reload_tokens(self) -> bool | None:
+    async def _reload_tokens(self) -> Reload:
         try:
             tokens = await self.tokens.read_new()
         except ConfigError as exc:
-            self.tokens.last_error = str(exc)
-            log.error("join tokens not reloaded, the last good ones stay in force: %s", exc)
+            # /readyz shows it: its answer must not grow with the file (a value quoted from it)
+            self.tokens.last_error = cut(str(exc), 1000)
+            log.error("join tokens not reloaded, the last good ones stay in force: %s", self.tokens.last_error)
             self.metrics.config_reloads.labels("failure").inc()
             self.metrics.tokens_reload_ok.set(0)
-            return False
+            return Reload.REFUSED
         if tokens is None:
             if not self.tokens.last_error:
                 self.metrics.tokens_reload_ok.set(1)
-            return None
+            return Reload.UNCHANGED
         retired = self.keyring.update(tokens)
         self.tokens.tokens = tokens
         self.tokens.last_error = ""
@@ -205,7 +226,7 @@ class Service:
         log.info("join tokens reloaded: %s%s", ", ".join(shown) or "none", others)
         for source in retired:
             await source.close()
-        return True
+        return Reload.CHANGED
 
 
 SERVICE: Final = web.AppKey("service", Service)
@@ -216,16 +237,45 @@ _COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 JOIN_ROUTE: Final = "/v1/join"
 
 
-def _error(code: Code, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = _COMPACT_JSON.encode(error_body(code, message)).encode()
-    return web.Response(body=body, status=STATUS[code], headers=headers, content_type="application/json")
+def _error(error: JoinError) -> web.Response:
+    body = _COMPACT_JSON.encode(error_body(error.code, error.message)).encode()
+    return web.Response(
+        body=body, status=STATUS[error.code], headers=retry_after(error.code), content_type="application/json"
+    )
 
 
-def _overloaded(service: Service, remote: str | None, message: str) -> web.Response:
-    service.join.refuse(JoinReason.OVERLOADED, message, remote)
-    response = _error(JoinReason.OVERLOADED, f"{message}; retry shortly", {"Retry-After": "1"})
-    response.force_close()  # the body was not read: the connection cannot carry another request
-    return response
+class _Join:
+    """One join request in the pipeline (pipeline.Exchange)."""
+
+    __slots__ = ("_request", "_service")
+
+    def __init__(self, service: Service, request: web.Request) -> None:
+        self._service = service
+        self._request = request
+
+    async def admit(self) -> web.Response | None:
+        request = self._request
+        # The exact header most clients send, without parsing it; anything else parsed to be sure.
+        if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
+            return self.refuse(JoinError(JoinReason.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"))
+        return None
+
+    async def answer(self, body: bytes) -> web.Response:
+        try:
+            parsed = parse_body(body)
+        except JoinError as exc:
+            return self.refuse(exc)
+        try:
+            return web.json_response(await self._service.join.join(parsed, self._request.remote))
+        except JoinError as exc:  # counted and logged by the join service, as is what follows
+            return _error(exc)
+        except Exception:
+            log.exception("join failed unexpectedly")
+            return _error(JoinError(JoinReason.INTERNAL_ERROR, INTERNAL))
+
+    def refuse(self, error: JoinError) -> web.Response:
+        """A refusal before the join service saw the body: counted and logged as a join attempt."""
+        return _error(self._service.join.refuse(error.code, error.message, self._request.remote))
 
 
 async def handle_join(request: web.Request) -> web.Response:
@@ -233,67 +283,9 @@ async def handle_join(request: web.Request) -> web.Response:
     refusal of junk should cost in all."""
     started = time.perf_counter()
     service = request.app[SERVICE]
-    response = await _answer_join(request, service)
+    response = await service.pipeline.run(request, _Join(service, request))
     service.metrics.http_request(JOIN_ROUTE, "POST", str(response.status), time.perf_counter() - started)
     return response
-
-
-async def _answer_join(request: web.Request, service: Service) -> web.Response:
-    admission = service.admission
-    remote = request.remote
-    address = remote or ""
-    admission.begin()
-    try:
-        if not admission.start_reading(address):
-            message = "too many requests from this address are still sending their body"
-            return _overloaded(service, remote, message)
-        try:
-            body = await _read_body(request, service)
-        finally:
-            admission.done_reading(address)
-        if not admission.take_slot():
-            return _overloaded(service, remote, "too many joins in flight")
-        try:
-            return web.json_response(await service.join.join(body, remote))
-        finally:
-            admission.release_slot()
-    except JoinError as exc:
-        headers = {"Retry-After": "5"} if exc.code in _RETRY_LATER else None
-        return _error(exc.code, exc.message, headers)
-    except Exception:  # counted and logged by the join service; the caller gets JSON, not a trace
-        log.exception("join failed unexpectedly")
-        return _error(JoinReason.INTERNAL_ERROR, "internal error; the service log has the details")
-    finally:
-        admission.end()
-
-
-async def _read_body(request: web.Request, service: Service) -> object:
-    """The request's JSON body; refusals before the join logic are counted as join attempts too."""
-    refuse = service.join.refuse
-    # The exact header most clients send, without parsing it; anything else parsed to be sure.
-    if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
-        raise refuse(JoinReason.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json", request.remote)
-    if (request.content_length or 0) > MAX_BODY:
-        raise refuse(JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote)
-    try:
-        if request.content.is_eof():  # the whole body is here already: no timer needed
-            raw = await request.read()
-        else:
-            async with asyncio.timeout(service.config.limits.request_timeout):
-                raw = await request.read()
-    except TimeoutError:
-        raise refuse(JoinReason.REQUEST_TIMEOUT, "the request body did not arrive in time", request.remote) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise refuse(JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes", request.remote) from None
-    except (ConnectionError, HttpProcessingError):
-        # The client left, or broke the framing, before the whole body arrived: its refusal,
-        # not a server error, and nothing worth a traceback.
-        message = "the connection closed before the whole body arrived"
-        raise refuse(JoinReason.BAD_REQUEST, message, request.remote) from None
-    try:
-        return parse_body(raw)
-    except JoinError as exc:
-        raise refuse(exc.code, exc.message, request.remote) from None
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -306,8 +298,8 @@ async def handle_readyz(request: web.Request) -> web.Response:
         reason = "draining" if service.draining else "starting"
         return web.json_response({"status": "not ready", "reason": reason}, status=503)
     body: dict[str, object] = {"status": "ready", "join_tokens": len(service.tokens.tokens)}
-    if service.join.worker is not None:  # which of the workers answered
-        body["worker"], body["workers"] = service.join.worker, service.config.workers
+    if service.worker is not None:  # which of the workers answered
+        body["worker"], body["workers"] = service.worker, service.config.workers
     if service.tokens.last_error:
         body["last_reload_error"] = service.tokens.last_error
     return web.json_response(body)
@@ -349,14 +341,25 @@ def _observed(metrics: Metrics, route: str, handler: Handler) -> Handler:
     return observed
 
 
+KUBE_API_PATHS: Final = "/apis/"
+_KUBE_MESSAGES: Final = {  # kube-apiserver's own words
+    404: "the server could not find the requested resource",
+    405: "the server does not allow this method on the requested resource",
+}
+
+
 def _unmatched(metrics: Metrics, allowed: dict[str, str]) -> Handler:
-    """Every request no route takes: 405 for a known path (with Allow), else 404; counted."""
+    """Every request no route takes: 405 for a known path (with Allow), else 404; counted. Under
+    /apis/ (the Kubernetes API's paths) as a Kubernetes Status, as kube-apiserver answers there:
+    a client of the TokenReview API reads that, not text."""
 
     async def handle_unmatched(request: web.Request) -> web.StreamResponse:
         methods = allowed.get(request.path)
         status = 405 if methods else 404
         method = request.method if request.method in _METHODS else "other"
         metrics.http_request("unmatched", method, str(status), 0.0)
+        if request.path.startswith(KUBE_API_PATHS):
+            return kube_status(status, _KUBE_MESSAGES[status], {"Allow": methods} if methods else None)
         if methods:
             raise web.HTTPMethodNotAllowed(request.method, methods.split(","))
         raise web.HTTPNotFound()
@@ -369,7 +372,7 @@ async def _housekeeping(service: Service, interval: float) -> None:
     scrape-time statistics for the others' /metrics, and warns of the CA's coming expiry."""
     while True:
         await asyncio.sleep(interval)
-        service.join.flush_audit()
+        service.audit.flush()
         service.metrics.publish()
         service.check_ca()
         try:
@@ -434,7 +437,7 @@ def create_app(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        service.join.flush_audit(final=True)
+        service.audit.flush(final=True)
         await service.keyring.close()
         if service.binding is not None:
             await service.binding.close()

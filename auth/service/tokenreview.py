@@ -12,34 +12,27 @@ Kubernetes `Status` objects.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
-from verifier.errors import Reason
 from verifier.jose import load_strict_json
 
-from .admission import Admission
-from .auditlog import UNVERIFIED_REFUSALS
+from .auditlog import UNVERIFIED_REFUSALS, AuditLog
 from .config import TokenReview
-from .errors import JoinReason
+from .errors import STATUS, JoinError
 from .keyring import Keyring
+from .pipeline import RETRY_LATER, Pipeline, retry_after
 
-log = logging.getLogger("kubejoin.tokenreview")
 API_GROUP: Final = "authentication.k8s.io"
-VERSIONS: Final = ("v1", "v1beta1")
 ROUTE: Final = "/apis/authentication.k8s.io/{version:v1|v1beta1}/tokenreviews"
 ROUTE_LABEL: Final = "/apis/authentication.k8s.io/{version}/tokenreviews"  # the route label of the HTTP metrics
 REVIEW_PATHS: Final = tuple(f"/apis/authentication.k8s.io/{v}/tokenreviews" for v in ("v1", "v1beta1"))
-MAX_BODY: Final = 64 * 1024
 # The owner of a static key set named by token_review.source: its issuer label is static:token_review.
 SOURCE_OWNER: Final = "token_review"
 # kube-apiserver's user info for ServiceAccount tokens (pkg/serviceaccount, k8s.io/apiserver user).
@@ -54,41 +47,54 @@ _TOP_FIELDS: Final = frozenset({"apiVersion", "kind", "metadata", "spec", "statu
 _SPEC_FIELDS: Final = frozenset({"token", "audiences"})
 
 
-class AuditWriter(Protocol):
-    """The join log's writer (JoinService.write_event)."""
+# The Status `reason` of each HTTP status, as kube-apiserver names it (k8s.io/apimachinery metav1).
+STATUS_REASONS: Final = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    408: "Timeout",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
 
-    def __call__(self, record: dict[str, Any], reason: str, *, unverified: bool) -> None: ...
+
+def kube_status(code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A Kubernetes `Status` answer, as kube-apiserver gives for a request it refuses."""
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": STATUS_REASONS[code],
+        "code": code,
+    }
+    return web.json_response(status, status=code, headers=headers)
 
 
 class CallerError(Exception):
-    """The request itself is refused: answered as a Kubernetes Status object."""
+    """The request itself is refused: answered as a Kubernetes Status object. `label` is the
+    reason label of kubejoin_token_reviews_total."""
 
-    def __init__(self, code: int, reason: str, label: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, code: int, label: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-        self.reason = reason  # the Status reason: BadRequest, Unauthorized, Forbidden, ...
-        self.label = label  # the reason label of kubejoin_token_reviews_total
+        self.label = label
         self.message = message
-        self.headers = headers
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-
-
-def _overloaded(message: str) -> CallerError:
-    return CallerError(429, "TooManyRequests", JoinReason.OVERLOADED, message, {"Retry-After": "1"})
+    @classmethod
+    def of(cls, error: JoinError) -> CallerError:
+        """A refusal of the request pipeline (or of the caller's token), told as a Status."""
+        return cls(STATUS[error.code], error.code, error.message)
 
 
 def _bad_request(message: str) -> CallerError:
-    return CallerError(400, "BadRequest", JoinReason.BAD_REQUEST, message)
+    return CallerError(400, "bad_request", message)
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,13 @@ def user_info(identity: Identity) -> dict[str, Any]:
     }
 
 
+class Verdict(NamedTuple):
+    """A review's `status`, and its reason label: "ok" or the token's REASON."""
+
+    status: dict[str, Any]
+    reason: str
+
+
 class TokenReviewer:
     """Answers TokenReviews against one key source, counted and logged once each."""
 
@@ -172,17 +185,15 @@ class TokenReviewer:
         *,
         keyring: Keyring,
         metrics: Metrics,
-        admission: Admission,
-        audit: AuditWriter,
-        request_timeout: float,
+        pipeline: Pipeline,
+        audit: AuditLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.pipeline = pipeline
         self._keyring = keyring
         self._metrics = metrics
-        self._admission = admission
         self._audit = audit
-        self._request_timeout = request_timeout
         self._clock = clock
         self._default_audiences = frozenset(config.audiences)
 
@@ -190,7 +201,7 @@ class TokenReviewer:
         """Opens the key source (so keys are fetched before the first review). In the event loop."""
         self._verifier(None)
 
-    def _verifier(self, audiences: tuple[str, ...] | None) -> Verifier:
+    def _verifier(self, audiences: tuple[str, ...] | None, *, bound: bool = True) -> Verifier:
         wanted = frozenset(audiences) if audiences else self._default_audiences
         return self._keyring.verifier(
             self.config.source,
@@ -198,150 +209,151 @@ class TokenReviewer:
             audiences=wanted,
             max_ttl=self.config.max_token_ttl,
             keep=wanted == self._default_audiences,  # caller-named sets must not push it out
+            bound=bound,
         )
 
-    async def review(
-        self, version: str, authorization: str | None, read_body: Callable[[], Awaitable[bytes]], remote: str | None
-    ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
-        """Status code, answer and headers for one review request."""
-        started = time.perf_counter()
-        record: dict[str, Any] = {
-            "event": "token_review",
-            "version": version,
-            "user": None,
-            "pod": None,
-            "node": None,
-            "caller": None,
-            "remote": remote,
-        }
-        reason: str = JoinReason.INTERNAL_ERROR
-        admission, address, slot = self._admission, remote or "", False
-        admission.begin()  # the drain at SIGTERM waits for it from here
-        try:
-            await self._check_caller(authorization, record)
-            # As a join: the body is read in one of its address's few reading places, and a
-            # max_in_flight slot is taken only once it has arrived, so slow senders hold no slot.
-            if not admission.start_reading(address):
-                raise _overloaded("too many requests from this address are still sending their body")
-            try:
-                body = await self._read(read_body)
-            finally:
-                admission.done_reading(address)
-            slot = admission.take_slot()
-            if not slot:
-                raise _overloaded("too many requests in flight; retry shortly")
-            request = parse_review(body, version)
-            status, reason = await self._status(request, record)
-            # spec.token comes back empty, never echoed: the official Python client cannot read an
-            # answer without it.
-            spec: dict[str, Any] = {"token": ""}
-            if request.audiences is not None:
-                spec["audiences"] = list(request.audiences)
-            answer = {
-                "kind": "TokenReview",
-                "apiVersion": f"{API_GROUP}/{version}",
-                "metadata": {"creationTimestamp": None},
-                "spec": spec,
-                "status": status,
-            }
-            if reason != "ok":
-                record["message"] = status["error"]
-            return 201, answer, None
-        except CallerError as exc:
-            reason = exc.label
-            record["message"] = exc.message
-            return exc.code, exc.status(), exc.headers
-        except Exception:  # the caller gets a Status, not a trace; the log has the details
-            log.exception("token review failed unexpectedly")
-            error = CallerError(
-                500, "InternalError", JoinReason.INTERNAL_ERROR, "internal error; the service log has the details"
-            )
-            record["message"] = error.message
-            return error.code, error.status(), None
-        finally:
-            if slot:
-                admission.release_slot()
-            admission.end()
-            self._finish(record, reason, started)
-
-    def _finish(self, record: dict[str, Any], reason: str, started: float) -> None:
-        seconds = time.perf_counter() - started
-        self._metrics.token_reviewed(reason)
-        record.update(result="success" if reason == "ok" else "failure", reason=reason)
-        record["duration_ms"] = round(seconds * 1000, 3)
-        # What anybody can send for free (no valid caller token, or junk from an anonymous caller)
-        # is bounded in the log like junk joins; an authenticated reviewer's lines never are.
-        unverified = reason == "unauthorized" or (record["caller"] is None and reason in UNVERIFIED_REFUSALS)
-        self._audit(record, reason, unverified=unverified)
-
-    async def _check_caller(self, authorization: str | None, record: dict[str, Any]) -> None:
+    async def check_caller(self, authorization: str | None, record: dict[str, Any]) -> None:
         """With `reviewers` set, the caller's own token must be valid and allowed. The refusal
-        says nothing of why the caller's token failed (the audit log does): it is no oracle."""
+        says nothing of why the caller's token failed (the audit log does): it is no oracle.
+
+        The rule is applied to the verified claims before the live binding looks the caller's
+        pod up: a caller the rule refuses costs no request to the API server."""
         reviewers = self.config.reviewers
         if reviewers is None:
             return
-        unauthorized = CallerError(
-            401,
-            "Unauthorized",
-            "unauthorized",
-            "Unauthorized: a valid ServiceAccount token of an allowed reviewer is required (Authorization: Bearer)",
-        )
         token = bearer_token(authorization)
         if token is None:
             record["caller_error"] = "no bearer token"
-            raise unauthorized
+            raise _unauthorized()
         try:
-            caller = await self._verifier(None).verify(token)
+            caller = await self._verifier(None, bound=False).verify(token)  # keys, signature, claims
+            if not any(rule.matches(caller.namespace, caller.service_account.name) for rule in reviewers):
+                record["caller"] = caller.username
+                raise CallerError(
+                    403,
+                    "forbidden",
+                    f'tokenreviews.authentication.k8s.io is forbidden: User "{caller.username}" cannot create '
+                    'resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope: '
+                    "not in token_review.reviewers",
+                )
+            binding = self._keyring.binding_for(self.config.source, SOURCE_OWNER)
+            if binding is not None and not binding.check_cached(caller):
+                await binding.check(caller)
         except VerificationError as exc:
             record["caller_error"] = f"{exc.code}: {exc.message}"
-            if exc.code in (Reason.KEYS_UNAVAILABLE, Reason.BINDING_UNAVAILABLE):
+            if exc.code in RETRY_LATER:
                 # An outage, not bad credentials: a 401 would tell Vault & co. their token is wrong.
                 message = "the caller's token cannot be checked now (keys or cluster unreachable); retry shortly"
-                raise CallerError(503, "ServiceUnavailable", exc.code, message, {"Retry-After": "5"}) from None
-            raise unauthorized from None
+                raise CallerError.of(JoinError(exc.code, message)) from None
+            raise _unauthorized() from None
         record["caller"] = caller.username
-        if not any(rule.matches(caller.namespace, caller.service_account.name) for rule in reviewers):
-            raise CallerError(
-                403,
-                "Forbidden",
-                "forbidden",
-                f'tokenreviews.authentication.k8s.io is forbidden: User "{caller.username}" cannot create resource '
-                '"tokenreviews" in API group "authentication.k8s.io" at the cluster scope: '
-                "not in token_review.reviewers",
-            )
 
-    async def _read(self, read_body: Callable[[], Awaitable[bytes]]) -> bytes:
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                return await read_body()
-        except TimeoutError:
-            raise CallerError(
-                408, "Timeout", JoinReason.REQUEST_TIMEOUT, "the request body did not arrive in time"
-            ) from None
-        except web.HTTPRequestEntityTooLarge:
-            raise CallerError(
-                413, "RequestEntityTooLarge", JoinReason.PAYLOAD_TOO_LARGE, f"the body is limited to {MAX_BODY} bytes"
-            ) from None
-        except (ConnectionError, HttpProcessingError):  # the caller left mid-body: its fault, not ours
-            raise _bad_request("the connection closed before the whole body arrived") from None
-
-    async def _status(self, request: ReviewRequest, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """The review's status and its reason label ("ok" or the token's REASON)."""
+    async def judge(self, request: ReviewRequest, record: dict[str, Any]) -> Verdict:
+        """Verifies the reviewed token; puts who it speaks for into the record."""
         try:
             identity = await self._verifier(request.audiences).verify(request.token)
         except VerificationError as exc:
-            return {"authenticated": False, "user": {}, "error": f"{exc.code}: {exc.message}"}, exc.code
+            return Verdict({"authenticated": False, "user": {}, "error": f"{exc.code}: {exc.message}"}, exc.code)
         record.update(user=identity.username, pod=identity.pod.name, node=identity.node.name if identity.node else None)
         if identity.warn_after is not None and self._clock() > identity.warn_after:
             # kube-apiserver accepts these too, and counts them: kubelet failed to rotate the token.
             self._metrics.stale_tokens.inc()
             record["stale"] = True
         asked = frozenset(request.audiences) if request.audiences else self._default_audiences
-        return {
+        status = {
             "authenticated": True,
             "user": user_info(identity),
             "audiences": [audience for audience in identity.audiences if audience in asked],
-        }, "ok"
+        }
+        return Verdict(status, "ok")
+
+    async def review(self, version: str, body: bytes, record: dict[str, Any], started: float) -> dict[str, Any]:
+        """The answer (201) to the body of an admitted caller's review, counted and logged. Raises
+        CallerError, not yet counted, for a body that is no TokenReview."""
+        request = parse_review(body, version)
+        verdict = await self.judge(request, record)
+        # spec.token comes back empty, never echoed: the official Python client cannot read an
+        # answer without it. spec.audiences comes back as kube-apiserver gives it: bounded by the body.
+        spec: dict[str, Any] = {"token": ""}
+        if request.audiences is not None:
+            spec["audiences"] = list(request.audiences)
+        if verdict.reason != "ok":
+            record["message"] = verdict.status["error"]
+        self.finish(record, verdict.reason, started)
+        return {
+            "kind": "TokenReview",
+            "apiVersion": f"{API_GROUP}/{version}",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": verdict.status,
+        }
+
+    def finish(self, record: dict[str, Any], reason: str, started: float) -> None:
+        """Counts one review and logs it."""
+        self._metrics.token_reviewed(reason)
+        record.update(result="success" if reason == "ok" else "failure", reason=reason)
+        record["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        # What anybody can send for free (no valid caller token, or junk from an anonymous caller)
+        # is bounded in the log like junk joins; an authenticated reviewer's lines never are.
+        unverified = reason == "unauthorized" or (record["caller"] is None and reason in UNVERIFIED_REFUSALS)
+        if self._audit.admit(reason, unverified=unverified):
+            self._audit.write(record)
+
+
+def review_record(version: str, remote: str | None) -> dict[str, Any]:
+    """A review's line of the audit log, before anything is known."""
+    return {
+        "event": "token_review",
+        "version": version,
+        "user": None,
+        "pod": None,
+        "node": None,
+        "caller": None,
+        "remote": remote,
+    }
+
+
+def _unauthorized() -> CallerError:
+    return CallerError(
+        401,
+        "unauthorized",
+        "Unauthorized: a valid ServiceAccount token of an allowed reviewer is required (Authorization: Bearer)",
+    )
+
+
+class _Review:
+    """One TokenReview request in the pipeline (pipeline.Exchange), in the order of concern above."""
+
+    __slots__ = ("_record", "_request", "_reviewer", "_started", "_version")
+
+    def __init__(self, reviewer: TokenReviewer, request: web.Request) -> None:
+        self._reviewer = reviewer
+        self._request = request
+        self._started = time.perf_counter()
+        self._version = request.match_info["version"]
+        self._record = review_record(self._version, request.remote)
+
+    async def admit(self) -> web.Response | None:
+        try:
+            await self._reviewer.check_caller(self._request.headers.get("Authorization"), self._record)
+        except CallerError as exc:
+            return self._refused(exc)
+        return None
+
+    async def answer(self, body: bytes) -> web.Response:
+        try:
+            answer = await self._reviewer.review(self._version, body, self._record, self._started)
+        except CallerError as exc:
+            return self._refused(exc)
+        return web.json_response(answer, status=201)
+
+    def refuse(self, error: JoinError) -> web.Response:
+        return self._refused(CallerError.of(error))
+
+    def _refused(self, exc: CallerError) -> web.Response:
+        self._record["message"] = exc.message
+        self._reviewer.finish(self._record, exc.label, self._started)
+        return kube_status(exc.code, exc.message, retry_after(exc.label))
 
 
 REVIEWER: Final = web.AppKey("token_reviewer", TokenReviewer)
@@ -350,13 +362,4 @@ REVIEWER: Final = web.AppKey("token_reviewer", TokenReviewer)
 async def handle_token_review(request: web.Request) -> web.Response:
     """POST .../tokenreviews: JSON with or without a Content-Type, possibly chunked."""
     reviewer = request.app[REVIEWER]
-
-    async def read_body() -> bytes:
-        if (request.content_length or 0) > MAX_BODY:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length or 0)
-        return await request.read()
-
-    code, answer, headers = await reviewer.review(
-        request.match_info["version"], request.headers.get("Authorization"), read_body, request.remote
-    )
-    return web.json_response(answer, status=code, headers=headers)
+    return await reviewer.pipeline.run(request, _Review(reviewer, request))

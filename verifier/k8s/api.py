@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ from typing import Any, Final, NamedTuple
 import aiohttp
 
 from ..errors import KeySourceError
+from ..jose import load_strict_json
 from ..keys import KeySet, parse_jwks
-from ..sources import MAX_RESPONSE_BYTES, RemoteKeySource, max_age_of
+from ..sources import MAX_RESPONSE_BYTES, RemoteKeySource, max_age_of, read_limited
 
 # The API server's metadata-only representations (meta.k8s.io/v1), with full objects as fallback.
 META_LIST_ACCEPT: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
@@ -219,18 +219,16 @@ class KubeAPI:
     async def read(self, path: str, *, query: list[tuple[str, str]] | None = None, accept: str) -> bytes:
         """The whole body of a GET, at most MAX_RESPONSE_BYTES * 64 (a list page); raises ApiError."""
         response = await self.open(path, query=query, accept=accept)
-        body = bytearray()
         try:
             async with asyncio.timeout(self.timeout * 6):
-                async for chunk in response.content.iter_chunked(256 * 1024):
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES * 64:
-                        raise ApiError(0, f"GET {path}: answer too large")
+                body = await read_limited(response.content, MAX_RESPONSE_BYTES * 64)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(0, f"GET {path}: reading the answer failed: {type(exc).__name__}") from None
         finally:
             response.release()
-        return bytes(body)
+        if body is None:
+            raise ApiError(0, f"GET {path}: answer too large")
+        return body
 
     async def list_page(self, kind: Kind, continue_token: str | None) -> tuple[list[ObjectMeta], str, str | None]:
         """One page of a list: its objects, the list's resourceVersion, the continue token."""
@@ -301,7 +299,7 @@ class KubeAPI:
 
 def _json(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = load_strict_json(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(0, "the API server's answer is not JSON") from None
     if not isinstance(value, dict):
@@ -312,7 +310,7 @@ def _json(body: bytes) -> dict[str, Any]:
 def _status_message(body: bytes) -> str:
     """The message of a Kubernetes Status answer, else the start of the body."""
     try:
-        value = json.loads(body)
+        value = load_strict_json(body)
         if isinstance(value, dict) and isinstance(value.get("message"), str):
             return str(value["message"])[:300]
     except (ValueError, UnicodeDecodeError):
@@ -345,13 +343,11 @@ class KubeKeySource(RemoteKeySource):
             response = await self._api.open("/openid/v1/jwks", accept="application/jwk-set+json, application/json")
             try:
                 max_age = max_age_of(response.headers.get("Cache-Control"))
-                jwks = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    jwks += chunk
-                    if len(jwks) > MAX_RESPONSE_BYTES:
-                        raise KeySourceError(f"the JWKS is larger than {MAX_RESPONSE_BYTES} bytes")
+                jwks = await read_limited(response.content, MAX_RESPONSE_BYTES)
             finally:
                 response.release()
         except ApiError as exc:
             raise KeySourceError(str(exc)) from None
-        return parse_jwks(bytes(jwks)), issuer, max_age
+        if jwks is None:
+            raise KeySourceError(f"the JWKS is larger than {MAX_RESPONSE_BYTES} bytes")
+        return parse_jwks(jwks), issuer, max_age
