@@ -19,7 +19,17 @@ import pytest
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.joinlog import JoinLog
-from tests.service import CLUSTER, free_port, join_body, pod_token, token_doc, wait_until_ok, write_tokens
+from tests.polling import wait_for
+from tests.service import (
+    CLUSTER,
+    join_body,
+    listening_port,
+    pod_token,
+    read_line_containing,
+    token_doc,
+    wait_until_ok,
+    write_tokens,
+)
 
 
 class BrokenPipe(io.StringIO):
@@ -106,12 +116,11 @@ class Served:
 async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
-    port = free_port()
     (tmp_path / "config.yaml").write_text(
         json.dumps(
             {
                 "cluster_name": CLUSTER,
-                "listen": f"127.0.0.1:{port}",
+                "listen": "127.0.0.1:0",
                 "tokens_file": "tokens.yaml",
                 "limits": {"request_timeout": "1s"},
             }
@@ -120,15 +129,21 @@ async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml")),
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
+    assert process.stderr is not None
+    rest_of_stderr: asyncio.Future[bytes] | None = None
     try:
+        port = listening_port(await read_line_containing(process.stderr, b"serving joins on", 30))
+        rest_of_stderr = asyncio.ensure_future(process.stderr.read())  # read, so that the pipe never fills
+        base = f"http://127.0.0.1:{port}"
         await wait_until_ok(base + "/readyz", process, "kubejoin serve")
         yield Served(process, base, issuer)
     finally:
         if process.returncode is None:
             process.kill()
+        if rest_of_stderr is not None:
+            await asyncio.wait_for(rest_of_stderr, 30)
         # wait() returns only once stdout is closed: read what is left, unless a test reads it
         assert process.stdout is not None
         with contextlib.suppress(RuntimeError):
@@ -192,10 +207,13 @@ async def test_a_stdout_nobody_reads_does_not_freeze_the_service(served: Served)
         # once stdout is read again, joins succeed again
         assert served.process.stdout is not None
         output = asyncio.ensure_future(served.process.stdout.read())
-        for _ in range(100):
+
+        async def joined() -> bool:
+            nonlocal status
             status, _ = await served.join(session, 2)
-            if status == 200:
-                break
+            return status == 200
+
+        await wait_for(joined, "a join once stdout is read again")
         assert status == 200
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0

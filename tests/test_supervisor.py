@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -21,8 +20,9 @@ from prometheus_client import CollectorRegistry
 from auth.cli.supervisor import Supervisor, bind_slots, startable
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.ca import CertificateAuthority
-from auth.service.config import load_config
+from auth.service.config import Config, load_config
 from auth.service.server import create_app
+from tests.polling import wait_for
 from tests.service import CLUSTER, token_doc, write_tokens
 
 STUB = str(Path(__file__).parent / "data" / "stub_worker.py")
@@ -41,11 +41,10 @@ class Run:
         return [line.split()[2] for line in lines if line.split()[0] == str(index)]
 
     async def until(self, condition: Callable[[], bool], what: str, within: float = 20) -> None:
-        deadline = time.monotonic() + within
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"waited {within} s for {what}; steps {self.steps(0)} {self.steps(1)}")
-            await asyncio.sleep(0.05)
+        """wait_for, with the steps of both slots in the failure message."""
+        await wait_for(
+            condition, what, within=within, every=0.05, detail=lambda: f"steps {self.steps(0)} {self.steps(1)}"
+        )
 
 
 @asynccontextmanager
@@ -135,12 +134,21 @@ async def test_a_start_failing_at_the_stop_is_a_clean_stop(tmp_path: Path, monke
 async def test_a_vacant_slot_waits_for_the_files_and_binds_afresh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    checks: list[str | None] = []  # what each of the supervisor's checks of the files found
+
+    def checked(config_path: str, running: Config) -> str | None:
+        checks.append(startable(config_path, running))
+        return checks[-1]
+
+    monkeypatch.setattr("auth.cli.supervisor.startable", checked)
     async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["serve-then-2", "fail", "serve"]}) as run:
         first = list(run.slots[1])
         await run.until(lambda: run.steps(1)[:2] == ["serve-then-2", "fail"], "slot 1's failed start")
         good = (tmp_path / "tokens.yaml").read_text()
         (tmp_path / "tokens.yaml").write_text("kind: token\nversion: [\n")
-        await asyncio.sleep(2.5)  # two checks of the files: the slot stays vacant
+        refused = len([found for found in checks if found is not None])
+        # two checks of the broken files: the slot stays vacant
+        await run.until(lambda: len([found for found in checks if found is not None]) >= refused + 2, "two checks")
         assert run.steps(1) == ["serve-then-2", "fail"] and run.supervisor.serving == {0}
         (tmp_path / "tokens.yaml").write_text(good)
         await run.until(lambda: run.supervisor.serving == {0, 1}, "slot 1 serving again")

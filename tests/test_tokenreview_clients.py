@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from auth.cli.serve import server_tls_context
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
+from tests.polling import wait_for
 from tests.service import AuditLog, make_config, token_doc, write_tokens
 
 API = "https://kubernetes.default.svc.cluster.local"
@@ -64,11 +65,9 @@ async def endpoint(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Endpoin
     assert app[SERVICE].ca is not None
     yield Endpoint(f"https://localhost:{server.port}", Path(config.ca_cert_file), issuer, audit, tmp_path, registry)
     # The clients have exited or closed their pools; let the server see their TLS connections end
-    # before it stops, or their transports outlive the event loop (bounded: 5 s).
-    for _ in range(500):
-        if not server.runner.server.connections:
-            break
-        await asyncio.sleep(0.01)
+    # before it stops, or their transports outlive the event loop.
+    assert server.runner.server is not None
+    await wait_for(lambda: not server.runner.server.connections, "the clients' connections closed", within=5)
 
 
 # -- the official Python client ---------------------------------------------------------------
