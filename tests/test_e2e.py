@@ -35,6 +35,9 @@ from tests.service import (
 )
 from tests.test_tokens import SEED
 
+# Every test here starts `kubejoin serve` (or another kubejoin command) as a process.
+pytestmark = pytest.mark.slow
+
 
 async def run_cli(*argv: str, limit: float = 60) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(

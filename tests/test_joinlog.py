@@ -151,6 +151,7 @@ async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
         await asyncio.wait_for(process.wait(), 30)
 
 
+@pytest.mark.slow
 async def test_every_certificate_has_its_line_even_after_sigkill(served: Served) -> None:
     """Before: lines were flushed twice a second, and SIGKILL right after the answers lost them."""
     assert served.process.stdout is not None
@@ -164,6 +165,7 @@ async def test_every_certificate_has_its_line_even_after_sigkill(served: Served)
     assert {json.loads(line).get("host_id") for line in log.splitlines()} == issued
 
 
+@pytest.mark.slow
 async def test_sighup_does_not_stop_the_service(served: Served) -> None:
     assert served.process.stdout is not None
     output = asyncio.ensure_future(served.process.stdout.read())
@@ -179,6 +181,7 @@ async def test_sighup_does_not_stop_the_service(served: Served) -> None:
     assert [json.loads(line)["reason"] for line in (await output).splitlines()] == ["ok"]
 
 
+@pytest.mark.slow
 async def test_a_stdout_nobody_reads_does_not_freeze_the_service(served: Served) -> None:
     """Before: the event loop blocked in write(2) after about 500 lines; nothing was answered."""
     async with aiohttp.ClientSession() as session:

@@ -55,6 +55,7 @@ def test_prometheusrule_carries_the_same_groups() -> None:
     assert operator["spec"] == plain
 
 
+@pytest.mark.slow
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = need("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
@@ -157,6 +158,7 @@ async def query(session: aiohttp.ClientSession, base: str, expr: str) -> list[di
     return list(answer["data"]["result"])
 
 
+@pytest.mark.slow
 async def test_real_prometheus_sees_each_attempt_once(kubejoin: tuple[Any, LocalIssuer], prometheus: str) -> None:
     client, issuer = kubejoin
     token = pod_token(issuer)

@@ -85,6 +85,7 @@ async def stopped(run: Run) -> list[int]:
     return list(await asyncio.wait_for(asyncio.gather(*run.tasks), 30))
 
 
+@pytest.mark.slow
 async def test_a_slot_failing_to_start_after_another_served_is_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,6 +98,7 @@ async def test_a_slot_failing_to_start_after_another_served_is_retried(
         assert await stopped(run) == [0, 0]
 
 
+@pytest.mark.slow
 async def test_a_worker_that_served_and_exits_2_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Status 2 after serving is not a failed start (a worker turns internal errors into 2)."""
     async with supervised(tmp_path, monkeypatch, {0: ["serve-then-2", "serve"], 1: ["serve-then-2", "serve"]}) as run:
@@ -108,12 +110,14 @@ async def test_a_worker_that_served_and_exits_2_is_replaced(tmp_path: Path, monk
         assert await stopped(run) == [0, 0]
 
 
+@pytest.mark.slow
 async def test_when_no_worker_can_start_the_service_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with supervised(tmp_path, monkeypatch, {0: ["fail"], 1: ["fail"]}) as run:
         statuses = await asyncio.wait_for(asyncio.gather(*run.tasks), 20)
         assert run.supervisor.fatal and 2 in statuses
 
 
+@pytest.mark.slow
 async def test_sighup_waits_for_a_worker_to_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker still starting has no SIGHUP handler: forwarding it killed the worker."""
     async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["slow-serve"]}) as run:
@@ -125,12 +129,14 @@ async def test_sighup_waits_for_a_worker_to_serve(tmp_path: Path, monkeypatch: p
         assert await stopped(run) == [0, 0]
 
 
+@pytest.mark.slow
 async def test_a_start_failing_at_the_stop_is_a_clean_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["term-fails"]}) as run:
         await run.until(lambda: 0 in run.supervisor.serving and run.steps(1) == ["term-fails"], "both started")
         assert await stopped(run) == [0, 0]  # slot 1 exits 2 at the SIGTERM: it had nothing to drain
 
 
+@pytest.mark.slow
 async def test_a_vacant_slot_waits_for_the_files_and_binds_afresh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +178,7 @@ def test_startable_says_what_would_stop_a_worker_and_never_writes_a_ca(tmp_path:
     assert startable(path, running) == "listen or metrics_listen changed since kubejoin started; restart it to apply"
 
 
+@pytest.mark.slow
 async def test_a_worker_given_fewer_listeners_than_its_config_needs_says_so(tmp_path: Path) -> None:
     """It used to die of an IndexError ("internal error")."""
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])

@@ -209,6 +209,7 @@ def review_file(endpoint: Endpoint, token: str, version: str = "v1") -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
 async def test_kubectl_create_raw(endpoint: Endpoint, version: str) -> None:
     claims = endpoint.issuer.claims("team-a", "reader", audiences=[API], pod="reader-7d9f", node=None)
@@ -239,6 +240,7 @@ async def test_kubectl_create_raw(endpoint: Endpoint, version: str) -> None:
     assert record["caller"] == "system:serviceaccount:vault:vault-auth" and record["reason"] == "ok"
 
 
+@pytest.mark.slow
 async def test_kubectl_refused_token(endpoint: Endpoint) -> None:
     token = endpoint.token(lifetime=7200)
     code, out, err = await kubectl(
@@ -256,6 +258,7 @@ async def test_kubectl_refused_token(endpoint: Endpoint) -> None:
     assert status["error"].startswith("token_ttl_too_long: ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("bearer", "message"),
     [

@@ -30,6 +30,9 @@ from tests.service import (
 
 WORKERS = 2
 
+# Every test here starts `kubejoin serve --workers` as a process.
+pytestmark = pytest.mark.slow
+
 
 class Served:
     def __init__(self, process: asyncio.subprocess.Process, issuer: LocalIssuer, port: int, metrics_port: int) -> None:
