@@ -23,7 +23,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Everything but the bench smoke tests (marked slow), for the edit-test loop. CI runs `make test`.
+# The edit-test loop (under a minute on 2 cores): every test but those marked slow, which start a
+# process or take over about a second. CI runs `make test`, which runs them all.
 quick: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 import hypothesis
 import pytest
@@ -25,6 +27,21 @@ AUDIENCE = "kubejoin.example"
 # a red build is reproducible from its log; locally new examples each run, failures remembered.
 hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_in_slow_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make quick` leaves out the tests marked slow, and every test that starts a process (kubejoin
+    serve, kubectl, Prometheus, a bench script: subprocess and asyncio's subprocesses alike) must
+    be one of them: here the others fail at once, saying so, instead of making the loop slow."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        command = args[0] if args else kwargs.get("args")
+        raise AssertionError(f"this test starts a process ({command!r}): mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
 class Clock:

@@ -17,6 +17,7 @@ from auth.devtools.devtls import LoopbackTLS, make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.kubeapi import FakeKubeAPI
 from auth.service.server import SERVICE, create_app
+from tests.polling import wait_for
 from tests.service import CLUSTER, AuditLog, make_config, token_doc, write_tokens
 from verifier.k8s.binding import LiveBinding
 
@@ -73,7 +74,7 @@ async def start_kubejoin(
     if synced:
         async with asyncio.timeout(10):
             await live.wait_synced()
-        await until(lambda: cluster.api.watching == len(live.reflectors), "the watches")
+        await wait_for(lambda: cluster.api.watching == len(live.reflectors), "the watches")
     return client
 
 
@@ -81,12 +82,3 @@ def binding_of(client: Client) -> LiveBinding:
     live = client.app[SERVICE].binding
     assert live is not None
     return live
-
-
-async def until(condition: Callable[[], bool], what: str = "condition") -> None:
-    """Waits (bounded: 5 s) for something another task does, e.g. a watch event to land."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} not reached in 5 s")

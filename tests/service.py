@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import io
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from auth.cli.serve import make_runner
 from auth.devtools.issuer import LocalIssuer
 from auth.service.config import Config, parse_config
 from auth.service.server import create_app
+from tests.polling import wait_for
 
 CLUSTER = "example.teleport.sh"
 
@@ -107,29 +107,6 @@ class AuditLog(io.StringIO):
         return [json.loads(line) for line in self.getvalue().splitlines()]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], what: str = "condition", within: float = 10.0
-) -> None:
-    """Returns as soon as condition() holds; fails after `within` seconds. For states that
-    signal nothing one could await (another task's counter, another process's metrics), so they
-    are checked every 10 ms instead of sleeping a guessed time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = condition()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not reached within {within} s")
-        await asyncio.sleep(0.01)
-
-
 async def metric_value(base: str, name: str) -> float | None:
     """One unlabelled sample from a running kubejoin's /metrics."""
     async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
@@ -148,31 +125,45 @@ async def read_line_containing(stream: asyncio.StreamReader, text: bytes, within
     raise AssertionError(f"the output ended without a line containing {text!r}")
 
 
-async def wait_until_ok(url: str, process: asyncio.subprocess.Process, what: str) -> None:
-    """Polls url until it answers 200 (bounded: 30 s); fails early if the process exits."""
+def listening_port(line: bytes) -> int:
+    """The port in a server's start-up line: a server told to listen on 127.0.0.1:0 says which
+    port it got (`kubejoin serving joins on http://127.0.0.1:PORT`, Prometheus's `msg="Listening
+    on" address=127.0.0.1:PORT`), so no test guesses a free port that another process may take."""
+    found = re.search(rb"127\.0\.0\.1:(\d+)", line)
+    if found is None:
+        raise AssertionError(f"no 127.0.0.1:port in {line!r}")
+    return int(found.group(1))
+
+
+async def wait_until_ok(url: str, process: asyncio.subprocess.Process, what: str, within: float = 30.0) -> None:
+    """Until url answers 200 (bounded); fails early if the process exits."""
     async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
+
+        async def ok() -> bool:
             if process.returncode is not None:
                 raise AssertionError(f"{what} exited with {process.returncode}")
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{what} did not become ready")
+            async with session.get(url) as response:
+                return response.status == 200
+
+        await wait_for(ok, f"{what} answering 200 at {url}", within=within, every=0.05, ignoring=(aiohttp.ClientError,))
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port a runner's only listener got (it bound port 0)."""
+    [address] = runner.addresses
+    return int(address[1])
 
 
 @contextlib.asynccontextmanager
-async def served_as_serve(config: Config, port: int, audit: Any = None) -> AsyncIterator[web.AppRunner]:
-    """The service on 127.0.0.1:`port` with `kubejoin serve`'s runner settings: aiohttp's test
-    server cancels a handler whose client left, serve does not."""
+async def served_as_serve(config: Config, audit: Any = None) -> AsyncIterator[web.AppRunner]:
+    """The service on a port of 127.0.0.1 that it binds itself (`bound_port`) with `kubejoin
+    serve`'s runner settings: aiohttp's test server cancels a handler whose client left, serve
+    does not."""
     app = create_app(config, registry=CollectorRegistry(), audit=audit if audit is not None else AuditLog())
     runner = make_runner(app, config)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
         yield runner
     finally:
         await runner.cleanup()

@@ -15,7 +15,17 @@ from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
-from tests.service import AuditLog, join_body, make_config, pod_token, served_as_serve, token_doc, write_tokens
+from tests.polling import wait_for
+from tests.service import (
+    AuditLog,
+    bound_port,
+    join_body,
+    make_config,
+    pod_token,
+    served_as_serve,
+    token_doc,
+    write_tokens,
+)
 
 Client = TestClient[web.Request, web.Application]
 HEAD = b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
@@ -44,14 +54,6 @@ async def slow_body(port: int, source: str = "127.0.0.1") -> tuple[asyncio.Strea
     writer.write(HEAD)
     await writer.drain()
     return reader, writer
-
-
-async def wait_for(condition: Any, seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_slow_bodies_take_no_join_slot(tmp_path: Path, aiohttp_client: Any, issuer: LocalIssuer) -> None:
@@ -104,33 +106,35 @@ async def test_one_address_cannot_hold_more_than_its_share(
     ],
     ids=["404", "415", "429"],
 )
-async def test_abandoned_requests_are_let_go(
-    tmp_path: Path, issuer: LocalIssuer, head: bytes, unused_tcp_port: int
-) -> None:
+async def test_abandoned_requests_are_let_go(tmp_path: Path, issuer: LocalIssuer, head: bytes) -> None:
     """Issue 12, item 2: a client that sends headers and one body byte, is refused and leaves must
     not leave its request in memory for aiohttp's default lingering time (10 s)."""
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
     overloaded = b"overloaded" in head
     config = make_config(tmp_path, limits={"max_pending_per_address": 1} if overloaded else {})
-    async with served_as_serve(config, unused_tcp_port) as runner:
-        held = await slow_body(unused_tcp_port) if overloaded else None  # takes the address's only place
+    async with served_as_serve(config) as runner:
+        port = bound_port(runner)
+        held = await slow_body(port) if overloaded else None  # takes the address's only place
+        if held is not None:
+            await wait_for(lambda: runner.app[SERVICE].admission.pending("127.0.0.1") == 1, "the held body")
+        before = asyncio.all_tasks()  # the service's own, the held connection's, the test's
+
+        def left() -> set[asyncio.Task[Any]]:
+            return asyncio.all_tasks() - before
+
         for _ in range(20):
-            reader, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(head)
             assert (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1] in (b"404", b"415", b"429")
             writer.close()
-        # every refused request's handler ends within LINGERING_TIME of the client leaving
+        # every refused request's handler (the task aiohttp runs for its connection) ends within
+        # LINGERING_TIME of the client leaving
         assert runner.server is not None
-        await wait_for(lambda: not any(_lingering(task) for task in asyncio.all_tasks()), seconds=5)
+        await wait_for(
+            lambda: not left(),
+            "every refused connection's handler ended",
+            within=5,
+            detail=lambda: f"{len(left())} left, e.g. {min(map(repr, left()), default=None)}",
+        )
         if held is not None:
             held[1].close()
-
-
-def _lingering(task: asyncio.Task[Any]) -> bool:
-    """A connection handler (aiohttp's RequestHandler.start) reading a refused request's body."""
-    names = []
-    awaited: Any = task.get_coro()
-    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
-        names.append(awaited.cr_frame.f_code.co_name)
-        awaited = awaited.cr_await
-    return names[:1] == ["start"] and "readany" in names

@@ -15,7 +15,8 @@ import pytest
 
 from auth.devtools.kubeapi import write_kubeconfig
 from auth.service.server import SERVICE
-from tests.kube import BEARER, Client, FakeCluster, binding_of, start_cluster, start_kubejoin, until
+from tests.kube import BEARER, Client, FakeCluster, binding_of, start_cluster, start_kubejoin
+from tests.polling import wait_for
 from tests.service import AuditLog, join_body
 from verifier import VerificationError
 from verifier.claims import uid_key
@@ -120,7 +121,7 @@ async def test_each_binding_reason_over_http(
         assert await join(client, token) == (200, "ok")
         change(cluster, token)
         binding = binding_of(client)
-        await until(lambda: _seen(binding, cluster), "the watch event")
+        await wait_for(lambda: _seen(binding, cluster), "the watch event")
         before = object_requests(cluster)
     status, answer = await join(client, token)
     if when == "after":
@@ -149,7 +150,7 @@ async def join_awaiting_its_get(
     token = cluster.mint(NS, "app-new")
     gate = cluster.api.get_gate = asyncio.Event()
     first = asyncio.ensure_future(join(client, token))
-    await until(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
+    await wait_for(lambda: cluster.api.requests["get", "pods"] == 1, "the GET")
     return new, token, first, gate
 
 
@@ -180,11 +181,11 @@ async def test_pod_in_graceful_termination_still_joins(
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
     uid, pods = cluster.api.uid("pods", NS, "app-1"), binding_of(client).stores["pod"]
     cluster.api.terminate("pods", NS, "app-1", at=time.time() + 30)  # its grace period runs
-    await until(lambda: pods.deleted_at(uid) is not None)
+    await wait_for(lambda: pods.deleted_at(uid) is not None)
     assert await join(client, token) == (200, "ok")
     # deleted 5 s ago: within the 10 s leeway, as kube-apiserver allows
     cluster.api.terminate("pods", NS, "app-1", at=time.time() - 5)
-    await until(lambda: (pods.deleted_at(uid) or 0.0) < time.time())
+    await wait_for(lambda: (pods.deleted_at(uid) or 0.0) < time.time())
     assert await join(client, token) == (200, "ok")
 
 
@@ -197,7 +198,7 @@ async def test_cached_token_is_refused_right_after_the_deleted_event(
     hits = verifier.cache_hits
     uid = cluster.api.uid("pods", NS, "app-1")
     cluster.api.delete("pods", NS, "app-1")
-    await until(lambda: uid not in binding_of(client).stores["pod"])
+    await wait_for(lambda: uid not in binding_of(client).stores["pod"])
     assert await join(client, token) == (401, "pod_deleted")
     assert verifier.cache_hits == hits + 1  # refused on the cache-hit path, not re-verified
     client.app[SERVICE].audit.flush()
@@ -233,7 +234,7 @@ async def test_new_pod_joins_through_one_shared_get(tmp_path: Path, aiohttp_clie
     tokens = [cluster.mint(NS, "app-new") for _ in range(5)]
     cluster.api.get_gate = asyncio.Event()
     joins = [asyncio.ensure_future(join(client, token)) for token in tokens]
-    await until(
+    await wait_for(
         lambda: client.app[SERVICE].admission.in_flight == 5 and cluster.api.requests["get", "pods"] == 1, "5 joins"
     )
     cluster.api.get_gate.set()
@@ -254,7 +255,7 @@ async def test_relist_after_410(tmp_path: Path, aiohttp_client: Any, cluster: Fa
     late = cluster.api.add_pod(NS, "app-late", service_account="app")
     cluster.api.compact()  # etcd forgot: the watch's resourceVersion is now too old
     cluster.api.end_watches()  # the watch ends before it tells of app-late; resuming it gets 410
-    await until(lambda: late in binding.stores["pod"], "the relist")
+    await wait_for(lambda: late in binding.stores["pod"], "the relist")
     assert cluster.api.requests["list", "pods"] == lists + 1
     assert sample(client, "kubejoin_binding_watch_restarts_total", kind="pod") >= 1
     gets = cluster.api.requests["get", "pods"]
@@ -275,7 +276,7 @@ async def test_outage_cache_keeps_answering_only_unknown_lookups_503(
     unknown = cluster.mint(NS, "app-new")
     cluster.api.unavailable = True
     cluster.api.end_watches()
-    await until(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 0)
+    await wait_for(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 0)
     assert await join(client, known) == (200, "ok")
     assert await join(client, cluster.mint(NS, "app-0")) == (200, "ok")  # verified afresh
     response = await client.post("/v1/join", json=join_body(unknown))
@@ -285,7 +286,7 @@ async def test_outage_cache_keeps_answering_only_unknown_lookups_503(
     assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="error") == 1
     cluster.api.unavailable = False  # back: relisted, synced, and the new pod joins from the cache
     cluster.api.release()
-    await until(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 1)
+    await wait_for(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 1)
     assert await join(client, unknown) == (200, "ok")
 
 
@@ -297,7 +298,7 @@ async def test_missing_rbac_is_logged_once_and_shows_in_metrics(
     cluster.api.forbidden = {"nodes"}
     caplog.set_level(logging.ERROR, logger="kubejoin.binding")
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster, synced=False)
-    await until(lambda: sample(client, "kubejoin_binding_watch_restarts_total", kind="node") >= 3, "retries")
+    await wait_for(lambda: sample(client, "kubejoin_binding_watch_restarts_total", kind="node") >= 3, "retries")
     assert await join(client, token) == (503, "binding_unavailable")
     assert await join(client, token) == (503, "binding_unavailable")
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
@@ -328,7 +329,7 @@ async def test_kubeconfig_serves_keys_and_binding(tmp_path: Path, aiohttp_client
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster, in_cluster={"kubeconfig": "kubeconfig"})
     assert await join(client, token) == (200, "ok")
     cluster.api.delete("pods", NS, "app-0")
-    await until(lambda: binding_of(client).stores["pod"].count == 0)
+    await wait_for(lambda: binding_of(client).stores["pod"].count == 0)
     assert await join(client, token) == (401, "pod_deleted")
     assert cluster.api.requests["get", "keys"] >= 2  # discovery and JWKS through the kubeconfig
 
@@ -366,7 +367,7 @@ async def test_keyring_verifier_shares_the_source_and_applies_the_binding(
     token = cluster.mint(NS, "app-0", audiences=["https://kubernetes.default.svc"])
     assert (await review.verify(token)).pod.name == "app-0"
     cluster.api.delete("pods", NS, "app-0")
-    await until(lambda: binding_of(client).stores["pod"].count == 0)
+    await wait_for(lambda: binding_of(client).stores["pod"].count == 0)
     with pytest.raises(VerificationError) as refused:
         await review.verify(token)
     assert refused.value.code == "pod_deleted"
@@ -386,11 +387,11 @@ async def test_an_unexpected_watch_error_relists_and_deletions_are_still_seen(
     # KeyError that ended the pod watch for good while kubejoin_binding_synced stayed 1
     status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 500}
     cluster.api.send_watch_event("pods", "ERROR", status)
-    await until(lambda: pods.restarts == 1 and pods.synced, "the pod relist")
-    await until(lambda: cluster.api.watching == len(binding.reflectors), "the watches")
+    await wait_for(lambda: pods.restarts == 1 and pods.synced, "the pod relist")
+    await wait_for(lambda: cluster.api.watching == len(binding.reflectors), "the watches")
     uid = cluster.api.uid("pods", NS, "app-0")
     cluster.api.delete("pods", NS, "app-0")
-    await until(lambda: uid not in binding.stores["pod"], "the DELETED event")
+    await wait_for(lambda: uid not in binding.stores["pod"], "the DELETED event")
     assert await join(client, token) == (401, "pod_deleted")
 
 
@@ -415,7 +416,7 @@ async def test_get_results_are_not_kept_without_a_running_watch(
     cluster.api.forbidden_verbs = {("list", "pods"), ("watch", "pods")}  # RBAC allows get only
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster, synced=False)
     binding = binding_of(client)
-    await until(lambda: binding.reflectors["serviceaccount"].synced, "the service account list")
+    await wait_for(lambda: binding.reflectors["serviceaccount"].synced, "the service account list")
     assert await join(client, token) == (200, "ok")  # by GET
     assert cluster.api.uid("pods", NS, "app-0") not in binding.stores["pod"]  # nothing would ever remove it
     cluster.api.delete("pods", NS, "app-0")
@@ -435,7 +436,7 @@ async def test_a_get_landing_after_a_relist_does_not_bring_a_deleted_pod_back(
     cluster.api.held = None
     cluster.api.compact()
     cluster.api.end_watches()
-    await until(lambda: cluster.api.requests["list", "pods"] > lists and binding.reflectors["pod"].synced, "relist")
+    await wait_for(lambda: cluster.api.requests["list", "pods"] > lists and binding.reflectors["pod"].synced, "relist")
     gate.set()  # the GET answers with what it saw before the deletion
     await first
     assert new not in binding.stores["pod"]  # was held until the next relist
@@ -456,7 +457,7 @@ async def test_a_get_does_not_bring_back_a_pod_whose_deletion_was_forgotten(
     for name in ("app-new", "app-0", "app-1", "app-2"):
         cluster.api.delete("pods", NS, name)
     cluster.api.release()
-    await until(lambda: pods.count == 0 and len(pods.gone) == 2, "the DELETED events")
+    await wait_for(lambda: pods.count == 0 and len(pods.gone) == 2, "the DELETED events")
     gate.set()  # the GET answers with what it saw before the deletion
     await first
     assert new not in pods  # was kept: nothing but a relist would ever have removed it
@@ -470,13 +471,13 @@ async def test_a_replacement_first_seen_in_a_relist_is_a_uid_mismatch(
     binding = binding_of(client)
     old = cluster.api.uid("pods", NS, "app-1")
     cluster.api.delete("pods", NS, "app-1")
-    await until(lambda: old not in binding.stores["pod"], "the DELETED event")
+    await wait_for(lambda: old not in binding.stores["pod"], "the DELETED event")
     cluster.api.hold()  # the watch never tells of the new app-1: a relist finds it
     new = cluster.api.add_pod(NS, "app-1", service_account="app")
     cluster.api.held = None
     cluster.api.compact()
     cluster.api.end_watches()
-    await until(lambda: new in binding.stores["pod"], "the relist")
+    await wait_for(lambda: new in binding.stores["pod"], "the relist")
     before = object_requests(cluster)
     assert await join(client, token) == (401, "pod_uid_mismatch")  # was pod_deleted
     assert object_requests(cluster) == before
@@ -489,10 +490,10 @@ async def test_a_replacement_that_went_too_leaves_the_first_token_deleted(
     binding = binding_of(client)
     cluster.api.delete("pods", NS, "app-1")
     second = cluster.api.add_pod(NS, "app-1", service_account="app")
-    await until(lambda: second in binding.stores["pod"], "the replacement")
+    await wait_for(lambda: second in binding.stores["pod"], "the replacement")
     assert await join(client, token) == (401, "pod_uid_mismatch")
     cluster.api.delete("pods", NS, "app-1")  # no pod of that name now: kube-apiserver says not found
-    await until(lambda: second not in binding.stores["pod"], "its deletion")
+    await wait_for(lambda: second not in binding.stores["pod"], "its deletion")
     status, code = await join(client, token)
     assert (status, code) == (401, "pod_deleted")  # was pod_uid_mismatch, "it now has another uid"
 
@@ -512,7 +513,7 @@ async def test_a_watch_that_ends_at_once_backs_off(
     monkeypatch.setattr(pods, "_back_off", recorded)
     cluster.api.empty_watches = True  # 200, no events, closed: once reopened in a tight loop
     cluster.api.end_watches()
-    await until(lambda: len(waits) >= 3, "three backoffs")
+    await wait_for(lambda: len(waits) >= 3, "three backoffs")
     assert waits[:3] == [1, 2, 3]  # each quick end counts as one more failure: the waits grow
     assert pods.synced  # the store is still current: nothing was missed
 
@@ -529,7 +530,7 @@ async def test_one_deletion_during_a_get_does_not_cost_its_result(
     pods.gone.size = 2
     for index in range(2):  # the memory is full
         cluster.api.delete("pods", NS, f"app-{index}")
-    await until(lambda: len(pods.gone) == 2, "the DELETED events")
+    await wait_for(lambda: len(pods.gone) == 2, "the DELETED events")
     new, token, first, gate = await join_awaiting_its_get(client, cluster)
     other = cluster.api.uid("pods", NS, "app-2")
     cluster.api.delete("pods", NS, "app-2")  # another pod goes meanwhile: only its event arrives
@@ -538,7 +539,7 @@ async def test_one_deletion_during_a_get_does_not_cost_its_result(
     for watcher, event in held:
         if event[2]["metadata"]["uid"] == other:
             watcher.queue.put_nowait(event)
-    await until(lambda: uid_key(other) in pods.gone, "its DELETED event")
+    await wait_for(lambda: uid_key(other) in pods.gone, "its DELETED event")
     gate.set()
     assert await first == (200, "ok")
     assert new in pods  # kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hypothesis
+import pytest
 from hypothesis import strategies as st
 
 from verifier.claims import _NAME_AND_UID, _UID_SYNTAX, LEGACY_PREFIX, NAME_SYNTAX, _legacy, _object, uid_key
@@ -14,6 +15,7 @@ NAMES = st.from_regex(NAME_SYNTAX, fullmatch=True) | st.text(max_size=20) | EDGY
 UIDS = st.from_regex(_UID_SYNTAX, fullmatch=True) | st.text(max_size=20) | EDGY
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=2000, deadline=None)
 @hypothesis.given(name=NAMES, uid=UIDS, edit=st.none() | st.tuples(st.booleans(), st.integers(0, 300), st.characters()))
 def test_one_pattern_for_name_and_uid_accepts_what_the_two_accept(

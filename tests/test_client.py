@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from auth.agent.client import renewal_delay, retry_delay, write_atomically
@@ -17,6 +18,7 @@ from auth.service.server import create_app
 from tests.service import CLUSTER, AuditLog, make_config, token_doc, write_tokens
 
 
+@pytest.mark.slow
 async def test_renew_rejoins_with_the_rotated_token(tmp_path: Path, aiohttp_client: Any) -> None:
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))

@@ -23,17 +23,20 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
+from tests.polling import wait_for
 from tests.service import (
     CLUSTER,
-    free_port,
+    listening_port,
     metric_value,
     read_line_containing,
     token_doc,
-    wait_for,
     wait_until_ok,
     write_tokens,
 )
 from tests.test_tokens import SEED
+
+# Every test here starts `kubejoin serve` (or another kubejoin command) as a process.
+pytestmark = pytest.mark.slow
 
 
 async def run_cli(*argv: str, limit: float = 60) -> tuple[int, str, str]:
@@ -76,9 +79,8 @@ async def cluster(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Cluster]
     server = await aiohttp_server(issuer.app(), ssl=tls.server_context())
     (tmp_path / "sa-token").write_text(issuer.bearer_token)
     (tmp_path / "tokens.yaml").write_text(SEED)
-    port = free_port()
     (tmp_path / "config.yaml").write_text(
-        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n"
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:0\ntokens_file: tokens.yaml\n"
         f"in_cluster:\n  api_server: https://127.0.0.1:{server.port}\n  ca_file: {tls.ca_file}\n"
         f"  token_file: {tmp_path / 'sa-token'}\n"
     )
@@ -92,10 +94,12 @@ async def cluster(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Cluster]
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
+        assert process.stderr is not None
+        port = listening_port(await read_line_containing(process.stderr, b"serving joins on", 30))
+        base = f"http://127.0.0.1:{port}"
         await wait_until_ok(base + "/readyz", process, "kubejoin serve")
-    except AssertionError:
+    except BaseException:
         process.kill()
         raise
     yield Cluster(issuer, base, tmp_path, process)
@@ -185,20 +189,20 @@ async def test_sigterm_drains_the_request_in_flight(cluster: Cluster) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, extra_config: str) -> AsyncIterator[tuple[LocalIssuer, int, bytes]]:
-    """`kubejoin serve` with one static_jwks join token; yields the issuer, the port and the
-    first line serve printed. Stops it at the end and checks that it exits 0."""
+    """`kubejoin serve` with one static_jwks join token; yields the issuer, the port it got and the
+    line saying so. Stops it at the end and checks that it exits 0."""
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer, allow=[{"service_account": "teleport-agent:app"}]))
-    port = free_port()
     (tmp_path / "config.yaml").write_text(
-        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\ntokens_file: tokens.yaml\n{extra_config}"
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:0\ntokens_file: tokens.yaml\n{extra_config}"
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), stderr=asyncio.subprocess.PIPE
     )
     try:
         assert process.stderr is not None
-        yield issuer, port, await asyncio.wait_for(process.stderr.readline(), 30)  # "serving joins on ..."
+        line = await read_line_containing(process.stderr, b"serving joins on", 30)
+        yield issuer, listening_port(line), line
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -24,16 +24,17 @@ from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.ca import CA_LIFETIME, CertificateAuthority
 from auth.service.server import SERVICE, Reload, create_app
 from tests.conftest import Clock, ServeIssuer
+from tests.polling import wait_for
 from tests.service import (
     CLUSTER,
     AuditLog,
+    bound_port,
     join_body,
     make_config,
     pod_token,
     public_key_pem,
     served_as_serve,
     token_doc,
-    wait_for,
     write_tokens,
 )
 from verifier.sources import RemoteKeySource
@@ -181,16 +182,16 @@ async def test_junk_bodies_are_bad_requests_not_500s(
 
 
 async def test_client_leaving_mid_body_is_not_a_server_error(
-    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture, unused_tcp_port: int
+    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Before: a traceback in the log and an HTTP 500 in the metrics. Served as `kubejoin serve`
     serves (aiohttp's test server cancels handlers whose client left; serve does not)."""
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
     config = make_config(tmp_path)
     audit = AuditLog()
-    async with served_as_serve(config, unused_tcp_port, audit) as runner:
+    async with served_as_serve(config, audit) as runner:
         service = runner.app[SERVICE]
-        _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        _, writer = await asyncio.open_connection("127.0.0.1", bound_port(runner))
         writer.write(b"POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
         writer.write(b"Content-Length: 1000\r\n\r\n{")
         await wait_for(lambda: service.admission.active == 1)

@@ -20,7 +20,17 @@ import pytest
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.joinlog import JoinLog
-from tests.service import CLUSTER, free_port, join_body, pod_token, token_doc, wait_until_ok, write_tokens
+from tests.polling import wait_for
+from tests.service import (
+    CLUSTER,
+    join_body,
+    listening_port,
+    pod_token,
+    read_line_containing,
+    token_doc,
+    wait_until_ok,
+    write_tokens,
+)
 
 
 class BrokenPipe(io.StringIO):
@@ -131,12 +141,11 @@ class Served:
 async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
-    port = free_port()
     (tmp_path / "config.yaml").write_text(
         json.dumps(
             {
                 "cluster_name": CLUSTER,
-                "listen": f"127.0.0.1:{port}",
+                "listen": "127.0.0.1:0",
                 "tokens_file": "tokens.yaml",
                 "limits": {"request_timeout": "1s"},
             }
@@ -145,15 +154,21 @@ async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml")),
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
+    assert process.stderr is not None
+    rest_of_stderr: asyncio.Future[bytes] | None = None
     try:
+        port = listening_port(await read_line_containing(process.stderr, b"serving joins on", 30))
+        rest_of_stderr = asyncio.ensure_future(process.stderr.read())  # read, so that the pipe never fills
+        base = f"http://127.0.0.1:{port}"
         await wait_until_ok(base + "/readyz", process, "kubejoin serve")
         yield Served(process, base, issuer)
     finally:
         if process.returncode is None:
             process.kill()
+        if rest_of_stderr is not None:
+            await asyncio.wait_for(rest_of_stderr, 30)
         # wait() returns only once stdout is closed: read what is left, unless a test reads it
         assert process.stdout is not None
         with contextlib.suppress(RuntimeError):
@@ -161,6 +176,7 @@ async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
         await asyncio.wait_for(process.wait(), 30)
 
 
+@pytest.mark.slow
 async def test_every_certificate_has_its_line_even_after_sigkill(served: Served) -> None:
     """Before: lines were flushed twice a second, and SIGKILL right after the answers lost them."""
     assert served.process.stdout is not None
@@ -174,6 +190,7 @@ async def test_every_certificate_has_its_line_even_after_sigkill(served: Served)
     assert {json.loads(line).get("host_id") for line in log.splitlines()} == issued
 
 
+@pytest.mark.slow
 async def test_sighup_does_not_stop_the_service(served: Served) -> None:
     assert served.process.stdout is not None
     output = asyncio.ensure_future(served.process.stdout.read())
@@ -189,6 +206,7 @@ async def test_sighup_does_not_stop_the_service(served: Served) -> None:
     assert [json.loads(line)["reason"] for line in (await output).splitlines()] == ["ok"]
 
 
+@pytest.mark.slow
 async def test_a_stdout_nobody_reads_does_not_freeze_the_service(served: Served) -> None:
     """Before: the event loop blocked in write(2) after about 500 lines; nothing was answered."""
     async with aiohttp.ClientSession() as session:
@@ -217,10 +235,13 @@ async def test_a_stdout_nobody_reads_does_not_freeze_the_service(served: Served)
         # once stdout is read again, joins succeed again
         assert served.process.stdout is not None
         output = asyncio.ensure_future(served.process.stdout.read())
-        for _ in range(100):
+
+        async def joined() -> bool:
+            nonlocal status
             status, _ = await served.join(session, 2)
-            if status == 200:
-                break
+            return status == 200
+
+        await wait_for(joined, "a join once stdout is read again")
         assert status == 200
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), 30) == 0

@@ -344,6 +344,7 @@ def tokens(draw: st.DrawFn) -> str:
     return token
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=400, deadline=None)
 @hypothesis.given(tokens())
 def test_agrees_with_joserfc_but_for_listed_differences(token: str) -> None:

@@ -38,6 +38,7 @@ async def kubectl(tmp_path: Path, *args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_kubectl_gets_pods(tmp_path: Path, cluster: FakeCluster) -> None:
     code, out, err = await kubectl(tmp_path, "get", "pods", "-A")
     assert code == 0, err
@@ -49,6 +50,7 @@ async def test_kubectl_gets_pods(tmp_path: Path, cluster: FakeCluster) -> None:
     assert json.loads(out)["metadata"]["uid"] == cluster.api.uid("pods", "default", "web-1")
 
 
+@pytest.mark.slow
 async def test_kubectl_watches_pods(tmp_path: Path, cluster: FakeCluster) -> None:
     process = await asyncio.create_subprocess_exec(
         "kubectl",

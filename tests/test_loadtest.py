@@ -30,6 +30,7 @@ async def run(*argv: str, limit: float = 120) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_loadtest_against_a_running_kubejoin(tmp_path: Path, aiohttp_client: Any) -> None:
     key = IssuerKey.generate()
     (tmp_path / "issuer.pem").write_bytes(key.private_pem())
@@ -67,6 +68,7 @@ async def test_loadtest_against_a_running_kubejoin(tmp_path: Path, aiohttp_clien
     assert "latency ms" in err
 
 
+@pytest.mark.slow
 async def test_loadtest_counts_refusals_by_reason(tmp_path: Path, aiohttp_client: Any) -> None:
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc("load", issuer=issuer))

@@ -25,7 +25,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
 MANIFESTS = sorted(
     p
     for p in K8S.rglob("*.yaml")
-    if p.name != "kustomization.yaml" and "tests" not in p.parts and p.name != "kubejoin-rules.yaml"
+    if p.name != "kustomization.yaml" and "tests" not in p.relative_to(K8S).parts and p.name != "kubejoin-rules.yaml"
 )
 
 

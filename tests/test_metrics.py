@@ -190,6 +190,7 @@ def promtool() -> str:
     return found
 
 
+@pytest.mark.slow
 async def test_promtool_lints_a_real_scrape(client: Client, issuer: LocalIssuer) -> None:
     tool = promtool()
     await client.post("/v1/join", json=join_body(pod_token(issuer)))

@@ -22,7 +22,18 @@ from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import create_app
 from tests.conftest import ROOT
 from tests.kube import in_cluster, start_cluster
-from tests.service import AuditLog, free_port, join_body, make_config, pod_token, token_doc, wait_until_ok, write_tokens
+from tests.polling import wait_for
+from tests.service import (
+    AuditLog,
+    join_body,
+    listening_port,
+    make_config,
+    pod_token,
+    read_line_containing,
+    token_doc,
+    wait_until_ok,
+    write_tokens,
+)
 
 MONITORING = ROOT / "k8s" / "monitoring"
 RULES = MONITORING / "kubejoin-rules.yaml"
@@ -44,6 +55,7 @@ def test_prometheusrule_carries_the_same_groups() -> None:
     assert operator["spec"] == plain
 
 
+@pytest.mark.slow
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = need("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
@@ -98,7 +110,6 @@ async def prometheus(tmp_path: Path, kubejoin: tuple[Any, LocalIssuer]) -> Async
     """A real Prometheus on loopback scraping the kubejoin under test every second."""
     binary = need("prometheus")
     client, _ = kubejoin
-    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
@@ -115,13 +126,17 @@ async def prometheus(tmp_path: Path, kubejoin: tuple[Any, LocalIssuer]) -> Async
         binary,
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
+        "--web.listen-address=127.0.0.1:0",
+        "--log.level=info",  # for the line that says which port it got
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
+    assert process.stderr is not None
+    rest_of_stderr: asyncio.Future[bytes] | None = None
     try:
+        port = listening_port(await read_line_containing(process.stderr, b'msg="Listening on"', 30))
+        rest_of_stderr = asyncio.ensure_future(process.stderr.read())  # read, so that the pipe never fills
+        base = f"http://127.0.0.1:{port}"
         await wait_until_ok(base + "/-/ready", process, "prometheus")
         yield base
     finally:
@@ -132,6 +147,8 @@ async def prometheus(tmp_path: Path, kubejoin: tuple[Any, LocalIssuer]) -> Async
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        if rest_of_stderr is not None:
+            await asyncio.wait_for(rest_of_stderr, 15)
 
 
 async def query(session: aiohttp.ClientSession, base: str, expr: str) -> list[dict[str, Any]]:
@@ -141,6 +158,7 @@ async def query(session: aiohttp.ClientSession, base: str, expr: str) -> list[di
     return list(answer["data"]["result"])
 
 
+@pytest.mark.slow
 async def test_real_prometheus_sees_each_attempt_once(kubejoin: tuple[Any, LocalIssuer], prometheus: str) -> None:
     client, issuer = kubejoin
     token = pod_token(issuer)
@@ -157,15 +175,17 @@ async def test_real_prometheus_sees_each_attempt_once(kubejoin: tuple[Any, Local
     }
     async with aiohttp.ClientSession() as session:
         seen: dict[tuple[str, str, str], float] = {}
-        for _ in range(200):  # bounded: 20 s for a scrape after the joins
+
+        async def scraped() -> bool:
+            nonlocal seen
             results = await query(session, prometheus, 'kubejoin_join_attempts_total{job="kubejoin"}')
             seen = {
                 (r["metric"]["token"], r["metric"]["result"], r["metric"]["reason"]): float(r["value"][1])
                 for r in results
             }
-            if seen == expected:
-                break
-            await asyncio.sleep(0.1)
+            return seen == expected
+
+        await wait_for(scraped, "a scrape after the joins", within=20, every=0.1, detail=lambda: f"seen: {seen}")
         assert seen == expected
 
         # every dashboard query and alert expression is valid PromQL for this Prometheus
@@ -182,11 +202,13 @@ async def test_real_prometheus_sees_each_attempt_once(kubejoin: tuple[Any, Local
             "KubejoinBindingLookupsFailing",
             "KubejoinCAExpiringSoon",
         }
-        for _ in range(100):  # the rules are evaluated every second; wait for a first evaluation
+
+        async def evaluated() -> bool:  # the rules are evaluated every second; wait for a first evaluation
+            nonlocal rules
             async with session.get(prometheus + "/api/v1/rules") as response:
                 rules = (await response.json())["data"]["groups"][0]["rules"]
-            if all(rule.get("health") == "ok" for rule in rules):
-                break
-            await asyncio.sleep(0.1)
+            return all(rule.get("health") == "ok" for rule in rules)
+
+        await wait_for(evaluated, "a first evaluation of the rules", every=0.1)
         assert all(rule["health"] == "ok" for rule in rules), rules
         assert await query(session, prometheus, 'kubejoin_ready{job="kubejoin"} == 1')

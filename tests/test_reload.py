@@ -3,9 +3,7 @@ empty file, a FIFO, /dev/zero, duplicate keys, a quick remove-and-restore, a sam
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from auth.service.config import load_config
 from auth.service.files import ConfigError
 from auth.service.server import SERVICE, Service, create_app
 from tests.conftest import ServeIssuer
+from tests.polling import wait_for
 from tests.service import AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
 
 Client = TestClient[web.Request, web.Application]
@@ -35,14 +34,6 @@ async def start(tmp_path: Path, aiohttp_client: Any, *tokens: dict[str, Any]) ->
     app = create_app(make_config(tmp_path), registry=CollectorRegistry(), audit=AuditLog(), reload_interval=0.02)
     client: Client = await aiohttp_client(app)
     return client
-
-
-async def wait_for(condition: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def reload_refused(service: Service, containing: str) -> None:

@@ -4,7 +4,6 @@ service's own log, an answer, or `kubejoin tokens check`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from auth.cli.main import main as cli_main
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
+from tests.polling import wait_for
 from tests.service import AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
 
 SECRET = "s3cr3t-7f1c9a0b5e2d4c6a8b0d2f4e6a8c0e1f"
@@ -31,14 +31,6 @@ def secret_token(name: str = SECRET, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"roles": ["Node"], "join_method": "token", **spec},
     }
-
-
-async def wait_for(condition: Any) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_other_join_methods_names_appear_nowhere(

@@ -13,7 +13,7 @@ from aiohttp import web
 from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
 from tests.conftest import AUDIENCE, Clock, ServeIssuer
-from tests.service import wait_for
+from tests.polling import wait_for
 from verifier import InClusterKeySource, KeySourceError, OIDCKeySource, VerificationError, Verifier
 from verifier.sources import max_age_of
 

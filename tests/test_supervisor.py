@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -21,8 +20,9 @@ from prometheus_client import CollectorRegistry
 from auth.cli.supervisor import Supervisor, bind_slots, startable
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.ca import CertificateAuthority
-from auth.service.config import load_config
+from auth.service.config import Config, load_config
 from auth.service.server import create_app
+from tests.polling import wait_for
 from tests.service import CLUSTER, token_doc, write_tokens
 
 STUB = str(Path(__file__).parent / "data" / "stub_worker.py")
@@ -41,11 +41,10 @@ class Run:
         return [line.split()[2] for line in lines if line.split()[0] == str(index)]
 
     async def until(self, condition: Callable[[], bool], what: str, within: float = 20) -> None:
-        deadline = time.monotonic() + within
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"waited {within} s for {what}; steps {self.steps(0)} {self.steps(1)}")
-            await asyncio.sleep(0.05)
+        """wait_for, with the steps of both slots in the failure message."""
+        await wait_for(
+            condition, what, within=within, every=0.05, detail=lambda: f"steps {self.steps(0)} {self.steps(1)}"
+        )
 
 
 @asynccontextmanager
@@ -86,6 +85,7 @@ async def stopped(run: Run) -> list[int]:
     return list(await asyncio.wait_for(asyncio.gather(*run.tasks), 30))
 
 
+@pytest.mark.slow
 async def test_a_slot_failing_to_start_after_another_served_is_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,6 +98,7 @@ async def test_a_slot_failing_to_start_after_another_served_is_retried(
         assert await stopped(run) == [0, 0]
 
 
+@pytest.mark.slow
 async def test_a_worker_that_served_and_exits_2_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Status 2 after serving is not a failed start (a worker turns internal errors into 2)."""
     async with supervised(tmp_path, monkeypatch, {0: ["serve-then-2", "serve"], 1: ["serve-then-2", "serve"]}) as run:
@@ -109,12 +110,14 @@ async def test_a_worker_that_served_and_exits_2_is_replaced(tmp_path: Path, monk
         assert await stopped(run) == [0, 0]
 
 
+@pytest.mark.slow
 async def test_when_no_worker_can_start_the_service_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with supervised(tmp_path, monkeypatch, {0: ["fail"], 1: ["fail"]}) as run:
         statuses = await asyncio.wait_for(asyncio.gather(*run.tasks), 20)
         assert run.supervisor.fatal and 2 in statuses
 
 
+@pytest.mark.slow
 async def test_sighup_waits_for_a_worker_to_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker still starting has no SIGHUP handler: forwarding it killed the worker."""
     async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["slow-serve"]}) as run:
@@ -126,21 +129,32 @@ async def test_sighup_waits_for_a_worker_to_serve(tmp_path: Path, monkeypatch: p
         assert await stopped(run) == [0, 0]
 
 
+@pytest.mark.slow
 async def test_a_start_failing_at_the_stop_is_a_clean_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["term-fails"]}) as run:
         await run.until(lambda: 0 in run.supervisor.serving and run.steps(1) == ["term-fails"], "both started")
         assert await stopped(run) == [0, 0]  # slot 1 exits 2 at the SIGTERM: it had nothing to drain
 
 
+@pytest.mark.slow
 async def test_a_vacant_slot_waits_for_the_files_and_binds_afresh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    checks: list[str | None] = []  # what each of the supervisor's checks of the files found
+
+    def checked(config_path: str, running: Config) -> str | None:
+        checks.append(startable(config_path, running))
+        return checks[-1]
+
+    monkeypatch.setattr("auth.cli.supervisor.startable", checked)
     async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["serve-then-2", "fail", "serve"]}) as run:
         first = list(run.slots[1])
         await run.until(lambda: run.steps(1)[:2] == ["serve-then-2", "fail"], "slot 1's failed start")
         good = (tmp_path / "tokens.yaml").read_text()
         (tmp_path / "tokens.yaml").write_text("kind: token\nversion: [\n")
-        await asyncio.sleep(2.5)  # two checks of the files: the slot stays vacant
+        refused = len([found for found in checks if found is not None])
+        # two checks of the broken files: the slot stays vacant
+        await run.until(lambda: len([found for found in checks if found is not None]) >= refused + 2, "two checks")
         assert run.steps(1) == ["serve-then-2", "fail"] and run.supervisor.serving == {0}
         (tmp_path / "tokens.yaml").write_text(good)
         await run.until(lambda: run.supervisor.serving == {0, 1}, "slot 1 serving again")
@@ -164,6 +178,7 @@ def test_startable_says_what_would_stop_a_worker_and_never_writes_a_ca(tmp_path:
     assert startable(path, running) == "listen or metrics_listen changed since kubejoin started; restart it to apply"
 
 
+@pytest.mark.slow
 async def test_a_worker_given_fewer_listeners_than_its_config_needs_says_so(tmp_path: Path) -> None:
     """It used to die of an IndexError ("internal error")."""
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])

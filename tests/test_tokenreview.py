@@ -20,16 +20,17 @@ from auth.devtools.devtls import make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
 from tests.conftest import Clock
-from tests.kube import binding_of, start_cluster, start_kubejoin, until
+from tests.kube import binding_of, start_cluster, start_kubejoin
+from tests.polling import wait_for
 from tests.service import (
     CLUSTER,
     AuditLog,
+    bound_port,
     join_body,
     make_config,
     pod_token,
     served_as_serve,
     token_doc,
-    wait_for,
     write_tokens,
 )
 
@@ -555,7 +556,7 @@ async def test_binding_refuses_reviews_of_deleted_pods(
 
     gone = cluster.api.uid("pods", "team-a", "reader-0")
     cluster.api.delete("pods", "team-a", "reader-0")
-    await until(lambda: gone not in binding_of(client).stores["pod"])
+    await wait_for(lambda: gone not in binding_of(client).stores["pod"])
     status, answer = await post(client, review_body(token), headers=caller)
     assert status == 201 and answer["status"]["authenticated"] is False and answer["status"]["user"] == {}
     assert answer["status"]["error"].startswith("pod_deleted: ")
@@ -565,28 +566,28 @@ async def test_binding_refuses_reviews_of_deleted_pods(
     other = cluster.mint("team-a", "reader-1", audiences=[API])
     gone = cluster.api.uid("pods", "team-a", "reader-1")
     cluster.api.delete("pods", "team-a", "reader-1")  # before kubejoin ever looked it up
-    await until(lambda: gone not in binding_of(client).stores["pod"])
+    await wait_for(lambda: gone not in binding_of(client).stores["pod"])
     _, answer = await post(client, review_body(other), headers=caller)
     assert answer["status"]["error"].split(":")[0] in ("pod_not_found", "pod_deleted")
 
     # the caller's own pod goes away: the caller is refused, whatever it asks about
     gone = cluster.api.uid("pods", "vault", "vault-0")
     cluster.api.delete("pods", "vault", "vault-0")
-    await until(lambda: gone not in binding_of(client).stores["pod"])
+    await wait_for(lambda: gone not in binding_of(client).stores["pod"])
     status, answer = await post(client, review_body(token), headers=caller)
     assert status == 401 and answer["reason"] == "Unauthorized"
     assert reviews(client, "failure", "unauthorized") == 1
 
 
 async def test_a_caller_leaving_mid_body_is_a_bad_request_not_a_500(
-    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture, unused_tcp_port: int
+    tmp_path: Path, issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Served as `kubejoin serve` serves (aiohttp's test server cancels the handler instead)."""
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
     config = make_config(tmp_path, token_review={"source": static_source(issuer), "audiences": [API]})
-    async with served_as_serve(config, unused_tcp_port) as runner:
+    async with served_as_serve(config) as runner:
         service = runner.app[SERVICE]
-        _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+        _, writer = await asyncio.open_connection("127.0.0.1", bound_port(runner))
         writer.write(b"POST " + V1.encode() + b' HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"spec":')
         await wait_for(lambda: service.admission.active == 1)
         writer.close()

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from auth.cli.serve import server_tls_context
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.server import SERVICE, create_app
+from tests.polling import wait_for
 from tests.service import AuditLog, make_config, token_doc, write_tokens
 
 API = "https://kubernetes.default.svc.cluster.local"
@@ -64,11 +65,9 @@ async def endpoint(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Endpoin
     assert app[SERVICE].ca is not None
     yield Endpoint(f"https://localhost:{server.port}", Path(config.ca_cert_file), issuer, audit, tmp_path, registry)
     # The clients have exited or closed their pools; let the server see their TLS connections end
-    # before it stops, or their transports outlive the event loop (bounded: 5 s).
-    for _ in range(500):
-        if not server.runner.server.connections:
-            break
-        await asyncio.sleep(0.01)
+    # before it stops, or their transports outlive the event loop.
+    assert server.runner.server is not None
+    await wait_for(lambda: not server.runner.server.connections, "the clients' connections closed", within=5)
 
 
 # -- the official Python client ---------------------------------------------------------------
@@ -210,6 +209,7 @@ def review_file(endpoint: Endpoint, token: str, version: str = "v1") -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])
 async def test_kubectl_create_raw(endpoint: Endpoint, version: str) -> None:
     claims = endpoint.issuer.claims("team-a", "reader", audiences=[API], pod="reader-7d9f", node=None)
@@ -240,6 +240,7 @@ async def test_kubectl_create_raw(endpoint: Endpoint, version: str) -> None:
     assert record["caller"] == "system:serviceaccount:vault:vault-auth" and record["reason"] == "ok"
 
 
+@pytest.mark.slow
 async def test_kubectl_refused_token(endpoint: Endpoint) -> None:
     token = endpoint.token(lifetime=7200)
     code, out, err = await kubectl(
@@ -257,6 +258,7 @@ async def test_kubectl_refused_token(endpoint: Endpoint) -> None:
     assert status["error"].startswith("token_ttl_too_long: ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("bearer", "message"),
     [

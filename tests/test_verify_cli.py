@@ -102,6 +102,7 @@ def test_usage_and_configuration_errors_exit_2(capsys: pytest.CaptureFixture[str
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 async def test_issuer_discovery_over_http(serve_issuer: ServeIssuer, tmp_path: Path) -> None:
     issuer = await serve_issuer()
     token_file = tmp_path / "token"
@@ -121,6 +122,7 @@ async def test_issuer_discovery_over_http(serve_issuer: ServeIssuer, tmp_path: P
     assert json.loads(process[1])["issuer"] == issuer.issuer
 
 
+@pytest.mark.slow
 async def test_unreachable_issuer_is_keys_unavailable(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(LocalIssuer("http://127.0.0.1:9", kube_test_keys()).mint())

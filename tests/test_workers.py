@@ -16,10 +16,11 @@ import aiohttp
 import pytest
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
+from tests.polling import holds_throughout, wait_for
 from tests.service import (
     CLUSTER,
-    free_port,
     join_body,
+    listening_port,
     pod_token,
     read_line_containing,
     token_doc,
@@ -28,6 +29,9 @@ from tests.service import (
 )
 
 WORKERS = 2
+
+# Every test here starts `kubejoin serve --workers` as a process.
+pytestmark = pytest.mark.slow
 
 
 class Served:
@@ -53,17 +57,19 @@ class Served:
     async def wait_all_ready(self) -> None:
         """Until every worker has answered /readyz (each asked on a connection of its own)."""
         answered: set[object] = set()
-        for _ in range(200):  # bounded: 20 s
+
+        async def all_answered() -> bool:
             connector = aiohttp.TCPConnector(force_close=True)
             async with aiohttp.ClientSession(connector=connector) as session:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(self.url + "/readyz") as response:
                         if response.status == 200:
                             answered.add((await response.json())["worker"])
-            if len(answered) == WORKERS:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"only workers {sorted(map(str, answered))} answered /readyz")
+            return len(answered) == WORKERS
+
+        await wait_for(
+            all_answered, "every worker answering /readyz", within=20, every=0.1, detail=lambda: f"answered: {answered}"
+        )
 
     async def stop(self) -> tuple[int, list[dict[str, object]]]:
         """SIGTERM; the exit status and the join log lines."""
@@ -78,10 +84,8 @@ class Served:
 async def serve_workers(tmp_path: Path) -> AsyncIterator[Served]:
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer, allow=[{"service_account": "teleport-agent:app"}]))
-    port, metrics_port = free_port(), free_port()
     (tmp_path / "config.yaml").write_text(
-        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{port}\nmetrics_listen: 127.0.0.1:{metrics_port}\n"
-        "tokens_file: tokens.yaml\n"
+        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\ntokens_file: tokens.yaml\n"
     )
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml")),
@@ -89,8 +93,11 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Served]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    served = Served(process, issuer, port, metrics_port)
     try:
+        assert process.stderr is not None
+        port = listening_port(await read_line_containing(process.stderr, b"serving joins on", 30))
+        metrics_port = listening_port(await read_line_containing(process.stderr, b"serving metrics on"))
+        served = Served(process, issuer, port, metrics_port)
         await wait_until_ok(served.url + "/readyz", process, "kubejoin serve --workers 2")
         await served.wait_all_ready()
         yield served
@@ -124,11 +131,12 @@ async def test_metrics_sum_the_joins_of_every_worker(tmp_path: Path) -> None:
         assert await served.metric('kubejoin_certificates_issued_total{role="App"}') == 40
         assert await served.metric("kubejoin_join_duration_seconds_count") == 52
         assert await served.metric("kubejoin_ready ") == 1
+
         # published by each worker twice a second (the scraping one at once), then summed
-        for _ in range(40):  # bounded: 4 s
-            if await served.metric("kubejoin_verified_token_cache_requests_total") == 40:
-                break
-            await asyncio.sleep(0.1)
+        async def cache_counts() -> bool:
+            return await served.metric("kubejoin_verified_token_cache_requests_total") == 40
+
+        await wait_for(cache_counts, "every worker's cache counts", within=4, every=0.1)
         assert await served.metric("kubejoin_verified_token_cache_requests_total") == 40
         assert await served.metric("process_resident_memory_bytes ") > 0
         status, lines = await served.stop()
@@ -151,16 +159,18 @@ async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         for _, writer in connections:
             writer.write(head + body[:10])
             await writer.drain()
-        for _ in range(300):  # bounded: until every join is in flight (waiting for its body)
-            if await served.metric("kubejoin_joins_in_flight ") == len(connections):
-                break
-            await asyncio.sleep(0.1)
+
+        async def in_flight() -> bool:
+            return await served.metric("kubejoin_joins_in_flight ") == len(connections)
+
+        await wait_for(in_flight, "every join in flight (waiting for its body)", within=30, every=0.1)
         assert await served.metric("kubejoin_joins_in_flight ") == len(connections)
         served.process.send_signal(signal.SIGTERM)
-        for _ in range(300):  # bounded: until every worker has stopped taking new joins
-            if await served.metric("kubejoin_ready ") == 0:
-                break
-            await asyncio.sleep(0.1)
+
+        async def not_ready() -> bool:
+            return await served.metric("kubejoin_ready ") == 0
+
+        await wait_for(not_ready, "every worker has stopped taking new joins", within=30, every=0.1)
         assert await served.metric("kubejoin_ready ") == 0
         assert served.process.returncode is None  # still draining
         for _, writer in connections:
@@ -183,11 +193,12 @@ async def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         before = served.workers()
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        for _ in range(300):  # bounded: until the supervisor has started a replacement
-            now = served.workers()
-            if victim not in now and len(now) == WORKERS:
-                break
-            await asyncio.sleep(0.1)
+        await wait_for(
+            lambda: victim not in (now := served.workers()) and len(now) == WORKERS,
+            "the supervisor has started a replacement",
+            within=30,
+            every=0.1,
+        )
         assert victim not in served.workers() and len(served.workers()) == WORKERS
         # every connection is served, whichever socket the kernel hands it to
         statuses = await asyncio.gather(*(join(served, join_body(pod_token(served.issuer))) for _ in range(20)))
@@ -231,10 +242,12 @@ async def test_a_worker_replaced_during_a_refused_tokens_edit_is_retried_not_fat
         joins = [asyncio.wait_for(join(served, join_body(pod_token(served.issuer))), 10) for _ in range(11)]
         assert await asyncio.gather(*joins) == [200] * 11
         (tmp_path / "tokens.yaml").write_text(good)  # restored: the next attempt comes up
-        for _ in range(100):
-            if len(served.workers()) == WORKERS and victim not in served.workers():
-                break
-            await asyncio.sleep(0.1)
+        await wait_for(
+            lambda: len(served.workers()) == WORKERS and victim not in served.workers(),
+            "the replacement",
+            within=20,
+            every=0.1,
+        )
         await wait_until_ok(served.url + "/readyz", served.process, "the replacement")
         statuses = await asyncio.gather(*(join(served, join_body(pod_token(served.issuer))) for _ in range(20)))
         assert statuses == [200] * 20
@@ -257,7 +270,8 @@ async def test_a_broken_config_keeps_the_slot_closed_and_sigterm_still_exits_0(t
         await read_line_containing(served.process.stderr, b"not starting a worker yet", 10)
         joins = [asyncio.wait_for(join(served, join_body(pod_token(served.issuer))), 10) for _ in range(11)]
         assert await asyncio.gather(*joins) == [200] * 11
-        await asyncio.sleep(3)  # three more chances to respawn
+        # three more chances to respawn (the supervisor checks the files every second)
+        await holds_throughout(lambda: len(served.workers()) == WORKERS - 1, "one worker only", seconds=3)
         assert len(served.workers()) == WORKERS - 1  # no worker started on a config that cannot load
         status, _ = await served.stop()
         rest = await served.process.stderr.read()
@@ -269,9 +283,7 @@ async def test_sigterm_while_workers_start_still_exits_0(tmp_path: Path) -> None
     """A worker still importing has no handler yet and dies of the SIGTERM itself: nothing was in
     flight, so that is a clean stop (it used to make `serve` exit 1)."""
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=LocalIssuer("https://i", [IssuerKey.generate("P-256")])))
-    (tmp_path / "config.yaml").write_text(
-        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:{free_port()}\ntokens_file: tokens.yaml\n"
-    )
+    (tmp_path / "config.yaml").write_text(f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:0\ntokens_file: tokens.yaml\n")
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml"), "--workers", "2"),
         stderr=asyncio.subprocess.PIPE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from ..service.durations import parse_duration
@@ -28,3 +29,12 @@ def emit_json(value: Any) -> None:
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def listening_on(socknames: Iterable[Any], scheme: str = "") -> str:
+    """The addresses listeners got, as `[scheme://]host:port` (`[v6]:port`), comma-separated: for
+    port 0 in the config the kernel chose the port, and the start-up line says which."""
+    prefix = f"{scheme}://" if scheme else ""
+    return ", ".join(
+        f"{prefix}[{host}]:{port}" if ":" in host else f"{prefix}{host}:{port}" for host, port, *_ in socknames
+    )

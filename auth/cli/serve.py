@@ -23,7 +23,7 @@ from aiohttp import web
 from ..service.config import Config, load_config, parse_workers, split_host_port
 from ..service.files import ConfigError, write_private_file
 from ..service.server import SERVICE, create_app, create_metrics_app
-from .common import EXIT_OK, EXIT_USAGE, say
+from .common import EXIT_OK, EXIT_USAGE, listening_on, say
 from .supervisor import MULTIPROC_ENV, supervise
 
 SHUTDOWN_TIMEOUT = 30.0
@@ -132,7 +132,7 @@ async def serve(
         )
         await site.start()
         if not quiet:
-            say(f"kubejoin serving joins on {'https' if context else 'http'}://{listen}")
+            say(f"kubejoin serving joins on {listening_on(runner.addresses, 'https' if context else 'http')}")
             warn_if_clear(config)
         if metrics_listen:
             metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
@@ -145,7 +145,7 @@ async def serve(
                 site = web.TCPSite(metrics_runner, host, port, reuse_address=True)
             await site.start()
             if not quiet:
-                say(f"kubejoin serving metrics on {metrics_listen}")
+                say(f"kubejoin serving metrics on {listening_on(metrics_runner.addresses)}")
         if on_ready is not None:
             on_ready()
         await stop.wait()

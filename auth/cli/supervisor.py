@@ -42,7 +42,7 @@ from ..service.ca import CertificateAuthority
 from ..service.config import Config, load_config, split_host_port
 from ..service.files import ConfigError
 from ..service.tokens import load_tokens
-from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, say
+from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, listening_on, say
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A worker's own drain is bounded by serve's SHUTDOWN_TIMEOUT (30 s); this is the backstop.
@@ -311,9 +311,10 @@ async def supervise(config_path: str, config: Config, log_level: str) -> int:
     scheme = "https" if config.tls else "http"
     try:
         tasks = [asyncio.ensure_future(supervisor.run_slot(i, slot)) for i, slot in enumerate(slots)]
-        say(f"kubejoin serving joins on {scheme}://{config.listen} with {config.workers} workers")
+        joins_on = listening_on([slots[0][0].getsockname()], scheme)
+        say(f"kubejoin serving joins on {joins_on} with {config.workers} workers")
         if config.metrics_listen:
-            say(f"kubejoin serving metrics on {config.metrics_listen}")
+            say(f"kubejoin serving metrics on {listening_on([slots[0][1].getsockname()])}")
         await supervisor.stop.wait()
         if not supervisor.fatal:
             say("kubejoin stopping: no new connections; draining requests in flight in every worker")
