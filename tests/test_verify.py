@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from collections.abc import Callable
 from typing import Any
@@ -466,3 +467,36 @@ async def test_header_memo_is_bounded_in_bytes(issuer: LocalIssuer, clock: Clock
     )
     await verifier.verify(long)
     assert _header_segment(long) not in verifier._headers
+
+
+async def test_cache_is_least_recently_used_and_invisible_to_the_garbage_collector(
+    issuer: LocalIssuer, clock: Clock
+) -> None:
+    verifier = verifier_for(issuer, clock, cache_size=3)
+    tokens = [issuer.mint("team-a", f"agent-{n}", audiences=[AUDIENCE], now=clock.now) for n in range(4)]
+    for token in tokens[:3]:
+        await verifier.verify(token)
+    await verifier.verify(tokens[0])  # a hit: now the most recently used
+    await verifier.verify(tokens[3])  # evicts tokens[1], the least recently used
+    assert (verifier.cache_hits, verifier.cache_entries) == (1, 3)
+    await verifier.verify(tokens[0])
+    await verifier.verify(tokens[2])
+    assert verifier.cache_hits == 3
+    await verifier.verify(tokens[1])
+    assert verifier.cache_hits == 3 and verifier.cache_entries == 3
+    # Issue 21: nothing in the cache is tracked by the collector, so a full collection never walks it.
+    assert verifier._cache is not None
+    assert not any(
+        gc.is_tracked(part) for part in (verifier._cache._entries, verifier._cache._seq, verifier._cache._order)
+    )
+
+
+async def test_a_cache_hit_judges_the_claims_again(issuer: LocalIssuer, clock: Clock) -> None:
+    verifier = verifier_for(issuer, clock)
+    token = issuer.mint("team-a", "agent", audiences=[AUDIENCE], now=clock.now, pod="agent-1")
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first and verifier.cache_hits == 1
+    clock.advance(60)
+    assert await verifier.verify(token) == first  # still valid a minute later
+    clock.advance(-7200)  # the clock, as now, not as when it was first verified
+    assert await refusal(verifier, token) == "token_not_yet_valid"

@@ -34,9 +34,11 @@ class ParsedToken(NamedTuple):
     alg: str
     kid: str | None
     claims: Any  # the payload's JSON object, or what parse_compact's `shortcut` made of it
+    payload: str  # the payload's text (read_claims reads it again for the verified-token cache)
     signing_input: bytes
     signature: bytes
     header_segment: bytes  # the encoded header, for HeaderMemo.remember once the signature verifies
+    header_known: bool  # found in the header memo (nothing to remember)
 
 
 class HeaderMemo:
@@ -48,12 +50,15 @@ class HeaderMemo:
     neither grows the memo nor evicts the real headers. Bounded in bytes; when a new signed header
     does not fit (the issuer rotated its keys many times), the oldest are forgotten."""
 
-    __slots__ = ("_bytes", "_entries", "max_bytes")
+    __slots__ = ("_bytes", "_entries", "get", "max_bytes")
 
     def __init__(self, max_bytes: int = HEADER_MEMO_BYTES) -> None:
         self._entries: OrderedDict[bytes, tuple[str, str | None]] = OrderedDict()
         self._bytes = 0
         self.max_bytes = max_bytes
+        # the checked parse of a header segment, or None: the dict's own get (a C call, where a
+        # method around it was a Python frame per token)
+        self.get: Callable[[bytes], tuple[str, str | None] | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,9 +70,6 @@ class HeaderMemo:
     def nbytes(self) -> int:
         """The memo's size as it counts it: each segment and kid, plus a fixed cost per entry."""
         return self._bytes
-
-    def get(self, segment: bytes) -> tuple[str, str | None] | None:
-        return self._entries.get(segment)
 
     def remember(self, segment: bytes, header: tuple[str, str | None]) -> None:
         """Keeps the checked parse of a header whose token's signature verified (MUST NOT be
@@ -103,6 +105,12 @@ _TO_STANDARD: Final = bytes(
     for b in range(256)
 )
 _PADDING: Final = (b"", b"", b"==", b"=")  # by len(part) % 4
+# (len(part) % 4) * 256 + last byte, for each non-canonical ending: one set lookup for the check.
+_NONCANONICAL: Final = frozenset(
+    tail * 256 + c for tail, unused in _UNUSED_BITS.items() for c, sextet in _SEXTET.items() if sextet & unused
+)
+_a2b: Final = binascii.a2b_base64
+_new: Final = tuple.__new__
 
 
 def b64url_decode(part: bytes, what: str) -> bytes:
@@ -116,9 +124,9 @@ def b64url_decode(part: bytes, what: str) -> bytes:
         tail = len(part) % 4
         if tail == 1:
             raise _malformed(f"{what} is not unpadded base64url")
-        if tail and _SEXTET[part[-1]] & _UNUSED_BITS[tail]:
+        if tail and tail * 256 + part[-1] in _NONCANONICAL:
             raise _malformed(f"{what} is not canonical base64url")
-        return binascii.a2b_base64(standard + _PADDING[tail])
+        return _a2b(standard + _PADDING[tail])
     if len(part) % 4 == 1 or (stray and (b"=" in part or b"+" in part or b"/" in part)):
         raise _malformed(f"{what} is not unpadded base64url")
     unused = _UNUSED_BITS.get(len(part) % 4)
@@ -160,7 +168,10 @@ def load_strict_json(raw: bytes) -> object:
     discovery): UTF-8 only, no duplicate member names, no NaN or Infinity, and nesting too deep
     for the parser (65,000 `[` fit in 64 KiB) refused rather than a RecursionError. Raises
     ValueError (UnicodeDecodeError for bytes that are not UTF-8)."""
-    text = raw.decode("utf-8")
+    return _load_strict_text(raw.decode("utf-8"))
+
+
+def _load_strict_text(text: str) -> object:
     try:
         if text[:1] != "{":
             return _STRICT_JSON.decode(text)
@@ -183,14 +194,28 @@ def load_strict_json(raw: bytes) -> object:
 def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
     """Parses a JSON object strictly (load_strict_json); refusals are malformed_token."""
     try:
-        value = load_strict_json(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _malformed(f"{what} is not UTF-8") from None
+    return _parse_object_text(text, what)
+
+
+def _parse_object_text(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = _load_strict_text(text)
     except ValueError as exc:
         raise _malformed(f"{what} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise _malformed(f"{what} is not a JSON object")
     return value
+
+
+def read_claims(payload: str, shortcut: Callable[[str], object] | None = None) -> Any:
+    """The claims of a token's payload text: what `shortcut` makes of it, or else its strict JSON
+    object (refusals are malformed_token). `shortcut` MUST return None for any text that is not a
+    strict JSON object, so that every refusal stays where it is."""
+    claims = None if shortcut is None else shortcut(payload)
+    return _parse_object_text(payload, "payload") if claims is None else claims
 
 
 def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
@@ -222,9 +247,7 @@ def parse_compact(
     again. This function only reads the memo; the caller remembers a header once its token's
     signature verified (HeaderMemo.remember).
 
-    `shortcut`, when given, is offered the payload's text first: what it returns (not None)
-    becomes `claims` instead of the parsed JSON object. It MUST return None for any text that is
-    not a strict JSON object (load_strict_json), so that every refusal stays where it is."""
+    `shortcut`, when given, is offered the payload's text first (see read_claims)."""
     if len(token) > MAX_TOKEN_BYTES:
         raise VerificationError(
             Reason.TOKEN_TOO_LARGE, f"token is {len(token)} bytes; at most {MAX_TOKEN_BYTES} are accepted"
@@ -243,19 +266,19 @@ def parse_compact(
     raw = token.encode("ascii")
     header_b64, payload_b64, signature_b64 = raw.split(b".")
     header = header_memo.get(header_b64) if header_memo is not None else None
+    known = header is not None
     if header is None:
         header = _check_header(parse_json_object(b64url_decode(header_b64, "header"), "header"))
     if not payload_b64 or not signature_b64:
         raise _malformed("token has an empty payload or signature")
-    payload = b64url_decode(payload_b64, "payload")
-    claims = None
-    if shortcut is not None:
-        try:  # noqa: SIM105 (contextlib.suppress would cost a context manager per token)
-            claims = shortcut(payload.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass  # refused just below, with the general path's message
+    try:
+        payload = b64url_decode(payload_b64, "payload").decode("utf-8")
+    except UnicodeDecodeError:
+        raise _malformed("payload is not UTF-8") from None
+    claims = None if shortcut is None else shortcut(payload)  # read_claims, inline
     if claims is None:
-        claims = parse_json_object(payload, "payload")
+        claims = _parse_object_text(payload, "payload")
     signature = b64url_decode(signature_b64, "signature")
     signing_input = raw[: len(header_b64) + 1 + len(payload_b64)]
-    return ParsedToken(header[0], header[1], claims, signing_input, signature, header_b64)
+    # tuple.__new__: the NamedTuple its constructor makes, without the Python frame around it
+    return _new(ParsedToken, (header[0], header[1], claims, payload, signing_input, signature, header_b64, known))

@@ -3,7 +3,6 @@ cluster, and says exactly why not. The only way to get claims out of a token is 
 
 from __future__ import annotations
 
-import marshal
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -11,13 +10,14 @@ from typing import Any, Final
 from .binding import BindingCheck
 from .claims import INCOMPLETE, Claims, decode_claims, usual_claims
 from .errors import Reason, VerificationError
-from .identity import Identity, ObjectRef
-from .jose import HeaderMemo, parse_compact
+from .identity import Identity
+from .jose import HeaderMemo, parse_compact, read_claims
 from .sources import KeySource
 
 DEFAULT_LEEWAY: Final = 10.0
 DEFAULT_MAX_TTL: Final = 1800.0
 DEFAULT_CACHE_SIZE: Final = 16384
+_new: Final = tuple.__new__
 
 
 def _short(value: object) -> str:
@@ -26,24 +26,26 @@ def _short(value: object) -> str:
 
 
 class _VerifiedTokens:
-    """The verified-token cache: token -> what a hit needs, least recently used evicted first.
+    """The verified-token cache: token -> (serial, payload, kid) of a token whose signature
+    verified, least recently used evicted first. A hit skips what costs (base64, the header, the
+    signature: about four fifths of a verification) and judges the claims again, against the
+    clock and issuer of now, from the payload (a few microseconds).
 
-    Shaped for the garbage collector. Everything here lives in plain dicts of strings, bytes and
-    ints, which the collector never tracks: a full collection does not walk the cache however
-    many entries it holds (an OrderedDict of tuples cost 5 ms per gen-2 collection at 100,000
-    entries, touching every entry; tuple entries alone are not enough, since the dict holding them
-    is tracked again with each new one). An entry is therefore one bytes object, the marshal of a
-    flat tuple made here from a verified token (never from input): the identity's fields, each
-    ObjectRef spread out, then the kid and serial of the key that verified the token and the
-    times between which _check_times passes. Recency is a sequence number per token; the eviction
-    order lives in a dict from number to token, so evicting the oldest costs O(1) where a dict's
-    own order would be scanned past every hole left at its front."""
+    Shaped for the garbage collector: plain dicts of strings and ints only, which the collector
+    never tracks, so a full collection does not walk the cache however many entries it holds (an
+    OrderedDict of tuples cost 5 ms per gen-2 collection at 100,000 entries, touching every
+    entry; tuples alone are not enough, since the dict holding them is tracked again with each new
+    one). An entry is one string: the serial, the payload, the kid, NUL between them (neither a
+    serial nor a payload that passed the strict JSON reader holds a NUL; a kid may, so it comes
+    last). Recency is a sequence number per token; the eviction order lives in a dict from number
+    to token, so evicting the oldest costs O(1) where a dict's own order would be scanned past
+    every hole left at its front."""
 
     __slots__ = ("_entries", "_next", "_oldest", "_order", "_seq", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: dict[str, bytes] = {}
+        self._entries: dict[str, str] = {}
         self._seq: dict[str, int] = {}  # token -> its place in the order
         self._order: dict[int, str] = {}  # place -> token; the oldest has the smallest number
         self._next = 0
@@ -52,10 +54,10 @@ class _VerifiedTokens:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, token: str) -> tuple[Any, ...] | None:
+    def get(self, token: str) -> list[str] | None:
+        """[serial, payload, kid] of a remembered token, or None."""
         entry = self._entries.get(token)
-        # S302: these bytes are only ever made by put(), from a verified token, never from input
-        return None if entry is None else marshal.loads(entry)  # noqa: S302
+        return None if entry is None else entry.split("\x00", 2)
 
     def touch(self, token: str) -> None:
         """Makes the token the most recently used."""
@@ -65,16 +67,19 @@ class _VerifiedTokens:
         self._order[place] = token
         self._seq[token] = place
 
-    def put(self, token: str, identity: Identity, kid: str, serial: int, earliest: float, latest: float) -> None:
-        node = identity.node or _NO_NODE
-        record = (identity[0], *identity[1], *identity[2], *node, *identity[4:], kid, serial, earliest, latest)
-        if token in self._entries:
+    def put(self, token: str, serial: int, payload: str, kid: str) -> None:
+        entries = self._entries
+        if token in entries:  # verified twice at once (the binding check awaits): keep one
             self.discard(token)
         place = self._next
         self._next = place + 1
-        self._entries[token] = marshal.dumps(record, 2)  # version 2: no back references, the fastest
+        entries[token] = f"{serial}\x00{payload}\x00{kid}"
         self._seq[token] = place
         self._order[place] = token
+        if len(entries) > self.size:
+            self._evict()
+
+    def _evict(self) -> None:
         while len(self._entries) > self.size:
             oldest = self._order.pop(self._oldest, None)
             self._oldest += 1
@@ -83,28 +88,6 @@ class _VerifiedTokens:
 
     def discard(self, token: str) -> None:
         del self._entries[token], self._order[self._seq.pop(token)]
-
-
-_NO_NODE: Final = (None, None, None)
-_new: Final = tuple.__new__  # NamedTuple's __new__ is a Python function around this one
-# Where things are in a cache record (see _VerifiedTokens).
-_ISSUER, _IAT, _EXP, _NBF = 10, 13, 14, 15
-_KID, _SERIAL, _EARLIEST, _LATEST = 17, 18, 19, 20
-
-
-def _identity(record: tuple[Any, ...]) -> Identity:
-    """The Identity of a cache record, built with tuple.__new__: the same NamedTuples their
-    constructors make, in half the time."""
-    return _new(
-        Identity,
-        (
-            record[0],
-            _new(ObjectRef, record[1:4]),
-            _new(ObjectRef, record[4:7]),
-            None if record[7] is None else _new(ObjectRef, record[7:10]),
-            *record[10:17],
-        ),
-    )
 
 
 class Verifier:
@@ -158,64 +141,49 @@ class Verifier:
         """Returns the identity of a valid token or raises VerificationError with the reason."""
         cache = self._cache
         if cache is not None:
-            record = cache.get(token)
-            if record is not None:
+            entry = cache.get(token)
+            if entry is not None:
+                serial, verified_payload, verified_kid = entry
                 # Trusted only while the key that verified it is still the one held for its kid
-                # (keep_unchanged keeps the object, and so the serial, of an unchanged key), and its
-                # issuer still the one required (in_cluster learns the issuer from discovery,
-                # which can change).
-                held = self.source.cached_key(record[_KID])
-                expected = self.source.issuer
-                if (
-                    held is not None
-                    and held.serial == record[_SERIAL]
-                    and (expected is None or record[_ISSUER] == expected)
-                ):
-                    if record[_EARLIEST] <= self._clock() <= record[_LATEST]:
-                        cache.touch(token)
-                        self.cache_hits += 1
-                        identity = _identity(record)
-                        if self.binding is not None:
-                            await self._check_binding(self.binding, identity)
-                        return identity
-                    self._check_times(record[_EXP], record[_NBF], record[_IAT])
+                # (keep_unchanged keeps the object, and so the serial, of an unchanged key).
+                held = self.source.cached_key(verified_kid)
+                if held is not None and str(held.serial) == serial:
+                    # the claims judged as now: the clock, and the issuer (in_cluster learns it
+                    # from discovery, which can change)
+                    identity = self._check_claims(read_claims(verified_payload, usual_claims))
+                    cache.touch(token)
+                    self.cache_hits += 1
+                    if self.binding is not None:
+                        await self._check_binding(self.binding, identity)
+                    return identity
                 cache.discard(token)
             self.cache_misses += 1
-        parsed = parse_compact(token, self._headers, usual_claims)
-        if parsed.kid is None:
+        alg, kid, claims, payload, signing_input, signature, segment, known = parse_compact(
+            token, self._headers, usual_claims
+        )
+        if kid is None:
             raise VerificationError(Reason.UNKNOWN_KEY, "token header has no kid")
-        key = self.source.cached_key(parsed.kid) or await self.source.get_key(parsed.kid)
-        if key.alg != parsed.alg:
+        key = self.source.cached_key(kid) or await self.source.get_key(kid)
+        if key.alg != alg:
             raise VerificationError(
                 Reason.UNSUPPORTED_ALGORITHM,
-                f"alg {parsed.alg} does not fit key {key.kid[:64]!r} ({key.description}); expected {key.alg}",
+                f"alg {alg} does not fit key {key.kid[:64]!r} ({key.description}); expected {key.alg}",
             )
-        if not key.verify(parsed.signing_input, parsed.signature):
+        if not key.verify(signing_input, signature):
             raise VerificationError(Reason.BAD_SIGNATURE, f"signature does not verify with key {key.kid[:64]!r}")
-        self._headers.remember(parsed.header_segment, (parsed.alg, parsed.kid))
-        identity = self._check_claims(parsed.claims)
+        if not known:
+            self._headers.remember(segment, (alg, kid))
+        identity = self._check_claims(claims)
         if self.binding is not None:
             await self._check_binding(self.binding, identity)
         if cache is not None:
-            # the times at which _check_times would pass, so that a hit costs two comparisons
-            nbf = identity.not_before
-            earliest = max(identity.issued_at, identity.issued_at if nbf is None else nbf) - self._leeway
-            cache.put(token, identity, key.kid, key.serial, earliest, identity.expires_at + self._leeway)
+            cache.put(token, key.serial, payload, key.kid)
         return identity
 
     @staticmethod
     async def _check_binding(binding: BindingCheck, identity: Identity) -> None:
         if not binding.check_cached(identity):
             await binding.check(identity)
-
-    def _check_times(self, exp: int, nbf: int | None, iat: int) -> None:
-        now = self._clock()
-        if now > exp + self._leeway:
-            raise VerificationError(Reason.TOKEN_EXPIRED, f"token expired at {exp}; now is {int(now)}")
-        if nbf is not None and now < nbf - self._leeway:
-            raise VerificationError(Reason.TOKEN_NOT_YET_VALID, f"token is valid from {nbf}; now is {int(now)}")
-        if iat > now + self._leeway:
-            raise VerificationError(Reason.TOKEN_ISSUED_IN_FUTURE, f"token issued at {iat}, after now ({int(now)})")
 
     def _check_claims(self, raw: dict[str, Any] | Claims) -> Identity:
         """Decodes the claims (unless usual_claims did already), then judges them in
@@ -241,7 +209,13 @@ class Verifier:
             )
         if exp is None or iat is None:
             raise VerificationError(Reason.MISSING_CLAIM, f"claim {'exp' if exp is None else 'iat'!r} is required")
-        self._check_times(exp, nbf, iat)
+        now, leeway = self._clock(), self._leeway
+        if now > exp + leeway:
+            raise VerificationError(Reason.TOKEN_EXPIRED, f"token expired at {exp}; now is {int(now)}")
+        if nbf is not None and now < nbf - leeway:
+            raise VerificationError(Reason.TOKEN_NOT_YET_VALID, f"token is valid from {nbf}; now is {int(now)}")
+        if iat > now + leeway:
+            raise VerificationError(Reason.TOKEN_ISSUED_IN_FUTURE, f"token issued at {iat}, after now ({int(now)})")
         if self._max_ttl and exp - iat > self._max_ttl:
             raise VerificationError(
                 Reason.TOKEN_TTL_TOO_LONG,
@@ -270,5 +244,5 @@ class Verifier:
             raise VerificationError(Reason.MISSING_CLAIM, "claim 'sub' is required")
         if sub != expected_sub:
             raise VerificationError(Reason.SUBJECT_MISMATCH, f"sub is {_short(sub)}, expected {expected_sub!r}")
-        # positional, in Identity's field order (keywords cost twice as much)
-        return Identity(namespace, account, pod, node, iss, audiences, jti, iat, exp, nbf, warn_after)
+        # tuple.__new__: the Identity its constructor makes, without the Python frame around it
+        return _new(Identity, (namespace, account, pod, node, iss, audiences, jti, iat, exp, nbf, warn_after))
