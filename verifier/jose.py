@@ -258,13 +258,14 @@ def parse_compact(
         raise _malformed("token contains non-ASCII characters")
     if token[0] == "{":
         raise _malformed("JSON serialization is not accepted; send the compact form")
-    dots = token.count(".")
-    if dots == 4:
-        raise _malformed("token has 5 parts (an encrypted JWE); a signed JWS has 3")
-    if dots != 2:
-        raise _malformed(f"token has {dots + 1} parts; a compact JWS has 3")
     raw = token.encode("ascii")
-    header_b64, payload_b64, signature_b64 = raw.split(b".")
+    parts = raw.split(b".", 3)  # at most four parts: a long run of dots costs no more than a token
+    if len(parts) != 3:
+        dots = token.count(".")
+        if dots == 4:
+            raise _malformed("token has 5 parts (an encrypted JWE); a signed JWS has 3")
+        raise _malformed(f"token has {dots + 1} parts; a compact JWS has 3")
+    header_b64, payload_b64, signature_b64 = parts
     header = header_memo.get(header_b64) if header_memo is not None else None
     known = header is not None
     if header is None:
