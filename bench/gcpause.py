@@ -50,7 +50,9 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
 class PauseLog:
-    """Times every collection the interpreter runs, by generation (gc.callbacks)."""
+    """Times every collection the interpreter runs, by generation (gc.callbacks). Its own, like
+    the rest of this script, rather than auth.devtools.loadtest.CollectorPauses: with --source
+    the script imports the other checkout, which may not have it."""
 
     def __init__(self) -> None:
         self.longest = [0.0, 0.0, 0.0]

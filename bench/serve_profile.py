@@ -21,7 +21,6 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -29,9 +28,8 @@ import subprocess
 import tempfile
 from collections import Counter
 
-from auth.devtools.issuer import IssuerKey, LocalIssuer
-from auth.devtools.loadtest import join_token_document, mint_tokens
-from bench.http import AUDIENCE, ISSUER, _wait_port, free_port, run_wrk, wait_ready, write_bodies
+from auth.devtools.loadtest import mint_tokens
+from bench.http import AUDIENCE, ISSUER, _wait_port, free_port, issuer_for, run_wrk, wait_ready, write_bodies
 
 # First matching marker in a frame's file names its room.
 ROOMS = (
@@ -89,11 +87,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="kubejoin-profile-") as scratch:
         work = Path(scratch)
-        key = IssuerKey.generate()
-        issuer = LocalIssuer(ISSUER, [key])
-        (work / "tokens.yaml").write_text(
-            json.dumps(join_token_document("bench", jwks=issuer.jwks_document().decode()))
-        )
+        key, _ = issuer_for(work, "bench")
         if args.case == "malformed":
             bodies = write_bodies(work / "bodies.jsonl", [f"not.a.{secrets.token_urlsafe(600)}" for _ in range(2000)])
         else:

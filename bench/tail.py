@@ -32,19 +32,14 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from typing import Any
 
-from auth.devtools.issuer import IssuerKey, LocalIssuer
-from auth.devtools.loadtest import join_token_document, mint_tokens
-
-AUDIENCE = "example.teleport.sh"
-ISSUER = "https://kubernetes.default.svc.cluster.local"
+from auth.devtools.loadtest import mint_tokens
+from bench.http import AUDIENCE, ISSUER, free_port, issuer_for, wait_ready
 
 # Runs `python -m auth ...` with every collection timed; the log is written at exit (SIGTERM
 # drains and returns, so atexit runs). Wall-clock times, to compare with the load's window.
@@ -64,24 +59,6 @@ atexit.register(write)
 sys.argv = ["kubejoin", *sys.argv[1:]]
 runpy.run_module("auth", run_name="__main__", alter_sys=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def one_run(work: Path, tokens_file: Path, count: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -140,9 +117,7 @@ def main() -> int:
     count = args.rate * args.duration
     with tempfile.TemporaryDirectory(prefix="kubejoin-tail-") as scratch:
         work = Path(scratch)
-        key = IssuerKey.generate()
-        issuer = LocalIssuer(ISSUER, [key])
-        (work / "tokens.yaml").write_text(json.dumps(join_token_document("tail", jwks=issuer.jwks_document().decode())))
+        key, _ = issuer_for(work, "tail")
         print(f"minting {count} unique RS256 tokens...", file=sys.stderr)
         tokens = mint_tokens(key.private_pem(), ISSUER, AUDIENCE, "loadtest", count, count, lambda _: None)
         tokens_file = work / "tokens.txt"

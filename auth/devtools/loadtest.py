@@ -49,8 +49,9 @@ class Outcome(NamedTuple):
 
 
 @dataclass
-class ClientPauses:
-    """The generator's own garbage-collector pauses during a run, by generation."""
+class CollectorPauses:
+    """The garbage collector's pauses in this process, by generation: a gc.callbacks entry (the
+    load generator's own during a run; bench/gcpause.py's)."""
 
     collections: list[int] = field(default_factory=lambda: [0, 0, 0])
     longest: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # seconds
@@ -77,7 +78,7 @@ class Report:
     duration: float
     outcomes: list[Outcome] = field(default_factory=list)
     elapsed: float = 0.0
-    pauses: ClientPauses = field(default_factory=ClientPauses)
+    pauses: CollectorPauses = field(default_factory=CollectorPauses)
     # counted as answers arrive, for the progress line
     joined: int = 0  # 200
     refused: int = 0  # another HTTP answer
@@ -121,7 +122,7 @@ class Report:
 
 
 @contextlib.contextmanager
-def own_schedule(pauses: ClientPauses) -> Iterator[None]:
+def own_schedule(pauses: CollectorPauses) -> Iterator[None]:
     """No full collection of the generator's while requests are timed: everything alive before
     the run (tokens, bodies, the session) is frozen out of the collector's way, and the gen-2
     threshold is raised out of reach, so only the young generations (small, and cheap to walk)
