@@ -41,11 +41,13 @@ class _VerifiedTokens:
     to token, so evicting the oldest costs O(1) where a dict's own order would be scanned past
     every hole left at its front."""
 
-    __slots__ = ("_entries", "_next", "_oldest", "_order", "_seq", "size")
+    __slots__ = ("_entries", "_next", "_oldest", "_order", "_seq", "get", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: dict[str, str] = {}
+        # the entry of a token, or None: the dict's own get (a C call on every verification)
+        self.get: Callable[[str], str | None] = self._entries.get
         self._seq: dict[str, int] = {}  # token -> its place in the order
         self._order: dict[int, str] = {}  # place -> token; the oldest has the smallest number
         self._next = 0
@@ -54,10 +56,10 @@ class _VerifiedTokens:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, token: str) -> list[str] | None:
-        """[serial, payload, kid] of a remembered token, or None."""
-        entry = self._entries.get(token)
-        return None if entry is None else entry.split("\x00", 2)
+    @staticmethod
+    def fields(entry: str) -> list[str]:
+        """[serial, payload, kid] of an entry that get() found."""
+        return entry.split("\x00", 2)
 
     def touch(self, token: str) -> None:
         """Makes the token the most recently used."""
@@ -143,7 +145,7 @@ class Verifier:
         if cache is not None:
             entry = cache.get(token)
             if entry is not None:
-                serial, verified_payload, verified_kid = entry
+                serial, verified_payload, verified_kid = cache.fields(entry)
                 # Trusted only while the key that verified it is still the one held for its kid
                 # (keep_unchanged keeps the object, and so the serial, of an unchanged key).
                 held = self.source.cached_key(verified_kid)
