@@ -74,6 +74,15 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def issuer_for(work: Path, token_name: str) -> tuple[IssuerKey, LocalIssuer]:
+    """A fresh RS256 issuer, and a tokens.yaml in `work` with one join token (`token_name`) that
+    trusts its keys and admits the service accounts mint_tokens makes."""
+    key = IssuerKey.generate()
+    issuer = LocalIssuer(ISSUER, [key])
+    (work / "tokens.yaml").write_text(json.dumps(join_token_document(token_name, jwks=issuer.jwks_document().decode())))
+    return key, issuer
+
+
 def write_bodies(path: Path, tokens: list[str], role: str = "App") -> Path:
     keys = public_keys(16)
     with path.open("w") as handle:
@@ -162,11 +171,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="kubejoin-bench-") as scratch:
         work = Path(scratch)
-        key = IssuerKey.generate()
-        issuer = LocalIssuer(ISSUER, [key])
-        (work / "tokens.yaml").write_text(
-            json.dumps(join_token_document("bench", jwks=issuer.jwks_document().decode()))
-        )
+        key, issuer = issuer_for(work, "bench")
         print(f"minting {args.tokens} unique RS256 tokens...", file=sys.stderr)
         valid = mint_tokens(key.private_pem(), ISSUER, AUDIENCE, "loadtest", args.tokens, args.tokens, lambda _: None)
         stranger = IssuerKey.generate("P-256")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -113,3 +114,14 @@ def test_keep_unchanged_keeps_objects_only_for_the_same_key() -> None:
     assert kept.keys[first.kid] is old.keys[first.kid]  # same material: the same object
     assert kept.keys["shared"] is new.keys["shared"]  # other material under an old kid: the new key
     assert keep_unchanged(new, None) is new
+    # the verified-token cache tells key objects apart by serial: equal serials, the same object
+    assert kept.keys[first.kid].serial == old.keys[first.kid].serial
+    assert kept.keys["shared"].serial != old.keys["shared"].serial
+
+
+def test_every_key_object_has_its_own_serial() -> None:
+    jwk = IssuerKey.generate("P-256").jwk()
+    one, two = parse_jwks({"keys": [jwk]}), parse_jwks({"keys": [jwk]})
+    key = one.keys[jwk["kid"]]
+    assert key == two.keys[jwk["kid"]] and key.serial != two.keys[jwk["kid"]].serial
+    assert dataclasses.replace(key).serial != key.serial

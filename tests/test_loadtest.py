@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
-from auth.devtools.loadtest import Outcome, Report, plot
+from auth.devtools.loadtest import Outcome, Report, plot, run_load
 from auth.service.server import create_app
 from tests.conftest import ROOT
 from tests.service import CLUSTER, AuditLog, make_config, token_doc, write_tokens
@@ -65,7 +66,9 @@ async def test_loadtest_against_a_running_kubejoin(tmp_path: Path, aiohttp_clien
     assert summary["by_status"] == {"200": 40}
     assert summary["by_reason"] == {"ok": 40}
     assert set(summary["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
-    assert "latency ms" in err
+    assert set(summary["generator_lag_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+    assert summary["client_gc"]["collections"][2] == 0  # no full collection of its own while timing
+    assert "latency ms" in err and "generator   sent late by ms" in err
 
 
 @pytest.mark.slow
@@ -104,6 +107,31 @@ def test_report_percentiles_are_nearest_rank() -> None:
     assert (latency["p50"], latency["p99"], latency["max"]) == (50.0, 99.0, 100.0)
     report.outcomes = [Outcome(0, 0.001, 0.02, 200, "ok")] * 10
     assert report.summary()["generator_bottleneck"] is True
+
+
+async def test_progress_counts_joins_refusals_and_failures_apart(aiohttp_server: Any) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if body == b"drop":  # no HTTP answer at all
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(1)
+        if body == b"ok":
+            return web.json_response({})
+        return web.json_response({"error": {"code": "malformed_token"}}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/join", handle)
+    server = await aiohttp_server(app)
+    lines: list[str] = []
+    report = await run_load(
+        str(server.make_url("/v1/join")), [b"ok", b"no", b"drop"], rate=30, duration=0.5, progress=lines.append
+    )
+    assert (report.joined, report.refused, report.failed) == (5, 5, 5)
+    assert report.summary()["by_status"] == {"0": 5, "200": 5, "401": 5}
+    line = report.progress_line(1.0, 15, 15, 0)
+    assert "joined 5 refused 5 failed 5" in line and "answered" not in line
+    assert report.summary()["client_gc"]["collections"][2] == 0
 
 
 def test_plot_draws_a_png(tmp_path: Path) -> None:

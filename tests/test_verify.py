@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from collections.abc import Callable
 from typing import Any
@@ -417,21 +418,85 @@ async def test_cached_token_is_refused_once_its_key_leaves_the_key_set(clock: Cl
     await source.close()
 
 
-async def test_header_memo_is_bounded_and_holds_only_checked_headers(issuer: LocalIssuer, clock: Clock) -> None:
-    from verifier.jose import HEADER_MEMO_SIZE
+def _header_segment(token: str) -> bytes:
+    return token.split(".", 1)[0].encode()
 
+
+async def test_header_memo_keeps_only_headers_that_led_to_a_valid_signature(issuer: LocalIssuer, clock: Clock) -> None:
+    # Issue 20, item 3: the memo kept the first 256 headers it saw, before any signature was
+    # checked, so a flood of made-up headers filled it and the real header never got in.
     verifier = verifier_for(issuer, clock)
     stranger = IssuerKey.generate("P-256")
-    for index in range(HEADER_MEMO_SIZE + 50):  # a flood of distinct, well-formed headers
+    signer = issuer.published[0]
+    for index in range(300):  # well-formed headers: unknown kids, and the real kid with a forged signature
         token = sign_token(stranger, {"alg": "ES256", "kid": f"made-up-{index}"}, claims(issuer, clock))
         assert await refusal(verifier, token) == "unknown_key"
-    assert len(verifier._headers) == HEADER_MEMO_SIZE
-    refused = raw_token({"alg": "none", "kid": "x"}, claims(issuer, clock), b"")
-    fresh = verifier_for(issuer, clock)
-    assert await refusal(fresh, refused) == "unsupported_algorithm"
-    assert fresh._headers == {}
-    # a memoized header still leads to a full verification of each token
+        forged = sign_token(stranger, {"alg": signer.alg, "kid": signer.kid, "n": index}, claims(issuer, clock))
+        assert await refusal(verifier, forged) == "bad_signature"
+    assert len(verifier._headers) == 0 and verifier._headers.nbytes == 0
     good = issuer.mint("team-a", "agent", audiences=[AUDIENCE], now=clock.now)
-    await fresh.verify(good)
-    assert len(fresh._headers) == 1
-    assert await refusal(fresh, good[:-6] + "AAAAAA") == "bad_signature"
+    await verifier.verify(good)
+    assert _header_segment(good) in verifier._headers
+    # a remembered header still leads to a full verification of each token
+    assert await refusal(verifier, good[:-6] + "AAAAAA") == "bad_signature"
+    # a valid signature with claims refused still shows the header is the issuer's
+    expired = issuer.sign(claims(issuer, clock, iat=clock.now - 900, nbf=clock.now - 900, exp=clock.now - 300))
+    assert await refusal(verifier, expired) == "token_expired"
+    assert len(verifier._headers) == 1
+
+
+async def test_header_memo_is_bounded_in_bytes(issuer: LocalIssuer, clock: Clock) -> None:
+    from verifier.jose import HEADER_MEMO_BYTES, HEADER_MEMO_MAX_SEGMENT
+
+    verifier = verifier_for(issuer, clock, cache_size=0)
+    signer = issuer.published[0]
+    segments = []
+    for index in range(400):  # distinct headers, each validly signed (an issuer rotating often)
+        token = (
+            issuer.sign(claims(issuer, clock))
+            if index == 0
+            else sign_token(signer, {"alg": signer.alg, "kid": signer.kid, "n": index}, claims(issuer, clock))
+        )
+        await verifier.verify(token)
+        segments.append(_header_segment(token))
+        assert verifier._headers.nbytes <= HEADER_MEMO_BYTES
+    assert 50 < len(verifier._headers) < 400
+    assert segments[-1] in verifier._headers and segments[0] not in verifier._headers  # the oldest go first
+    long = sign_token(
+        signer, {"alg": signer.alg, "kid": signer.kid, "x": "x" * HEADER_MEMO_MAX_SEGMENT}, claims(issuer, clock)
+    )
+    await verifier.verify(long)
+    assert _header_segment(long) not in verifier._headers
+
+
+async def test_cache_is_least_recently_used_and_invisible_to_the_garbage_collector(
+    issuer: LocalIssuer, clock: Clock
+) -> None:
+    verifier = verifier_for(issuer, clock, cache_size=3)
+    tokens = [issuer.mint("team-a", f"agent-{n}", audiences=[AUDIENCE], now=clock.now) for n in range(4)]
+    for token in tokens[:3]:
+        await verifier.verify(token)
+    await verifier.verify(tokens[0])  # a hit: now the most recently used
+    await verifier.verify(tokens[3])  # evicts tokens[1], the least recently used
+    assert (verifier.cache_hits, verifier.cache_entries) == (1, 3)
+    await verifier.verify(tokens[0])
+    await verifier.verify(tokens[2])
+    assert verifier.cache_hits == 3
+    await verifier.verify(tokens[1])
+    assert verifier.cache_hits == 3 and verifier.cache_entries == 3
+    # Issue 21: nothing in the cache is tracked by the collector, so a full collection never walks it.
+    assert verifier._cache is not None
+    assert not any(
+        gc.is_tracked(part) for part in (verifier._cache._entries, verifier._cache._seq, verifier._cache._order)
+    )
+
+
+async def test_a_cache_hit_judges_the_claims_again(issuer: LocalIssuer, clock: Clock) -> None:
+    verifier = verifier_for(issuer, clock)
+    token = issuer.mint("team-a", "agent", audiences=[AUDIENCE], now=clock.now, pod="agent-1")
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first and verifier.cache_hits == 1
+    clock.advance(60)
+    assert await verifier.verify(token) == first  # still valid a minute later
+    clock.advance(-7200)  # the clock, as now, not as when it was first verified
+    assert await refusal(verifier, token) == "token_not_yet_valid"

@@ -7,6 +7,7 @@ not fatal: a key set that also publishes an encryption key still verifies tokens
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ _EC_CURVES: Final[Mapping[str, tuple[str, hashes.HashAlgorithm, int, int]]] = {
 }
 _PKCS1V15: Final = padding.PKCS1v15()
 _SHA256: Final = hashes.SHA256()
+# Numbers for VerifyingKey.serial: unique among the keys of this process, never reused.
+_SERIALS: Final = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,11 @@ class VerifyingKey:
     description: str  # e.g. "RSA 2048" or "EC P-256", for messages
     public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey = field(repr=False)
     signature_size: int  # exact length of a valid signature in bytes
+    # This key object's number, unique in the process (a copy made with dataclasses.replace gets
+    # its own). The verified-token cache keeps it instead of the key itself: a record of strings
+    # and numbers is one the garbage collector need not track, and equal serials mean the very key
+    # object a token was verified with is still the one held.
+    serial: int = field(default_factory=_SERIALS.__next__, init=False, repr=False, compare=False)
 
     def verify(self, signing_input: bytes, signature: bytes) -> bool:
         """Checks the signature; a signature of the wrong length or with r or s out of range is
@@ -72,18 +80,27 @@ class VerifyingKey:
         if len(signature) != self.signature_size:
             return False
         try:
-            if isinstance(self.public_key, rsa.RSAPublicKey):
-                self.public_key.verify(signature, signing_input, _PKCS1V15, _SHA256)
+            # The algorithm says the key type (key_from_jwk binds RS256 to RSA keys and each ES
+            # algorithm to its curve): a string comparison and a table lookup where an isinstance
+            # check against the ABC and a curve lookup cost a microsecond per token.
+            if self.alg == "RS256":
+                self.public_key.verify(signature, signing_input, _PKCS1V15, _SHA256)  # type: ignore[call-arg,arg-type]
                 return True
-            _, hash_alg, size, order = _EC_CURVES[_curve_name(self.public_key)]
+            size, order, ecdsa = _ECDSA[self.alg]
             r = int.from_bytes(signature[:size], "big")
             s = int.from_bytes(signature[size:], "big")
             if not (0 < r < order and 0 < s < order):
                 return False
-            self.public_key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hash_alg))
+            self.public_key.verify(encode_dss_signature(r, s), signing_input, ecdsa)  # type: ignore[call-arg,arg-type]
             return True
         except InvalidSignature:
             return False
+
+
+# JWS algorithm -> (bytes per coordinate, group order, the ECDSA parameters to verify with)
+_ECDSA: Final[Mapping[str, tuple[int, int, ec.ECDSA]]] = {
+    alg: (size, order, ec.ECDSA(hash_alg)) for alg, hash_alg, size, order in _EC_CURVES.values()
+}
 
 
 def _curve_name(key: ec.EllipticCurvePublicKey) -> str:

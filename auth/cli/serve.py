@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..service.config import Config, load_config, parse_workers, split_host_port
 from ..service.files import ConfigError, write_private_file
+from ..service.gcpolicy import freeze_after_start
 from ..service.server import SERVICE, create_app, create_metrics_app
 from .common import EXIT_OK, EXIT_USAGE, listening_on, say
 from .supervisor import MULTIPROC_ENV, supervise
@@ -146,6 +147,7 @@ async def serve(
             await site.start()
             if not quiet:
                 say(f"kubejoin serving metrics on {listening_on(metrics_runner.addresses)}")
+        freeze_after_start()  # start-up objects out of every later collection (auth/service/gcpolicy.py)
         if on_ready is not None:
             on_ready()
         await stop.wait()

@@ -118,6 +118,12 @@ class IssuerKey:
         )
 
 
+def _sorted_names(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {name: _sorted_names(value[name]) for name in sorted(value)}
+    return value
+
+
 def sign_token(key: IssuerKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
     """Signs arbitrary header and claims (tests use it to build hostile tokens)."""
     signing_input = b64url(_compact_json(header)) + "." + b64url(_compact_json(claims))
@@ -207,8 +213,11 @@ class LocalIssuer:
         return self.sign(self.claims(namespace, service_account, **options))
 
     def sign(self, claims: dict[str, Any], key: IssuerKey | None = None) -> str:
+        """Signs claims as kube-apiserver does: go-jose turns them into maps before marshalling,
+        so every object's names come out sorted, nested ones included (see the real EKS token in
+        the shared fixtures)."""
         key = key or self.signing_key
-        return sign_token(key, {"alg": key.alg, "kid": key.kid}, dict(sorted(claims.items())))
+        return sign_token(key, {"alg": key.alg, "kid": key.kid}, _sorted_names(claims))
 
     # -- serving ----------------------------------------------------------------------------
     async def _serve(self, request: web.Request, body: bytes, content_type: str) -> web.Response:

@@ -70,8 +70,11 @@ def _output_files(work: Path) -> tuple[BinaryIO, BinaryIO]:
 
 
 @asynccontextmanager
-async def serve(source: Path | None, limits: dict[str, Any] | None = None) -> AsyncIterator[Server]:
-    """`kubejoin serve` on a free loopback port; its join log goes to a file (not read here)."""
+async def serve(
+    source: Path | None, limits: dict[str, Any] | None = None, *, token_review: bool = False
+) -> AsyncIterator[Server]:
+    """`kubejoin serve` on a free loopback port; its join log goes to a file (not read here).
+    `token_review`: the TokenReview endpoint too, over the same issuer's keys, for any caller."""
     key = IssuerKey.generate("P-256")
     issuer = LocalIssuer(ISSUER, [key])
     with tempfile.TemporaryDirectory(prefix="kubejoin-attack-") as scratch:
@@ -83,6 +86,9 @@ async def serve(source: Path | None, limits: dict[str, Any] | None = None) -> As
         config: dict[str, Any] = {"cluster_name": AUDIENCE, "tokens_file": "tokens.yaml", "listen": f"127.0.0.1:{port}"}
         if limits:
             config["limits"] = limits
+        if token_review:
+            jwks = {"jwks": issuer.jwks_document().decode()}
+            config["token_review"] = {"source": {"type": "static_jwks", "static_jwks": jwks}, "audiences": [AUDIENCE]}
         (work / "config.yaml").write_text(json.dumps(config))
         env = dict(os.environ)
         code = str(source or ROOT)
