@@ -24,8 +24,9 @@ class ObjectRef(NamedTuple):
 
 
 class Identity(NamedTuple):
-    """Who a verified token speaks for. Immutable (a tuple: cheap to build on the hot path, and
-    of strings and numbers only, so the garbage collector need not track a cached one)."""
+    """Who a verified token speaks for. Immutable (a tuple: cheap to build on the hot path). Not
+    what the verified-token cache keeps: the collector tracks a NamedTuple however plain its
+    fields, so the cache holds strings (verify._VerifiedTokens)."""
 
     namespace: str
     service_account: ObjectRef
