@@ -23,7 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from metrics import BindingStats, Metrics
+from metrics import Metrics
 from verifier.errors import Reason
 from verifier.k8s.binding import LiveBinding
 
@@ -127,7 +127,7 @@ class Service:
             binding = LiveBinding(
                 kube_api(config.in_cluster), leeway=config.verification.leeway, nodes=config.binding.nodes, clock=clock
             )
-            metrics.watch_binding(lambda: BindingStats(*binding.stats()))
+            metrics.watch_binding(binding.stats)
             self.binding = binding
         self.keyring = Keyring(config, metrics, clock=clock, binding=self.binding)
         self.join = JoinService(
