@@ -7,11 +7,14 @@ import json
 import sys
 from typing import Any
 
+from ..runtime.console import Exit, say
 from ..service.durations import parse_duration
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "duration_arg", "emit_json", "say"]
+
+EXIT_OK = Exit.OK
+EXIT_REFUSED = Exit.FAILED  # the thing checked was refused or invalid
+EXIT_USAGE = Exit.USAGE
 
 
 def duration_arg(text: str) -> float:
@@ -24,7 +27,3 @@ def duration_arg(text: str) -> float:
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
