@@ -9,8 +9,7 @@ Never a service account, pod, kid, jti or caller address.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from prometheus_client import (
@@ -22,86 +21,15 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
+
+from .reported import BindingStats, CacheStats, Reported
 
 # A join verifies a cached token in tens of microseconds and a fresh one with a certificate in a
 # few milliseconds; the buckets resolve both ends.
 JOIN_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 FETCH_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNKNOWN_TOKEN: Final = "unknown"
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """Verified-token cache counts at one moment, read when Prometheus scrapes."""
-
-    hits: int
-    misses: int
-    entries: int
-
-
-@dataclass(frozen=True)
-class BindingStats:
-    """The live binding's state, read at scrape time: per kind (pod, serviceaccount, node)."""
-
-    objects: Mapping[str, int]
-    synced: Mapping[str, bool]
-    lookups: Mapping[tuple[str, str], int]  # (kind, result) -> count
-    restarts: Mapping[str, int]
-
-
-class _BindingCollector(Collector):
-    """The live binding counts lookups in plain integers (a join pays no metric call) and is
-    read here at scrape time."""
-
-    def __init__(self, read: Callable[[], BindingStats]) -> None:
-        self._read = read
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self._read()
-        objects = GaugeMetricFamily(
-            "kubejoin_binding_objects",
-            "Objects held by the live binding cache, terminating ones included.",
-            labels=["kind"],
-        )
-        synced = GaugeMetricFamily(
-            "kubejoin_binding_synced", "1 while the list completed and the watch runs, else 0.", labels=["kind"]
-        )
-        for kind, count in stats.objects.items():
-            objects.add_metric([kind], count)
-            synced.add_metric([kind], 1 if stats.synced.get(kind) else 0)
-        lookups = CounterMetricFamily(
-            "kubejoin_binding_lookups", "Binding lookups by kind and result.", labels=["kind", "result"]
-        )
-        for (kind, result), count in stats.lookups.items():
-            lookups.add_metric([kind, result], count)
-        restarts = CounterMetricFamily(
-            "kubejoin_binding_watch_restarts", "Relists after a failed or expired (410) watch.", labels=["kind"]
-        )
-        for kind, count in stats.restarts.items():
-            restarts.add_metric([kind], count)
-        yield from (objects, synced, lookups, restarts)
-
-
-class _CacheCollector(Collector):
-    """Reads verified-token cache statistics at scrape time from whoever owns the caches."""
-
-    def __init__(self, read: Callable[[], CacheStats]) -> None:
-        self._read = read
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self._read()
-        requests = CounterMetricFamily(
-            "kubejoin_verified_token_cache_requests", "Verified-token cache lookups by result.", labels=["result"]
-        )
-        requests.add_metric(["hit"], stats.hits)
-        requests.add_metric(["miss"], stats.misses)
-        yield requests
-        yield GaugeMetricFamily(
-            "kubejoin_verified_token_cache_entries", "Tokens held in the verified-token cache.", value=stats.entries
-        )
 
 
 class Metrics:
@@ -121,7 +49,8 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._exposed = self.registry
-        self._shared: _SharedStats | None = None
+        self._workers = multiprocess_dir is not None
+        self._in_flight: Callable[[], int] | None = None
         r = self.registry
         self.join_attempts = Counter(
             "kubejoin_join_attempts",
@@ -221,10 +150,10 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
+        self._reported = Reported(workers=self._workers)
+        r.register(self._reported)
         if multiprocess_dir is not None:
-            # Scrape-time collectors see only the process that answers the scrape; the values they
-            # would report are published into the shared files instead (see publish).
-            self._shared = _SharedStats(r, self.joins_in_flight)
+            # A scrape reads every worker's files.
             self._exposed = CollectorRegistry()
             MultiProcessCollector(self._exposed, multiprocess_dir)  # type: ignore[no-untyped-call]
         elif process:
@@ -243,29 +172,27 @@ class Metrics:
         return found
 
     def watch_cache(self, read: Callable[[], CacheStats]) -> None:
-        if self._shared is not None:
-            self._shared.cache = read
-        else:
-            self.registry.register(_CacheCollector(read))
+        self._reported.watch_cache(read)
+
+    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
+        self._reported.watch_binding(read)
 
     def watch_in_flight(self, read: Callable[[], int]) -> None:
         """Reports joins in flight from `read` (no gauge update on the join path)."""
-        if self._shared is not None:
-            self._shared.in_flight = read
+        if self._workers:
+            self._in_flight = read
         else:
             self.joins_in_flight.set_function(read)
 
     def publish(self) -> None:
-        """With workers: copies this process's verified-token cache statistics and resource use
-        into the shared files (the service calls it twice a second and before each scrape)."""
-        if self._shared is not None:
-            self._shared.publish()
-
-    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
-        if self._shared is not None:
-            self._shared.watch_binding(read)
-        else:
-            self.registry.register(_BindingCollector(read))
+        """With workers: copies this process's scrape-time values (joins in flight, cache and
+        binding counts, resource use) into the shared files, for whichever worker answers the
+        next scrape (the service calls it twice a second and before each scrape). One process
+        reads them at the scrape itself."""
+        if self._workers:
+            if self._in_flight is not None:
+                self.joins_in_flight.set(self._in_flight())
+            self._reported.publish()
 
     def tokens_loaded(self, names: Iterable[str], count: int) -> None:
         """Creates the success series of each named token at 0, so rates and alerts work before
@@ -302,96 +229,3 @@ class Metrics:
     def exposed(self) -> CollectorRegistry:
         """The registry a scrape reads: this process's, or with workers the sums over all."""
         return self._exposed
-
-
-class _SharedStats:
-    """What the scrape-time collectors report in one process, kept in prometheus_client's
-    multiprocess files instead, so that any worker's /metrics reports the whole service."""
-
-    def __init__(self, r: CollectorRegistry, in_flight: Gauge) -> None:
-        self._registry = r
-        self._binding: Callable[[], BindingStats] | None = None
-        self._binding_published: BindingStats | None = None
-        self.cache: Callable[[], CacheStats] | None = None
-        self.in_flight: Callable[[], int] | None = None
-        self._in_flight = in_flight
-        self._cache_requests = Counter(
-            "kubejoin_verified_token_cache_requests",
-            "Verified-token cache lookups by result.",
-            ["result"],
-            registry=r,
-        )
-        self._cache_entries = Gauge(
-            "kubejoin_verified_token_cache_entries",
-            "Tokens held in the verified-token cache.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self._memory = Gauge(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes, summed over the workers.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self._cpu = Counter("process_cpu_seconds", "User and system CPU time in seconds, all workers.", registry=r)
-        self._own = ProcessCollector(registry=None)
-        self._published = CacheStats(0, 0, 0)
-        self._cpu_published = 0.0
-
-    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
-        """Each worker runs its own binding: objects held is the largest, synced the smallest
-        (1 only when every worker is), lookups and restarts the sums."""
-        r = self._registry
-        self._binding = read
-        self._binding_objects = Gauge(
-            "kubejoin_binding_objects",
-            "Objects held by the live binding cache, terminating ones included.",
-            ["kind"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self._binding_synced = Gauge(
-            "kubejoin_binding_synced",
-            "1 while the list completed and the watch runs, else 0.",
-            ["kind"],
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self._binding_lookups = Counter(
-            "kubejoin_binding_lookups", "Binding lookups by kind and result.", ["kind", "result"], registry=r
-        )
-        self._binding_restarts = Counter(
-            "kubejoin_binding_watch_restarts", "Relists after a failed or expired (410) watch.", ["kind"], registry=r
-        )
-
-    def _publish_binding(self) -> None:
-        if self._binding is None:
-            return
-        stats, last = self._binding(), self._binding_published
-        for kind, count in stats.objects.items():
-            self._binding_objects.labels(kind).set(count)
-            self._binding_synced.labels(kind).set(1 if stats.synced.get(kind) else 0)
-        for key, count in stats.lookups.items():
-            self._binding_lookups.labels(*key).inc(max(0, count - (last.lookups.get(key, 0) if last else 0)))
-        for kind, count in stats.restarts.items():
-            self._binding_restarts.labels(kind).inc(max(0, count - (last.restarts.get(kind, 0) if last else 0)))
-        self._binding_published = stats
-
-    def publish(self) -> None:
-        self._publish_binding()
-        if self.in_flight is not None:
-            self._in_flight.set(self.in_flight())
-        if self.cache is not None:
-            stats, last = self.cache(), self._published
-            # Retired key sources keep their counts, so these never go backwards.
-            self._cache_requests.labels("hit").inc(max(0, stats.hits - last.hits))
-            self._cache_requests.labels("miss").inc(max(0, stats.misses - last.misses))
-            self._cache_entries.set(stats.entries)
-            self._published = stats
-        for family in self._own.collect():
-            if family.name == "process_resident_memory_bytes" and family.samples:
-                self._memory.set(family.samples[0].value)
-            elif family.name == "process_cpu_seconds" and family.samples:
-                cpu = family.samples[0].value
-                self._cpu.inc(max(0.0, cpu - self._cpu_published))
-                self._cpu_published = cpu

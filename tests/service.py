@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from prometheus_client import CollectorRegistry
 
-from auth.cli.serve import make_runner
 from auth.devtools.issuer import LocalIssuer
+from auth.runtime import make_runner
 from auth.service.config import Config, parse_config
 from auth.service.server import create_app
 from tests.polling import wait_for

@@ -8,7 +8,7 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from auth.devtools.issuer import IssuerKey, LocalIssuer, sign_token
 from auth.service.errors import JOIN_REASONS
 from auth.service.server import SERVICE, create_app
+from metrics import Metrics
 from tests.service import CLUSTER, AuditLog, join_body, make_config, pod_token, token_doc, write_tokens
 from tests.test_binding import BINDING_CODES
 
@@ -201,3 +202,30 @@ async def test_promtool_lints_a_real_scrape(client: Client, issuer: LocalIssuer)
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert b"kubejoin_" in scrape
+
+
+class ReorderedBindingStats(NamedTuple):
+    """The binding's record with its fields in another order: read by name, nothing moves."""
+
+    restarts: dict[str, int]
+    lookups: dict[tuple[str, str], int]
+    synced: dict[str, bool]
+    objects: dict[str, int]
+
+
+def test_binding_stats_are_read_by_field_name() -> None:
+    """They were bridged by position (`BindingStats(*binding.stats())`): a reordered field would
+    have shown restarts as objects."""
+    metrics = Metrics(CollectorRegistry(), process=False)
+    lookups = {("pod", "api"): 2}
+    metrics.watch_binding(lambda: ReorderedBindingStats({"pod": 3}, dict(lookups), {"pod": False}, {"pod": 7}))
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"kind": "pod", **labels})
+
+    assert sample("kubejoin_binding_objects") == 7
+    assert sample("kubejoin_binding_synced") == 0
+    assert sample("kubejoin_binding_lookups_total", result="api") == 2
+    assert sample("kubejoin_binding_watch_restarts_total") == 3
+    lookups[("pod", "api")] = 5  # counts read again at the next scrape
+    assert sample("kubejoin_binding_lookups_total", result="api") == 5

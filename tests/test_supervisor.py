@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from auth.cli.supervisor import Supervisor, bind_slots, startable
 from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.runtime.supervisor import Supervisor, bind_slots, startable
 from auth.service.ca import CertificateAuthority
 from auth.service.config import Config, load_config
 from auth.service.server import create_app

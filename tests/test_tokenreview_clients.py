@@ -18,8 +18,8 @@ import yaml
 from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
-from auth.cli.serve import server_tls_context
 from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.runtime import server_tls_context
 from auth.service.server import SERVICE, create_app
 from tests.polling import wait_for
 from tests.service import AuditLog, make_config, token_doc, write_tokens

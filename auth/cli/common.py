@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
 from typing import Any
 
+from ..runtime.console import Exit, say
 from ..service.durations import parse_duration
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "duration_arg", "emit_json", "say"]
+
+EXIT_OK = Exit.OK
+EXIT_REFUSED = Exit.FAILED  # the thing checked was refused or invalid
+EXIT_USAGE = Exit.USAGE
 
 
 def duration_arg(text: str) -> float:
@@ -25,16 +27,3 @@ def duration_arg(text: str) -> float:
 def emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def listening_on(socknames: Iterable[Any], scheme: str = "") -> str:
-    """The addresses listeners got, as `[scheme://]host:port` (`[v6]:port`), comma-separated: for
-    port 0 in the config the kernel chose the port, and the start-up line says which."""
-    prefix = f"{scheme}://" if scheme else ""
-    return ", ".join(
-        f"{prefix}[{host}]:{port}" if ":" in host else f"{prefix}{host}:{port}" for host, port, *_ in socknames
-    )

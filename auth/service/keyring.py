@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 
 from metrics import CacheStats, Metrics
 from verifier import InClusterKeySource, OIDCKeySource, StaticKeySource, Verifier, parse_jwks
@@ -21,10 +22,32 @@ from verifier.k8s.api import KubeAPI, KubeKeySource
 from verifier.sources import KeySource, RemoteKeySource
 
 from .config import Config, InCluster
+from .files import ConfigError
 from .tokens import JoinToken, KubernetesRules
 
-SourceKey = tuple[Any, ...]
-IN_CLUSTER: SourceKey = ("in_cluster",)
+
+@dataclass(frozen=True)
+class StaticSource:
+    """A join token's own key set (each token its own, even with the same keys)."""
+
+    token: str
+    jwks: str
+    issuer: str | None
+
+
+@dataclass(frozen=True)
+class OidcSource:
+    issuer: str
+    allow_http: bool
+
+
+@dataclass(frozen=True)
+class InClusterSource:
+    """This cluster's API server (config `in_cluster`): one for all tokens naming it."""
+
+
+SourceKey = StaticSource | OidcSource | InClusterSource
+IN_CLUSTER: Final = InClusterSource()
 # verifier() keeps the most recently asked for of these (TokenReview: one per audience set that
 # reviews name). Callers name few sets; the bound keeps one that names many from growing memory:
 # each verifier has its own verified-token cache.
@@ -33,12 +56,25 @@ RETAIN: Final = 600.0
 
 
 def source_key(rules: KubernetesRules, name: str) -> SourceKey:
-    """The identity of a key source; `name` tells static key sets apart (each token its own)."""
+    """The key source that `rules` (of join token `name`) names. Raises ConfigError for rules
+    whose type lacks its settings (the tokens parser never makes them)."""
     if rules.type == "oidc":
-        return ("oidc", rules.oidc_issuer, rules.insecure_allow_http_issuer)
+        if rules.oidc_issuer is None:
+            raise ConfigError(f"join token {name!r}: type oidc without oidc.issuer")
+        return OidcSource(rules.oidc_issuer, rules.insecure_allow_http_issuer)
     if rules.type == "static_jwks":
-        return ("static", name, rules.static_jwks, rules.static_issuer)
+        if rules.static_jwks is None:
+            raise ConfigError(f"join token {name!r}: type static_jwks without static_jwks.jwks")
+        return StaticSource(name, rules.static_jwks, rules.static_issuer)
     return IN_CLUSTER
+
+
+class _Retired(NamedTuple):
+    verifier: Verifier
+    since: float  # when no join token named its source any more
+
+
+_Combination = tuple[SourceKey, frozenset[str], float, bool]  # a source, audiences, max_ttl, bound: verifier()'s key
 
 
 def kube_api(cluster: InCluster) -> KubeAPI:
@@ -70,10 +106,10 @@ class Keyring:
         self._sources: dict[SourceKey, KeySource] = {}
         self._verifiers: dict[SourceKey, Verifier] = {}  # the join tokens' verifier of each source
         self._by_token: dict[str, Verifier] = {}
-        self._others: OrderedDict[tuple[Any, ...], Verifier] = OrderedDict()  # verifier(), most recent last
-        self._kept: dict[tuple[Any, ...], Verifier] = {}  # verifier(keep=True)
+        self._others: OrderedDict[_Combination, Verifier] = OrderedDict()  # verifier(), most recent last
+        self._kept: dict[_Combination, Verifier] = {}  # verifier(keep=True)
         self._held: set[SourceKey] = set()  # sources that verifier() was asked for: open until close()
-        self._retired: dict[SourceKey, tuple[Verifier, float]] = {}  # a verifier no token names, since when
+        self._retired: dict[SourceKey, _Retired] = {}  # verifiers no token names any more
         self._retired_hits = 0
         self._retired_misses = 0
         metrics.watch_cache(self.cache_stats)
@@ -107,16 +143,14 @@ class Keyring:
             return kept
         if keep:
             self._held.add(key)
-            kept = self._kept[combination] = self._verifier(key, self._source(key, rules, name), wanted, max_ttl, bound)
+            kept = self._kept[combination] = self._verifier(key, self._source(key), wanted, max_ttl, bound)
             return kept
         verifier = self._others.get(combination)
         if verifier is not None:
             self._others.move_to_end(combination)
             return verifier
         self._held.add(key)
-        verifier = self._others[combination] = self._verifier(
-            key, self._source(key, rules, name), wanted, max_ttl, bound
-        )
+        verifier = self._others[combination] = self._verifier(key, self._source(key), wanted, max_ttl, bound)
         while len(self._others) > MAX_AUDIENCE_VERIFIERS:
             self._retire_stats(self._others.popitem(last=False)[1])
         return verifier
@@ -125,32 +159,31 @@ class Keyring:
         """The binding check that the verifiers of this source carry, if any."""
         return self._binding if source_key(rules, name) == IN_CLUSTER else None
 
-    def _source(self, key: SourceKey, rules: KubernetesRules, name: str) -> KeySource:
+    def _source(self, key: SourceKey) -> KeySource:
         source = self._sources.get(key)
         if source is not None:
             return source
-        policy: dict[str, Any] = {"clock": self._clock, "observer": self._metrics.key_fetch}
-        if key[0] == "static":
-            assert rules.static_jwks is not None
-            static = StaticKeySource(parse_jwks(rules.static_jwks), label=f"static:{name}", issuer=rules.static_issuer)
+        if isinstance(key, StaticSource):
+            static = StaticKeySource(parse_jwks(key.jwks), label=f"static:{key.token}", issuer=key.issuer)
             self._metrics.key_fetch(static.label, True, static.key_count, self._clock())
             source = static
         else:
-            remote: RemoteKeySource
-            if key[0] == "oidc":
-                assert rules.oidc_issuer is not None
-                remote = OIDCKeySource(rules.oidc_issuer, allow_http=rules.insecure_allow_http_issuer, **policy)
-            elif (cluster := self._config.in_cluster) is not None and cluster.kubeconfig is not None:
-                remote = KubeKeySource(kube_api(cluster), **policy)
-            else:
-                assert cluster is not None
-                remote = InClusterKeySource(
-                    cluster.api_server, token_file=cluster.token_file, ca_file=cluster.ca_file, **policy
-                )
+            remote = self._remote(key)
             remote.start()
             source = remote
         self._sources[key] = source
         return source
+
+    def _remote(self, key: OidcSource | InClusterSource) -> RemoteKeySource:
+        policy: dict[str, Any] = {"clock": self._clock, "observer": self._metrics.key_fetch}
+        if isinstance(key, OidcSource):
+            return OIDCKeySource(key.issuer, allow_http=key.allow_http, **policy)
+        cluster = self._config.in_cluster
+        if cluster is None:
+            raise ConfigError("a join token of type in_cluster needs the config's in_cluster settings")
+        if cluster.kubeconfig is not None:
+            return KubeKeySource(kube_api(cluster), **policy)
+        return InClusterKeySource(cluster.api_server, token_file=cluster.token_file, ca_file=cluster.ca_file, **policy)
 
     def _verifier(
         self, key: SourceKey, source: KeySource, audiences: Iterable[str], max_ttl: float, bound: bool = True
@@ -168,23 +201,21 @@ class Keyring:
         """Builds verifiers for new sources (or takes back retired ones) and returns the sources
         no one names any more, for the caller to close (they stop refreshing; a retired verifier
         keeps their keys). Must run in the event loop (remote sources start refreshing)."""
-        wanted: dict[SourceKey, JoinToken] = {}
-        by_token: dict[str, SourceKey] = {}
-        for token in tokens.values():
-            if token.kubernetes is not None:
-                key = source_key(token.kubernetes, token.name)
-                wanted.setdefault(key, token)
-                by_token[token.name] = key
+        by_token = {
+            token.name: source_key(token.kubernetes, token.name)
+            for token in tokens.values()
+            if token.kubernetes is not None
+        }
+        wanted = dict.fromkeys(by_token.values())  # a set, in the tokens' order
         now = self._clock()
-        for key, token in wanted.items():
+        for key in wanted:
             if key in self._verifiers:
                 continue
             kept = self._retired.pop(key, None)
-            if kept is not None and self._sources.get(key, kept[0].source) is kept[0].source:
-                self._verifiers[key] = self._revive(key, kept[0])
+            if kept is not None and self._sources.get(key, kept.verifier.source) is kept.verifier.source:
+                self._verifiers[key] = self._revive(key, kept.verifier)
                 continue
-            assert token.kubernetes is not None
-            source = self._source(key, token.kubernetes, token.name)
+            source = self._source(key)
             self._verifiers[key] = self._verifier(
                 key, source, [self._config.cluster_name], self._config.verification.max_token_ttl
             )
@@ -192,8 +223,8 @@ class Keyring:
         for key in [k for k in self._verifiers if k not in wanted]:
             verifier = self._verifiers.pop(key)
             self._retire_stats(verifier)
-            self._retired[key] = (verifier, now)
-        for key in [k for k, (_, since) in self._retired.items() if now - since > RETAIN]:
+            self._retired[key] = _Retired(verifier, now)
+        for key in [k for k, retired in self._retired.items() if now - retired.since > RETAIN]:
             del self._retired[key]
         in_use = set(wanted) | self._held
         retired: list[RemoteKeySource] = []

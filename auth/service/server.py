@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from metrics import BindingStats, Metrics
+from metrics import Metrics
 from verifier.k8s.binding import LiveBinding
 from verifier.texts import cut
 
@@ -148,7 +148,7 @@ class Service:
             binding = LiveBinding(
                 kube_api(config.in_cluster), leeway=config.verification.leeway, nodes=config.binding.nodes, clock=clock
             )
-            metrics.watch_binding(lambda: BindingStats(*binding.stats()))
+            metrics.watch_binding(binding.stats)
             self.binding = binding
         self.keyring = Keyring(config, metrics, clock=clock, binding=self.binding)
         self.join = JoinService(

@@ -33,8 +33,8 @@ import socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 from prometheus_client import multiprocess
 
@@ -42,15 +42,17 @@ from ..service.ca import CertificateAuthority
 from ..service.config import Config, load_config, split_host_port
 from ..service.files import ConfigError
 from ..service.tokens import load_tokens
-from .common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, listening_on, say
+from .child import Child, Ended
+from .console import Exit, say
+from .site import BACKLOG, bound
+from .worker import MULTIPROC_ENV
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A worker's own drain is bounded by serve's SHUTDOWN_TIMEOUT (30 s); this is the backstop.
-STOP_TIMEOUT = 40.0
+STOP_TIMEOUT: Final = 40.0
 # A worker that dies this soon after it started waits this long before it is replaced again.
-RESTART_DELAY = 1.0
+RESTART_DELAY: Final = 1.0
 # A slot whose workers keep failing to start waits up to this long between attempts.
-MAX_START_DELAY = 30.0
+MAX_START_DELAY: Final = 30.0
 
 
 def startable(config_path: str, running: Config) -> str | None:
@@ -82,7 +84,7 @@ def _listener(family: int, kind: int, proto: int, where: Any) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.set_inheritable(True)
         sock.bind(where)
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -106,7 +108,12 @@ def bind_slots(addresses: list[str], count: int) -> list[list[socket.socket]]:
 
 class Supervisor:
     def __init__(
-        self, config_path: str, config: Config, log_level: str, metrics_dir: str, command: list[str] | None = None
+        self,
+        config_path: str,
+        config: Config,
+        log_level: str,
+        metrics_dir: str,
+        command: list[str] | None = None,
     ) -> None:
         self._config = config
         self._config_path = config_path
@@ -118,10 +125,11 @@ class Supervisor:
         ]  # fmt: skip
         self._env = {**os.environ, MULTIPROC_ENV: metrics_dir}
         self._metrics_dir = metrics_dir
+        self.say: Callable[[str], None] = say
         self.stop = asyncio.Event()
         self.stopping = False
         self.fatal = False
-        self._workers: dict[int, asyncio.subprocess.Process] = {}
+        self._workers: dict[int, Child] = {}
         # Workers watch the read end: when this process is gone, however it went, they read EOF
         # and drain rather than serve on unsupervised.
         self._lifeline, self._lifeline_writer = os.pipe()
@@ -137,23 +145,24 @@ class Supervisor:
         failed_starts = 0  # in a row: each doubles the wait before the next attempt
         while True:
             started = loop.time()
-            pid, status, served = await self._run_worker(index, sockets)
+            ended = await self._run_worker(index, sockets)
+            status = ended.status
             if self.stopping:
                 # a worker that never served had nothing to drain, whatever stopped it
-                return EXIT_OK if not served or status == -signal.SIGTERM else status
-            if served:
+                return Exit.OK if not ended.served or status == -signal.SIGTERM else status
+            if ended.served:
                 failed_starts = 0
-                say(f"kubejoin: worker {index} (pid {pid}) exited with status {status}; starting another")
+                self.say(f"kubejoin: worker {index} (pid {ended.pid}) exited with status {status}; starting another")
                 if loop.time() - started < RESTART_DELAY:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
                     if self.stop.is_set():
-                        return EXIT_OK
+                        return Exit.OK
                 continue
             if not self._ever_served:
                 self._never_up.add(index)
                 if len(self._never_up) == self._config.workers:  # none could start: nothing will help
-                    say(f"kubejoin: worker {index} could not start; stopping")
+                    self.say(f"kubejoin: worker {index} could not start; stopping")
                     self.fatal = True
                     self.stop.set()
                     return status
@@ -161,59 +170,32 @@ class Supervisor:
             for sock in sockets:
                 sock.close()
             failed_starts += 1
-            say(f"kubejoin: worker {index} (pid {pid}) could not start; its listeners are closed until it can")
+            self.say(
+                f"kubejoin: worker {index} (pid {ended.pid}) could not start; its listeners are closed until it can"
+            )
             wait = min(RESTART_DELAY * 2 ** (failed_starts - 1), MAX_START_DELAY)
             if not await self._rebind_when_startable(sockets, where, wait):
-                return EXIT_OK
+                return Exit.OK
 
-    async def _run_worker(self, index: int, sockets: list[socket.socket]) -> tuple[int, int, bool]:
-        """Starts a worker on `sockets` and waits for its end: its pid, its exit status, and
-        whether it ever said that it serves."""
-        loop = asyncio.get_running_loop()
-        fds = [sock.fileno() for sock in sockets]
-        ready, ready_writer = os.pipe()
-        arguments = [
-            *("--worker-fds", ",".join(map(str, fds))),
-            *("--lifeline", str(self._lifeline), "--worker-index", str(index), "--ready-fd", str(ready_writer)),
-        ]
+    async def _run_worker(self, index: int, sockets: list[socket.socket]) -> Ended:
+        """Starts a worker on `sockets` and waits for its end."""
+        child = await Child.start(
+            self._command,
+            sockets,
+            lifeline=self._lifeline,
+            index=index,
+            env=self._env,
+            on_ready=lambda: self._served(index),
+        )
+        self._workers[index] = child
+        if self.stopping:  # the stop came while this worker was starting
+            child.stop()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self._command, *arguments, pass_fds=[*fds, self._lifeline, ready_writer], env=self._env
-            )
-        except BaseException:
-            os.close(ready)
-            raise
+            ended = await child.wait()
         finally:
-            os.close(ready_writer)  # the worker's copy is the only one: its exit is EOF here
-        os.set_blocking(ready, False)
-
-        def said_ready() -> None:
-            try:
-                said = os.read(ready, 64)
-            except BlockingIOError:
-                return
-            except OSError:
-                said = b""
-            if said:
-                self._served(index)
-            loop.remove_reader(ready)  # said it, or EOF: either way nothing more comes
-
-        self._workers[index] = process
-        loop.add_reader(ready, said_ready)
-        try:
-            if self.stopping:  # the stop came while this worker was starting
-                process.send_signal(signal.SIGTERM)
-            status = await process.wait()
-        finally:
-            loop.remove_reader(ready)
-            with contextlib.suppress(OSError):
-                if index not in self._serving and os.read(ready, 64):  # said just before it went
-                    self._served(index)
-            os.close(ready)
-        multiprocess.mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
-        served = index in self._serving
-        self._serving.discard(index)
-        return process.pid, status, served
+            self._serving.discard(index)
+        multiprocess.mark_process_dead(ended.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        return ended
 
     @property
     def serving(self) -> frozenset[int]:
@@ -240,7 +222,7 @@ class Supervisor:
             if problem is not None:
                 if problem != said:
                     said = problem
-                    say(f"kubejoin: not starting a worker yet: {problem}")
+                    self.say(f"kubejoin: not starting a worker yet: {problem}")
                 continue
             fresh: list[socket.socket] = []
             try:
@@ -251,7 +233,7 @@ class Supervisor:
                     sock.close()
                 if str(exc) != said:
                     said = str(exc)
-                    say(f"kubejoin: cannot listen again for a worker: {exc}; retrying")
+                    self.say(f"kubejoin: cannot listen again for a worker: {exc}; retrying")
                 continue
             if self.stop.is_set():  # came while the files were read
                 for sock in fresh:
@@ -262,27 +244,22 @@ class Supervisor:
 
     def signal_workers(self) -> None:
         self.stopping = True
-        for process in self._workers.values():
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
+        for child in self._workers.values():
+            child.stop()
 
     def forward(self, signum: int) -> None:
         """Passes a signal on to every worker that serves (SIGHUP: each re-reads the join tokens).
         One still starting would die of it, and reads the tokens file as it starts anyway."""
-        for index, process in self._workers.items():
-            if index in self._serving and process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signum)
+        for index, child in self._workers.items():
+            if index in self._serving:
+                child.signal(signum)
 
     def kill_workers(self) -> None:
-        for process in self._workers.values():
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+        for child in self._workers.values():
+            child.signal(signal.SIGKILL)
 
 
-async def supervise(config_path: str, config: Config, log_level: str) -> int:
+async def supervise(config_path: str, config: Config, log_level: str) -> Exit:
     """Runs `config.workers` workers until SIGTERM/SIGINT; the exit status of `kubejoin serve`."""
     try:
         # Here, once, so that workers never race to create the CA (they only load it), and a broken
@@ -290,17 +267,17 @@ async def supervise(config_path: str, config: Config, log_level: str) -> int:
         CertificateAuthority.load_or_create(config.ca_cert_file, config.ca_key_file, config.cluster_name)
     except (ConfigError, OSError) as exc:
         say(f"kubejoin serve: {exc}")
-        return EXIT_USAGE
+        return Exit.USAGE
     problem = startable(config_path, config)
     if problem is not None:
         say(f"kubejoin serve: {problem}")
-        return EXIT_USAGE
+        return Exit.USAGE
     addresses = [config.listen] + ([config.metrics_listen] if config.metrics_listen else [])
     try:
         slots = bind_slots(addresses, config.workers)
     except OSError as exc:
         say(f"kubejoin serve: cannot listen: {exc}")
-        return EXIT_USAGE
+        return Exit.USAGE
     metrics_dir = tempfile.mkdtemp(prefix="kubejoin-metrics-")
     supervisor = Supervisor(config_path, config, log_level, metrics_dir)
     loop = asyncio.get_running_loop()
@@ -308,37 +285,42 @@ async def supervise(config_path: str, config: Config, log_level: str) -> int:
         loop.add_signal_handler(signum, supervisor.stop.set)
     # SIGHUP's default action would kill the supervisor, leaving orphaned workers to drain.
     loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
-    scheme = "https" if config.tls else "http"
     try:
         tasks = [asyncio.ensure_future(supervisor.run_slot(i, slot)) for i, slot in enumerate(slots)]
-        joins_on = listening_on([slots[0][0].getsockname()], scheme)
-        say(f"kubejoin serving joins on {joins_on} with {config.workers} workers")
+        joins = bound(config.listen, slots[0][0].getsockname()[1])
+        supervisor.say(
+            f"kubejoin serving joins on {'https' if config.tls else 'http'}://{joins} with {config.workers} workers"
+        )
         if config.metrics_listen:
-            say(f"kubejoin serving metrics on {listening_on([slots[0][1].getsockname()])}")
+            supervisor.say(f"kubejoin serving metrics on {bound(config.metrics_listen, slots[0][1].getsockname()[1])}")
         await supervisor.stop.wait()
         if not supervisor.fatal:
-            say("kubejoin stopping: no new connections; draining requests in flight in every worker")
+            supervisor.say("kubejoin stopping: no new connections; draining requests in flight in every worker")
         # Closed here first, so that each listener is gone once its worker lets go of it.
         for slot in slots:
             for sock in slot:
                 sock.close()
         supervisor.signal_workers()
-        done, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
-        if pending:
-            say(f"kubejoin: {len(pending)} workers did not stop in {STOP_TIMEOUT:g} s; killing them")
-            supervisor.kill_workers()
-            await asyncio.wait(pending)
-            return EXIT_REFUSED
-        if supervisor.fatal:
-            return EXIT_USAGE
-        statuses = [task.result() for task in done]
-        if any(statuses):
-            say(f"kubejoin: workers exited with statuses {sorted(set(statuses))}")
-            return EXIT_REFUSED
-        return EXIT_OK
+        return await _ended(supervisor, tasks)
     finally:
         for slot in slots:
             for sock in slot:
                 sock.close()
         supervisor.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+async def _ended(supervisor: Supervisor, tasks: Sequence[asyncio.Task[int]]) -> Exit:
+    done, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+    if pending:
+        supervisor.say(f"kubejoin: {len(pending)} workers did not stop in {STOP_TIMEOUT:g} s; killing them")
+        supervisor.kill_workers()
+        await asyncio.wait(pending)
+        return Exit.FAILED
+    if supervisor.fatal:
+        return Exit.USAGE
+    statuses = [task.result() for task in done]
+    if any(statuses):
+        supervisor.say(f"kubejoin: workers exited with statuses {sorted(set(statuses))}")
+        return Exit.FAILED
+    return Exit.OK
