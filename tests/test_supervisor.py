@@ -146,7 +146,7 @@ async def test_a_vacant_slot_waits_for_the_files_and_binds_afresh(
         checks.append(startable(config_path, running))
         return checks[-1]
 
-    monkeypatch.setattr("auth.cli.supervisor.startable", checked)
+    monkeypatch.setattr("auth.runtime.supervisor.startable", checked)
     async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["serve-then-2", "fail", "serve"]}) as run:
         first = list(run.slots[1])
         await run.until(lambda: run.steps(1)[:2] == ["serve-then-2", "fail"], "slot 1's failed start")
