@@ -188,6 +188,16 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self.tokens_reload_ok.set(1)
+        self.clusters = Gauge(
+            "kubejoin_clusters", "Registered clusters in force.", registry=r, multiprocess_mode="livemax"
+        )
+        self.clusters_reload_ok = Gauge(
+            "kubejoin_clusters_last_reload_successful",
+            "1 when the clusters as configured now are in force; 0 while a change is refused.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.clusters_reload_ok.set(1)
         self.ca_expiry = Gauge(
             "kubejoin_ca_expiry_timestamp_seconds",
             "When kubejoin's CA certificate expires.",
