@@ -130,6 +130,12 @@ async def join(client: Client, token: str, token_name: str) -> tuple[int, str]:
     return response.status, answer["error"]["code"] if response.status != 200 else "ok"
 
 
+def pods_cached(client: Client, cluster: str) -> int:
+    binding = client.app[SERVICE].clusters.clusters[cluster].binding
+    assert binding is not None
+    return binding.stores["pod"].count
+
+
 def sample(client: Client, name: str, **labels: str) -> float | None:
     return client.app[SERVICE].metrics.registry.get_sample_value(name, labels)
 
@@ -258,7 +264,7 @@ async def test_joins_per_cluster_and_no_cross_cluster_acceptance(
     )
     requests = sum(a.api.requests.values())
     a.api.delete("pods", NS, "app-0")
-    await wait_for(lambda: client.app[SERVICE].clusters.clusters["a"].binding.stores["pod"].count == 0)  # type: ignore[union-attr]
+    await wait_for(lambda: pods_cached(client, "a") == 0, "the deletion seen")
     assert await join(client, token_a, "to-a") == (401, "pod_deleted")
     # The binding follows the token: Teleport's static_jwks form, holding A's keys, is refused too.
     assert await join(client, token_a, "a-static") == (401, "pod_deleted")
@@ -352,6 +358,6 @@ async def test_token_review_per_cluster(tmp_path: Path, aiohttp_client: Any, sta
     status, answer = await ask("nowhere", token_a)
     assert status == 404 and (answer["kind"], answer["reason"]) == ("Status", "NotFound")
     a.api.delete("pods", NS, "app-0")
-    await wait_for(lambda: client.app[SERVICE].clusters.clusters["a"].binding.stores["pod"].count == 0)  # type: ignore[union-attr]
+    await wait_for(lambda: pods_cached(client, "a") == 0, "the deletion seen")
     status, answer = await ask("a", token_a)
     assert answer["status"]["authenticated"] is False and answer["status"]["error"].startswith("pod_deleted")
