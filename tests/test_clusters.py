@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from auth.cli.main import main as cli_main
 from auth.devtools.devtls import LoopbackTLS, make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.kubeapi import FakeKubeAPI, write_kubeconfig
@@ -361,3 +362,16 @@ async def test_token_review_per_cluster(tmp_path: Path, aiohttp_client: Any, sta
     await wait_for(lambda: pods_cached(client, "a") == 0, "the deletion seen")
     status, answer = await ask("a", token_a)
     assert answer["status"]["authenticated"] is False and answer["status"]["error"].startswith("pod_deleted")
+
+
+def test_tokens_check_warns_of_unregistered_clusters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_tokens(tmp_path / "tokens.yaml", cluster_token("to-eu", "eu"), cluster_token("to-us", "us"))
+    config = write_config(tmp_path, [_OK])
+    assert cli_main(["tokens", "check", str(tmp_path / "tokens.yaml"), "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert '"cluster": "us"' in out
+    assert "join token to-us names cluster us, which the config does not register (registered: eu)" in err
+    assert "to-eu" not in err
+    (tmp_path / "clusters.d" / "us.yaml").write_text(yaml.safe_dump(_OK | {"name": "us"}))  # a duplicate issuer
+    assert cli_main(["tokens", "check", str(tmp_path / "tokens.yaml"), "--config", str(config)]) == 1
+    assert "us.yaml: issuer: the issuer of cluster 'eu' too" in capsys.readouterr().err
