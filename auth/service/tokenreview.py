@@ -295,8 +295,6 @@ class TokenReviewer:
     async def review(self, version: str, body: bytes, record: dict[str, Any], started: float) -> dict[str, Any]:
         """The answer (201) to the body of an admitted caller's review, counted and logged. Raises
         CallerError, not yet counted, for a body that is no TokenReview."""
-        if self.cluster is not None:
-            record["cluster"] = self.cluster
         request = parse_review(body, version)
         verdict = await self.judge(request, record)
         # spec.token comes back empty, never echoed: the official Python client cannot read an
@@ -359,6 +357,8 @@ class _Review:
         self._started = time.perf_counter()
         self._version = request.match_info["version"]
         self._record = review_record(self._version, request.remote)
+        if reviewer.cluster is not None:
+            self._record["cluster"] = reviewer.cluster
 
     async def admit(self) -> web.Response | None:
         try:
