@@ -53,35 +53,39 @@ class BindingStats:
 
 
 class _BindingCollector(Collector):
-    """The live binding counts lookups in plain integers (a join pays no metric call) and is
-    read here at scrape time."""
+    """The live bindings count lookups in plain integers (a join pays no metric call) and are
+    read here at scrape time, one per cluster (`local`: the cluster kubejoin runs in)."""
 
-    def __init__(self, read: Callable[[], BindingStats]) -> None:
+    def __init__(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._read()
         objects = GaugeMetricFamily(
             "kubejoin_binding_objects",
             "Objects held by the live binding cache, terminating ones included.",
-            labels=["kind"],
+            labels=["cluster", "kind"],
         )
         synced = GaugeMetricFamily(
-            "kubejoin_binding_synced", "1 while the list completed and the watch runs, else 0.", labels=["kind"]
+            "kubejoin_binding_synced",
+            "1 while the list completed and the watch runs, else 0.",
+            labels=["cluster", "kind"],
         )
-        for kind, count in stats.objects.items():
-            objects.add_metric([kind], count)
-            synced.add_metric([kind], 1 if stats.synced.get(kind) else 0)
         lookups = CounterMetricFamily(
-            "kubejoin_binding_lookups", "Binding lookups by kind and result.", labels=["kind", "result"]
+            "kubejoin_binding_lookups", "Binding lookups by kind and result.", labels=["cluster", "kind", "result"]
         )
-        for (kind, result), count in stats.lookups.items():
-            lookups.add_metric([kind, result], count)
         restarts = CounterMetricFamily(
-            "kubejoin_binding_watch_restarts", "Relists after a failed or expired (410) watch.", labels=["kind"]
+            "kubejoin_binding_watch_restarts",
+            "Relists after a failed or expired (410) watch.",
+            labels=["cluster", "kind"],
         )
-        for kind, count in stats.restarts.items():
-            restarts.add_metric([kind], count)
+        for cluster, stats in self._read().items():
+            for kind, count in stats.objects.items():
+                objects.add_metric([cluster, kind], count)
+                synced.add_metric([cluster, kind], 1 if stats.synced.get(kind) else 0)
+            for (kind, result), count in stats.lookups.items():
+                lookups.add_metric([cluster, kind, result], count)
+            for kind, count in stats.restarts.items():
+                restarts.add_metric([cluster, kind], count)
         yield from (objects, synced, lookups, restarts)
 
 
@@ -271,7 +275,8 @@ class Metrics:
         if self._shared is not None:
             self._shared.publish()
 
-    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
+    def watch_binding(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
+        """Reports the live bindings that `read` returns, by cluster name. Called once."""
         if self._shared is not None:
             self._shared.watch_binding(read)
         else:
@@ -320,8 +325,8 @@ class _SharedStats:
 
     def __init__(self, r: CollectorRegistry, in_flight: Gauge) -> None:
         self._registry = r
-        self._binding: Callable[[], BindingStats] | None = None
-        self._binding_published: BindingStats | None = None
+        self._binding: Callable[[], Mapping[str, BindingStats]] | None = None
+        self._binding_published: dict[str, BindingStats] = {}
         self.cache: Callable[[], CacheStats] | None = None
         self.in_flight: Callable[[], int] | None = None
         self._in_flight = in_flight
@@ -348,7 +353,7 @@ class _SharedStats:
         self._published = CacheStats(0, 0, 0)
         self._cpu_published = 0.0
 
-    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
+    def watch_binding(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
         """Each worker runs its own binding: objects held is the largest, synced the smallest
         (1 only when every worker is), lookups and restarts the sums."""
         r = self._registry
@@ -356,36 +361,47 @@ class _SharedStats:
         self._binding_objects = Gauge(
             "kubejoin_binding_objects",
             "Objects held by the live binding cache, terminating ones included.",
-            ["kind"],
+            ["cluster", "kind"],
             registry=r,
             multiprocess_mode="livemax",
         )
         self._binding_synced = Gauge(
             "kubejoin_binding_synced",
             "1 while the list completed and the watch runs, else 0.",
-            ["kind"],
+            ["cluster", "kind"],
             registry=r,
             multiprocess_mode="livemin",
         )
         self._binding_lookups = Counter(
-            "kubejoin_binding_lookups", "Binding lookups by kind and result.", ["kind", "result"], registry=r
+            "kubejoin_binding_lookups",
+            "Binding lookups by kind and result.",
+            ["cluster", "kind", "result"],
+            registry=r,
         )
         self._binding_restarts = Counter(
-            "kubejoin_binding_watch_restarts", "Relists after a failed or expired (410) watch.", ["kind"], registry=r
+            "kubejoin_binding_watch_restarts",
+            "Relists after a failed or expired (410) watch.",
+            ["cluster", "kind"],
+            registry=r,
         )
 
     def _publish_binding(self) -> None:
         if self._binding is None:
             return
-        stats, last = self._binding(), self._binding_published
-        for kind, count in stats.objects.items():
-            self._binding_objects.labels(kind).set(count)
-            self._binding_synced.labels(kind).set(1 if stats.synced.get(kind) else 0)
-        for key, count in stats.lookups.items():
-            self._binding_lookups.labels(*key).inc(max(0, count - (last.lookups.get(key, 0) if last else 0)))
-        for kind, count in stats.restarts.items():
-            self._binding_restarts.labels(kind).inc(max(0, count - (last.restarts.get(kind, 0) if last else 0)))
-        self._binding_published = stats
+        published: dict[str, BindingStats] = {}
+        for cluster, stats in self._binding().items():
+            last = self._binding_published.get(cluster)
+            for kind, count in stats.objects.items():
+                self._binding_objects.labels(cluster, kind).set(count)
+                self._binding_synced.labels(cluster, kind).set(1 if stats.synced.get(kind) else 0)
+            for key, count in stats.lookups.items():
+                done = last.lookups.get(key, 0) if last else 0
+                self._binding_lookups.labels(cluster, *key).inc(max(0, count - done))
+            for kind, count in stats.restarts.items():
+                done = last.restarts.get(kind, 0) if last else 0
+                self._binding_restarts.labels(cluster, kind).inc(max(0, count - done))
+            published[cluster] = stats
+        self._binding_published = published
 
     def publish(self) -> None:
         self._publish_binding()

@@ -282,6 +282,8 @@ async def test_reload_adds_changes_removes_and_refuses_a_broken_set(
     registry = client.app[SERVICE].clusters
     first_a = registry.clusters["a"]
     assert sample(client, "kubejoin_clusters") == 1
+    assert sample(client, "kubejoin_binding_synced", cluster="a", kind="pod") == 1
+    assert sample(client, "kubejoin_binding_objects", cluster="a", kind="pod") == 1
     assert await join(client, c.mint("app-0"), "to-c") == (403, "unknown_cluster")
     added = tmp_path / "clusters.d" / "c.yaml"
     added.write_text(yaml.safe_dump(c.entry()))
@@ -289,6 +291,7 @@ async def test_reload_adds_changes_removes_and_refuses_a_broken_set(
     assert registry.clusters["a"] is first_a  # unchanged: same keys, same watch cache
     assert sample(client, "kubejoin_clusters") == 2
     assert await join(client, c.mint("app-0"), "to-c") == (200, "ok")
+    assert sample(client, "kubejoin_binding_lookups_total", cluster="c", kind="pod", result="cache") == 1
     watching = c.api.watching
     assert watching > 0
     added.write_text("name: c\nissuer: [broken")
@@ -301,6 +304,7 @@ async def test_reload_adds_changes_removes_and_refuses_a_broken_set(
     assert sample(client, "kubejoin_clusters_last_reload_successful") == 1
     assert await join(client, c.mint("app-0"), "to-c") == (403, "unknown_cluster")
     await wait_for(lambda: c.api.watching == 0, "c's watches closed")
+    assert sample(client, "kubejoin_binding_synced", cluster="c", kind="pod") is None  # its series went too
     assert registry.clusters["a"] is first_a
     assert await join(client, a.mint("app-0"), "to-a") == (200, "ok")
 

@@ -153,9 +153,10 @@ class Service:
             binding = LiveBinding(
                 kube_api(config.in_cluster), leeway=config.verification.leeway, nodes=config.binding.nodes, clock=clock
             )
-            metrics.watch_binding(lambda: BindingStats(*binding.stats()))
             self.binding = binding
         self.clusters = ClusterRegistry(config, metrics, clock=clock)
+        if self.binding is not None or self.clusters.enabled:
+            metrics.watch_binding(self._binding_stats)
         self.keyring = Keyring(
             config,
             metrics,
@@ -195,6 +196,14 @@ class Service:
                 audit=self.audit,
                 clock=clock,
             )
+
+    def _binding_stats(self) -> dict[str, BindingStats]:
+        """The live bindings by cluster, for the metrics: `local` and each registered cluster's."""
+        found = {"local": BindingStats(*self.binding.stats())} if self.binding is not None else {}
+        for name, cluster in self.clusters.clusters.items():
+            if cluster.binding is not None:
+                found[name] = BindingStats(*cluster.binding.stats())
+        return found
 
     def check_ca(self) -> None:
         """Warns (at most daily) while the CA expires within CA_WARNING: leaves are then cut
