@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -16,8 +15,8 @@ import yaml
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from tests.polling import wait_for
-from tests.service import CLUSTER, join_body, listening_port, read_line_containing, wait_until_ok, write_tokens
-from tests.test_workers import WORKERS, Served, join
+from tests.service import CLUSTER, join_body
+from tests.test_workers import WORKERS, join, serve_workers
 
 pytestmark = pytest.mark.slow
 
@@ -34,25 +33,8 @@ async def test_every_worker_applies_the_same_cluster_set(tmp_path: Path) -> None
             "kubernetes": {"cluster": "eu", "allow": [{"service_account": "teleport-agent:app"}]},
         },
     }
-    write_tokens(tmp_path / "tokens.yaml", token)
     (tmp_path / "clusters.d").mkdir()
-    (tmp_path / "config.yaml").write_text(
-        f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\ntokens_file: tokens.yaml\n"
-        "clusters_dir: clusters.d\n"
-    )
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml")),
-        *("--workers", str(WORKERS)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stderr is not None
-        port = listening_port(await read_line_containing(process.stderr, b"serving joins on", 30))
-        metrics_port = listening_port(await read_line_containing(process.stderr, b"serving metrics on"))
-        served = Served(process, remote, port, metrics_port)
-        await wait_until_ok(served.url + "/readyz", process, "kubejoin serve --workers 2")
-        await served.wait_all_ready()
+    async with serve_workers(tmp_path, tokens=[token], config="clusters_dir: clusters.d\n") as served:
         body = join_body(remote.mint("teleport-agent", "app", audiences=[CLUSTER]), token_name="to-eu")
         assert await join(served, body) == 403  # unknown_cluster
         entry = {
@@ -61,7 +43,7 @@ async def test_every_worker_applies_the_same_cluster_set(tmp_path: Path) -> None
             "keys": {"type": "static_jwks", "jwks": remote.jwks_document().decode()},
         }
         (tmp_path / "clusters.d" / "eu.yaml").write_text(yaml.safe_dump(entry))
-        process.send_signal(signal.SIGHUP)
+        served.process.send_signal(signal.SIGHUP)  # the supervisor forwards it to every worker
         seen: dict[int, int] = {}
 
         async def every_worker_has_it() -> bool:
@@ -77,10 +59,6 @@ async def test_every_worker_applies_the_same_cluster_set(tmp_path: Path) -> None
         statuses = await asyncio.gather(*(join(served, body) for _ in range(20)))
         assert statuses == [200] * 20
         status, lines = await served.stop()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert status == 0
     joined = [line for line in lines if line["event"] == "join" and line["reason"] == "ok"]
     assert {line["cluster"] for line in joined} == {"eu"}
