@@ -65,6 +65,8 @@ class Cluster:
         self._verifiers: dict[tuple[Any, ...], Verifier] = {}
         self.follows: BindingCheck | None = None  # the registry's issuer binding, set by it
         policy: dict[str, Any] = {"clock": clock, "observer": metrics.key_fetch}
+        # One API client per cluster (its connection pool and TLS context), for keys and watches.
+        api = KubeAPI(kubeconfig=spec.kubeconfig) if spec.kubeconfig is not None else None
         self._remote: RemoteKeySource | None = None
         self.source: KeySource
         if spec.keys == "static_jwks":
@@ -77,13 +79,13 @@ class Cluster:
                 spec.issuer, allow_http=spec.insecure_allow_http_issuer, **policy
             )
         else:
-            self._remote = KubeKeySource(KubeAPI(kubeconfig=spec.kubeconfig), **policy)
+            assert api is not None  # the config requires a kubeconfig with keys api_server
+            self._remote = KubeKeySource(api, **policy)
             self.source = PinnedIssuer(self._remote, spec.issuer)
         self.binding: LiveBinding | None = None
         if spec.watch:
-            self.binding = LiveBinding(
-                KubeAPI(kubeconfig=spec.kubeconfig), leeway=config.verification.leeway, nodes=spec.nodes, clock=clock
-            )
+            assert api is not None  # and with binding watch
+            self.binding = LiveBinding(api, leeway=config.verification.leeway, nodes=spec.nodes, clock=clock)
 
     @property
     def name(self) -> str:
