@@ -379,3 +379,16 @@ def test_tokens_check_warns_of_unregistered_clusters(tmp_path: Path, capsys: pyt
     (tmp_path / "clusters.d" / "us.yaml").write_text(yaml.safe_dump(_OK | {"name": "us"}))  # a duplicate issuer
     assert cli_main(["tokens", "check", str(tmp_path / "tokens.yaml"), "--config", str(config)]) == 1
     assert "us.yaml: issuer: the issuer of cluster 'eu' too" in capsys.readouterr().err
+
+
+def test_a_clusters_join_verifier_is_never_pushed_out_by_review_audiences(tmp_path: Path) -> None:
+    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump(cluster_token("to-eu", "eu")))
+    app = create_app(load_config(str(write_config(tmp_path, [_OK]))), registry=CollectorRegistry(), audit=AuditLog())
+    registry = app[SERVICE].clusters
+    registry.apply([parse_clusters({"clusters": [_OK]}, "c", tmp_path)[0][0]])
+    cluster = registry.clusters["eu"]
+    joins = cluster.join_verifier()
+    for index in range(100):  # callers naming many audience sets
+        cluster.verifier(audiences=[f"aud-{index}"], max_ttl=600)
+    assert cluster.join_verifier() is joins
+    assert cluster.verifier(audiences=["aud-99"], max_ttl=600) is cluster.verifier(audiences=["aud-99"], max_ttl=600)

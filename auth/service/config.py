@@ -296,7 +296,8 @@ def parse_config(document: object, base_dir: Path, source: str = "config") -> Co
     names the file in errors about its clusters."""
     top = _Reader(document, "")
     clusters, clusters_dir = parse_clusters(top.value, source, base_dir)
-    top.get("clusters"), top.get("clusters_dir")  # read: not unknown keys
+    for key in ("clusters", "clusters_dir"):  # read by parse_clusters: not unknown keys
+        top.get(key)
 
     def path_of(reader: _Reader, key: str, default: str) -> str:
         return str(base_dir / reader.string(key, default))

@@ -63,6 +63,7 @@ class Cluster:
         self._config = config
         self._clock = clock
         self._verifiers: dict[tuple[Any, ...], Verifier] = {}
+        self._kept: set[tuple[Any, ...]] = set()  # never evicted: joins' and reviews' defaults
         self.follows: BindingCheck | None = None  # the registry's issuer binding, set by it
         policy: dict[str, Any] = {"clock": clock, "observer": metrics.key_fetch}
         # One API client per cluster (its connection pool and TLS context), for keys and watches.
@@ -115,13 +116,17 @@ class Cluster:
         bound: bool = True,
     ) -> Verifier:
         """A verifier of this cluster's tokens for these audiences (the Keyring's signature, so a
-        TokenReviewer can use a cluster as its keyring). `bound=False`: without the binding."""
+        TokenReviewer can use a cluster as its keyring). `bound=False`: without the binding;
+        `keep`: never pushed out by the audience sets that callers name."""
         wanted = frozenset(audiences)
         key = (wanted, max_ttl, bound)
         verifier = self._verifiers.get(key)
         if verifier is None:
-            if len(self._verifiers) >= MAX_VERIFIERS:
-                self._verifiers.pop(next(iter(self._verifiers)))
+            evictable = [k for k in self._verifiers if k not in self._kept]
+            if len(self._verifiers) >= MAX_VERIFIERS and evictable:
+                del self._verifiers[evictable[0]]  # the oldest one that no caller asked to keep
+            if keep:
+                self._kept.add(key)
             verifier = self._verifiers[key] = Verifier(
                 self.source,
                 wanted,
@@ -137,7 +142,8 @@ class Cluster:
 
     def join_verifier(self) -> Verifier:
         """The verifier of join tokens naming this cluster: kubejoin's audience, its lifetime cap."""
-        return self.verifier(audiences=(self._config.cluster_name,), max_ttl=self._config.verification.max_token_ttl)
+        config = self._config
+        return self.verifier(audiences=(config.cluster_name,), max_ttl=config.verification.max_token_ttl, keep=True)
 
 
 class IssuerBinding:
@@ -204,8 +210,8 @@ class ClusterRegistry:
 
     def start(self) -> None:
         """Applies the config's clusters at start (in the event loop)."""
-        for cluster in self.apply(self._pending):
-            raise AssertionError(f"nothing to close at start, got {cluster.name}")
+        retired = self.apply(self._pending)
+        assert not retired, "nothing runs before start, so nothing is retired"
         self._ok()
 
     def apply(self, specs: Iterable[ClusterSpec]) -> list[Cluster]:
