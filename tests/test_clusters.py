@@ -20,6 +20,7 @@ from auth.cli.main import main as cli_main
 from auth.devtools.devtls import LoopbackTLS, make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.kubeapi import FakeKubeAPI, write_kubeconfig
+from auth.service.clusterreview import CLUSTER_REVIEWS
 from auth.service.clusters import ClusterSpec, parse_clusters
 from auth.service.config import load_config
 from auth.service.files import ConfigError
@@ -392,3 +393,21 @@ def test_a_clusters_join_verifier_is_never_pushed_out_by_review_audiences(tmp_pa
         cluster.verifier(audiences=[f"aud-{index}"], max_ttl=600)
     assert cluster.join_verifier() is joins
     assert cluster.verifier(audiences=["aud-99"], max_ttl=600) is cluster.verifier(audiences=["aud-99"], max_ttl=600)
+
+
+def test_reviewers_follow_the_cluster_objects(tmp_path: Path) -> None:
+    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump(cluster_token("to-eu", "eu")))
+    review = {"audiences": ["reviews"], "source": {"type": "static_jwks", "static_jwks": {"jwks": _JWKS}}}
+    us = _OK | {"name": "us", "issuer": "https://us.example"}
+    config = load_config(str(write_config(tmp_path, [_OK, us], token_review=review)))
+    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog())
+    registry, reviews = app[SERVICE].clusters, app[CLUSTER_REVIEWS]
+    registry.apply(config.clusters)
+    eu = reviews.reviewer("eu")
+    assert eu is not None and eu is reviews.reviewer("eu") and eu.cluster == "eu"
+    changed = parse_clusters({"clusters": [_OK | {"audiences": ["other"]}, us]}, "c", tmp_path)[0]
+    registry.apply(changed)  # eu replaced: a new reviewer over the new cluster object
+    assert reviews.reviewer("eu") not in (None, eu)
+    registry.apply(changed[1:])  # eu removed
+    assert reviews.reviewer("us") is not None and reviews.reviewer("eu") is None
+    assert set(reviews._reviewers) == {"us"}

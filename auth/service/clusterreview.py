@@ -9,7 +9,6 @@ does not serve."""
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -51,13 +50,20 @@ class ClusterReviews:
         self._pipeline = pipeline
         self._audit = audit
         self._clock = clock
-        self._reviewers: weakref.WeakKeyDictionary[Cluster, TokenReviewer] = weakref.WeakKeyDictionary()
+        # By name, with the cluster object it was made for: a reviewer holds its cluster (and
+        # so its caches), so one of a removed or replaced cluster is dropped at the next review.
+        self._reviewers: dict[str, tuple[Cluster, TokenReviewer]] = {}
+        self._generation = registry.generation
 
     def reviewer(self, name: str) -> TokenReviewer | None:
+        if self._generation != self._registry.generation:  # the set changed: forget the gone
+            self._generation = self._registry.generation
+            self._reviewers = {n: made for n, made in self._reviewers.items() if self._registry.get(n) is made[0]}
         cluster = self._registry.get(name)
         if cluster is None:
             return None
-        reviewer = self._reviewers.get(cluster)
+        made = self._reviewers.get(name)
+        reviewer = made[1] if made is not None and made[0] is cluster else None
         if reviewer is None:
             section = self._section
             # 0 (no lifetime cap) was allowed for the in_cluster source with its binding only
@@ -68,7 +74,7 @@ class ClusterReviews:
                 max_token_ttl=ttl,
                 reviewers=section.reviewers,
             )
-            reviewer = self._reviewers[cluster] = TokenReviewer(
+            reviewer = TokenReviewer(
                 own,
                 keyring=cluster,
                 metrics=self._metrics,
@@ -77,6 +83,7 @@ class ClusterReviews:
                 clock=self._clock,
                 cluster=name,
             )
+            self._reviewers[name] = (cluster, reviewer)
         return reviewer
 
 

@@ -186,6 +186,7 @@ class ClusterRegistry:
         self._metrics = metrics
         self._clock = clock
         self.clusters: dict[str, Cluster] = {}
+        self.generation = 0  # counts applied sets: holders of per-cluster objects re-check on a change
         self.binding = IssuerBinding()
         self.last_error = ""
         self._pending: tuple[ClusterSpec, ...] = config.clusters
@@ -226,6 +227,7 @@ class ClusterRegistry:
                 cluster.start()
                 kept[name] = cluster
         self.clusters = {name: kept[name] for name in wanted}
+        self.generation += 1
         # Replaced in place: verifiers hold this object, so they see the new table at once.
         self.binding.by_issuer.clear()
         self.binding.by_issuer.update(
