@@ -411,3 +411,29 @@ def test_reviewers_follow_the_cluster_objects(tmp_path: Path) -> None:
     registry.apply(changed[1:])  # eu removed
     assert reviews.reviewer("us") is not None and reviews.reviewer("eu") is None
     assert set(reviews._reviewers) == {"us"}
+
+
+async def test_polls_parse_only_changed_files_and_a_reverted_edit_clears_the_error(tmp_path: Path) -> None:
+    (tmp_path / "tokens.yaml").write_text(yaml.safe_dump(cluster_token("to-eu", "eu")))
+    (tmp_path / "eu.jwks").write_text(_JWKS)
+    entry = _OK | {"keys": {"type": "static_jwks", "jwks_file": "../eu.jwks"}}
+    config = load_config(str(write_config(tmp_path, [])))
+    good = yaml.safe_dump(entry)
+    (tmp_path / "clusters.d" / "eu.yaml").write_text(good)
+    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog())
+    registry = app[SERVICE].clusters
+    registry.start()
+    assert await registry.reload() is True  # the file appeared after the config was loaded
+    first = registry.clusters["eu"]
+    assert await registry.reload() is None
+    (tmp_path / "clusters.d" / "eu.yaml").write_text(good)  # rewritten, same bytes
+    assert await registry.reload() is None and registry.clusters["eu"] is first
+    (tmp_path / "clusters.d" / "eu.yaml").write_text(good + "binding: {mode: sideways}\n")
+    assert await registry.reload() is False and "binding.mode" in registry.last_error
+    (tmp_path / "clusters.d" / "eu.yaml").write_text(good)  # reverted
+    assert await registry.reload() is None and registry.last_error == ""
+    assert registry.clusters["eu"] is first
+    other = LocalIssuer("https://x", [IssuerKey.generate("P-256")]).jwks_document().decode()
+    (tmp_path / "eu.jwks").write_text(other)  # a file the entry names changed: the cluster is replaced
+    assert await registry.reload() is True and registry.clusters["eu"] is not first
+    assert registry.clusters["eu"].spec.jwks == other

@@ -20,7 +20,7 @@ from typing import Any, Final
 from verifier import KeySourceError, parse_jwks
 from verifier.sources import url_scheme_allowed
 
-from .files import ConfigError, load_yaml, read_small_file, read_text_file
+from .files import ConfigError, load_yaml, read_small_file
 
 LOCAL: Final = "local"  # the cluster kubejoin runs in (in_cluster): never registered by name
 KEY_TYPES: Final = ("oidc", "api_server", "static_jwks")
@@ -69,17 +69,19 @@ def _only(value: Mapping[str, Any], known: set[str] | frozenset[str], where: str
         raise ConfigError(f"{where}{unknown[0]}: unknown key")
 
 
-def _file(value: object, where: str, base_dir: Path) -> tuple[str, bytes]:
+def _file(value: object, where: str, base_dir: Path, reads: Reads | None) -> tuple[str, bytes]:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: expected a file name, got {value!r}")
     path = str(base_dir / value)
     try:
-        return path, read_small_file(path)
+        data = read_small_file(path)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    _record(reads, path, data)
+    return path, data
 
 
-def parse_cluster(value: object, where: str, base_dir: Path) -> ClusterSpec:
+def parse_cluster(value: object, where: str, base_dir: Path, reads: Reads | None = None) -> ClusterSpec:
     """One cluster entry; `where` prefixes every key path in errors (`config.yaml: clusters[2].`
     or `clusters.d/eu.yaml: `)."""
     entry = _mapping(value, where.rstrip(":. "))
@@ -102,10 +104,10 @@ def parse_cluster(value: object, where: str, base_dir: Path) -> ClusterSpec:
     for key in ("jwks", "jwks_file"):
         if key in keys and kind != "static_jwks":
             raise ConfigError(f"{where}keys.{key}: only with type static_jwks, not {kind}")
-    jwks = _jwks(keys, f"{where}keys.", base_dir, digest) if kind == "static_jwks" else None
+    jwks = _jwks(keys, f"{where}keys.", base_dir, digest, reads) if kind == "static_jwks" else None
     kubeconfig = None
     if entry.get("kubeconfig") is not None:
-        kubeconfig, data = _file(entry["kubeconfig"], f"{where}kubeconfig", base_dir)
+        kubeconfig, data = _file(entry["kubeconfig"], f"{where}kubeconfig", base_dir, reads)
         digest.update(data)
     if kind == "api_server" and kubeconfig is None:
         raise ConfigError(f"{where}kubeconfig: required with keys api_server (keys come through the API server)")
@@ -138,11 +140,11 @@ def parse_cluster(value: object, where: str, base_dir: Path) -> ClusterSpec:
     )
 
 
-def _jwks(keys: Mapping[str, Any], where: str, base_dir: Path, digest: Any) -> str:
+def _jwks(keys: Mapping[str, Any], where: str, base_dir: Path, digest: Any, reads: Reads | None) -> str:
     if ("jwks" in keys) == ("jwks_file" in keys):
         raise ConfigError(f"{where.rstrip('.')}: static_jwks needs jwks (the document) or jwks_file, one of them")
     if "jwks_file" in keys:
-        _, data = _file(keys["jwks_file"], f"{where}jwks_file", base_dir)
+        _, data = _file(keys["jwks_file"], f"{where}jwks_file", base_dir, reads)
         digest.update(data)
         text, field = data.decode("utf-8", "replace"), f"{where}jwks_file"
     else:
@@ -160,20 +162,21 @@ def _jwks(keys: Mapping[str, Any], where: str, base_dir: Path, digest: Any) -> s
 
 
 def parse_clusters(
-    document: Mapping[str, Any], source: str, base_dir: Path
+    document: Mapping[str, Any], source: str, base_dir: Path, reads: Reads | None = None
 ) -> tuple[tuple[ClusterSpec, ...], str | None]:
     """The clusters of a parsed config file (`clusters` and the files of `clusters_dir`) and the
-    directory's absolute name. Names and issuers are unique across both."""
+    directory's absolute name. Names and issuers are unique across both. `reads` records what was
+    read (see `unchanged`)."""
     listed = document.get("clusters") or []
     if not isinstance(listed, list):
         raise ConfigError(f"{source}: clusters: expected a list of clusters")
-    specs = [parse_cluster(entry, f"{source}: clusters[{i}].", base_dir) for i, entry in enumerate(listed)]
+    specs = [parse_cluster(entry, f"{source}: clusters[{i}].", base_dir, reads) for i, entry in enumerate(listed)]
     directory = document.get("clusters_dir")
     if directory is not None:
         if not isinstance(directory, str) or not directory.strip():
             raise ConfigError(f"{source}: clusters_dir: expected a directory name, got {directory!r}")
         directory = str(base_dir / directory)
-        specs += _read_dir(directory, f"{source}: clusters_dir")
+        specs += _read_dir(directory, f"{source}: clusters_dir", reads)
     seen: dict[str, ClusterSpec] = {}
     issuers: dict[str, ClusterSpec] = {}
     for spec in specs:
@@ -194,21 +197,64 @@ def key_path(origin: str, key: str) -> str:
     return f"{origin}.{key}" if origin.endswith("]") else f"{origin}: {key}"
 
 
-def _read_dir(directory: str, where: str) -> list[ClusterSpec]:
+def _read_dir(directory: str, where: str, reads: Reads | None) -> list[ClusterSpec]:
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".yaml") and not n.startswith("."))
+        names = _listing(directory)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {directory} ({exc.strerror or exc})") from None
+    if reads is not None:
+        reads[directory + os.sep] = "\0".join(names)
     specs = []
     for name in names:
         path = os.path.join(directory, name)
-        document = load_yaml(read_text_file(path), path)
-        specs.append(parse_cluster(document, f"{path}: ", Path(directory)))
+        data = read_small_file(path)
+        _record(reads, path, data)
+        document = load_yaml(_utf8(data, path), path)
+        specs.append(parse_cluster(document, f"{path}: ", Path(directory), reads))
     return specs
 
 
-def load_clusters(config_file: str) -> tuple[ClusterSpec, ...]:
+def load_clusters(config_file: str, reads: Reads | None = None) -> tuple[ClusterSpec, ...]:
     """Re-reads only the clusters of a config file (a reload: other keys take a restart)."""
-    document = load_yaml(read_text_file(config_file), config_file)
-    top = _mapping(document, config_file)
-    return parse_clusters(top, config_file, Path(config_file).resolve().parent)[0]
+    data = read_small_file(config_file)
+    _record(reads, config_file, data)
+    top = _mapping(load_yaml(_utf8(data, config_file), config_file), config_file)
+    return parse_clusters(top, config_file, Path(config_file).resolve().parent, reads)[0]
+
+
+# What a read of the clusters depended on: each file's SHA-256 and each directory's listing (key
+# ending in a separator). Polling compares these instead of parsing everything again: re-parsing
+# fifty clusters' YAML and key sets twice a second cost 55 ms a poll; this costs a few file reads.
+Reads = dict[str, str]
+
+
+def _record(reads: Reads | None, path: str, data: bytes) -> None:
+    if reads is not None:
+        reads[path] = hashlib.sha256(data).hexdigest()
+
+
+def _listing(directory: str) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.endswith(".yaml") and not n.startswith("."))
+
+
+def _utf8(data: bytes, path: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8") from None
+
+
+def unchanged(reads: Reads) -> bool:
+    """Whether every file and directory a read recorded is as it was then (the same bytes)."""
+    for path, recorded in reads.items():
+        try:
+            now = (
+                "\0".join(_listing(path))
+                if path.endswith(os.sep)
+                else hashlib.sha256(read_small_file(path)).hexdigest()
+            )
+        except (OSError, ConfigError):
+            return False
+        if now != recorded:
+            return False
+    return True

@@ -22,7 +22,7 @@ from verifier.k8s.binding import LiveBinding
 from verifier.sources import KeySource, RemoteKeySource
 from verifier.texts import cut
 
-from .clusters import ClusterSpec, load_clusters
+from .clusters import ClusterSpec, Reads, load_clusters, unchanged
 from .config import Config
 from .files import ConfigError
 from .tokens import KubernetesRules
@@ -190,6 +190,7 @@ class ClusterRegistry:
         self.binding = IssuerBinding()
         self.last_error = ""
         self._pending: tuple[ClusterSpec, ...] = config.clusters
+        self._reads: Reads = {}  # what the last good read of the files depended on
         self._lock = asyncio.Lock()
 
     @property
@@ -243,7 +244,9 @@ class ClusterRegistry:
             return None
         async with self._lock:  # the poller and SIGHUP may ask at the same moment
             try:
-                specs = await asyncio.to_thread(load_clusters, self._config.config_file)
+                specs = await asyncio.to_thread(self._read_changed, self._config.config_file)
+                if specs is None:  # every file as at the last read
+                    return None
                 if specs and not self.enabled:
                     raise ConfigError(
                         f"{self._config.config_file}: clusters: kubejoin started with none; registering the first "
@@ -266,6 +269,18 @@ class ClusterRegistry:
             for cluster in retired:
                 await cluster.close()
             return True
+
+    def _read_changed(self, config_file: str) -> tuple[ClusterSpec, ...] | None:
+        """In a thread: the clusters, unless every file the last good read depended on is
+        unchanged (then None). After a refused read every poll reads again until the files load
+        (a missing kubeconfig may appear at any time; an edit may be reverted)."""
+        if self._reads and unchanged(self._reads):
+            return None
+        reads: Reads = {}
+        self._reads = {}  # if this read is refused, the next poll reads again (and sees a revert)
+        specs = load_clusters(config_file, reads)
+        self._reads = reads
+        return specs
 
     def _ok(self) -> None:
         self.last_error = ""
