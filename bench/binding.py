@@ -165,7 +165,7 @@ def serving(cluster: dict[str, str], scratch: Path, mode: str) -> Iterator[tuple
         wait_ready(f"http://127.0.0.1:{port}/readyz", process)
         if mode == "watch":  # wait for the first sync: the steady state is what is measured
             for _ in range(600):
-                if 'kubejoin_binding_synced{kind="pod"} 1.0' in scrape(port):
+                if 'kubejoin_binding_synced{cluster="local",kind="pod"} 1.0' in scrape(port):
                     break
                 time.sleep(0.1)
             else:

@@ -9,7 +9,7 @@ Never a service account, pod, kid, jti or caller address.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from prometheus_client import (
@@ -117,6 +117,16 @@ class Metrics:
             multiprocess_mode="livemin",
         )
         self.tokens_reload_ok.set(1)
+        self.clusters = Gauge(
+            "kubejoin_clusters", "Registered clusters in force.", registry=r, multiprocess_mode="livemax"
+        )
+        self.clusters_reload_ok = Gauge(
+            "kubejoin_clusters_last_reload_successful",
+            "1 when the clusters as configured now are in force; 0 while a change is refused.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.clusters_reload_ok.set(1)
         self.ca_expiry = Gauge(
             "kubejoin_ca_expiry_timestamp_seconds",
             "When kubejoin's CA certificate expires.",
@@ -174,7 +184,9 @@ class Metrics:
     def watch_cache(self, read: Callable[[], CacheStats]) -> None:
         self._reported.watch_cache(read)
 
-    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
+    def watch_binding(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
+        """Reports the live bindings that `read` returns, by cluster name (`local`: the cluster
+        kubejoin runs in). Called once."""
         self._reported.watch_binding(read)
 
     def watch_in_flight(self, read: Callable[[], int]) -> None:

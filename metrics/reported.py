@@ -46,43 +46,61 @@ class _Binding:
     """The binding's metrics. With workers each worker runs its own binding: objects held is the
     largest, synced the smallest (1 only when every worker is), lookups and restarts the sums."""
 
-    def __init__(self, read: Callable[[], BindingStats]) -> None:
+    def __init__(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
         self.read = read
         self.objects = Gauge(
             "kubejoin_binding_objects",
             "Objects held by the live binding cache, terminating ones included.",
-            ["kind"],
+            ["cluster", "kind"],
             registry=None,
             multiprocess_mode="livemax",
         )
         self.synced = Gauge(
             "kubejoin_binding_synced",
             "1 while the list completed and the watch runs, else 0.",
-            ["kind"],
+            ["cluster", "kind"],
             registry=None,
             multiprocess_mode="livemin",
         )
         self.lookups = Counter(
-            "kubejoin_binding_lookups", "Binding lookups by kind and result.", ["kind", "result"], registry=None
+            "kubejoin_binding_lookups",
+            "Binding lookups by kind and result.",
+            ["cluster", "kind", "result"],
+            registry=None,
         )
         self.restarts = Counter(
             "kubejoin_binding_watch_restarts",
             "Relists after a failed or expired (410) watch.",
-            ["kind"],
+            ["cluster", "kind"],
             registry=None,
         )
-        self.published: BindingStats | None = None
+        self.published: dict[str, BindingStats] = {}
 
     def publish(self) -> None:
-        stats, last = self.read(), self.published
-        for kind, count in stats.objects.items():
-            self.objects.labels(kind).set(count)
-            self.synced.labels(kind).set(1 if stats.synced.get(kind) else 0)
-        for key, count in stats.lookups.items():
-            self.lookups.labels(*key).inc(max(0, count - (last.lookups.get(key, 0) if last else 0)))
-        for kind, count in stats.restarts.items():
-            self.restarts.labels(kind).inc(max(0, count - (last.restarts.get(kind, 0) if last else 0)))
-        self.published = stats
+        published: dict[str, BindingStats] = {}
+        for cluster, stats in self.read().items():
+            last = self.published.get(cluster)
+            for kind, count in stats.objects.items():
+                self.objects.labels(cluster, kind).set(count)
+                self.synced.labels(cluster, kind).set(1 if stats.synced.get(kind) else 0)
+            for key, count in stats.lookups.items():
+                self.lookups.labels(cluster, *key).inc(max(0, count - (last.lookups.get(key, 0) if last else 0)))
+            for kind, count in stats.restarts.items():
+                self.restarts.labels(cluster, kind).inc(max(0, count - (last.restarts.get(kind, 0) if last else 0)))
+            published[cluster] = stats
+        for cluster, gone in self.published.items():
+            if cluster not in published:  # a cluster removed at run time: its series go with it
+                self._forget(cluster, gone)
+        self.published = published
+
+    def _forget(self, cluster: str, stats: BindingStats) -> None:
+        for kind in stats.objects:
+            self.objects.remove(cluster, kind)
+            self.synced.remove(cluster, kind)
+        for key in stats.lookups:
+            self.lookups.remove(cluster, *key)
+        for kind in stats.restarts:
+            self.restarts.remove(cluster, kind)
 
     def metrics(self) -> tuple[Collector, ...]:
         return self.objects, self.synced, self.lookups, self.restarts
@@ -138,7 +156,7 @@ class Reported(Collector):
     def watch_cache(self, read: Callable[[], CacheStats]) -> None:
         self._cache = read
 
-    def watch_binding(self, read: Callable[[], BindingStats]) -> None:
+    def watch_binding(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
         self._binding = _Binding(read)
 
     def publish(self) -> None:

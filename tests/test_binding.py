@@ -219,11 +219,11 @@ async def test_steady_state_joins_make_no_api_request(
     for token in tokens * 3:  # fresh verifications, then cache hits
         assert await join(client, token) == (200, "ok")
     assert object_requests(cluster) == before
-    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="cache") == 15
-    assert sample(client, "kubejoin_binding_lookups_total", kind="node", result="cache") == 15
-    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="api") == 0
-    assert sample(client, "kubejoin_binding_objects", kind="pod") == 5
-    assert sample(client, "kubejoin_binding_synced", kind="serviceaccount") == 1
+    assert sample(client, "kubejoin_binding_lookups_total", cluster="local", kind="pod", result="cache") == 15
+    assert sample(client, "kubejoin_binding_lookups_total", cluster="local", kind="node", result="cache") == 15
+    assert sample(client, "kubejoin_binding_lookups_total", cluster="local", kind="pod", result="api") == 0
+    assert sample(client, "kubejoin_binding_objects", cluster="local", kind="pod") == 5
+    assert sample(client, "kubejoin_binding_synced", cluster="local", kind="serviceaccount") == 1
 
 
 async def test_new_pod_joins_through_one_shared_get(tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster) -> None:
@@ -240,7 +240,7 @@ async def test_new_pod_joins_through_one_shared_get(tmp_path: Path, aiohttp_clie
     cluster.api.get_gate.set()
     assert await asyncio.gather(*joins) == [(200, "ok")] * 5
     assert cluster.api.requests["get", "pods"] == 1  # five lookups, one GET
-    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="api") == 5
+    assert sample(client, "kubejoin_binding_lookups_total", cluster="local", kind="pod", result="api") == 5
     assert await join(client, tokens[0]) == (200, "ok")  # now from the cache
     assert cluster.api.requests["get", "pods"] == 1
     cluster.api.release()
@@ -257,7 +257,7 @@ async def test_relist_after_410(tmp_path: Path, aiohttp_client: Any, cluster: Fa
     cluster.api.end_watches()  # the watch ends before it tells of app-late; resuming it gets 410
     await wait_for(lambda: late in binding.stores["pod"], "the relist")
     assert cluster.api.requests["list", "pods"] == lists + 1
-    assert sample(client, "kubejoin_binding_watch_restarts_total", kind="pod") >= 1
+    assert sample(client, "kubejoin_binding_watch_restarts_total", cluster="local", kind="pod") >= 1
     gets = cluster.api.requests["get", "pods"]
     assert await join(client, cluster.mint(NS, "app-late")) == (200, "ok")
     assert cluster.api.requests["get", "pods"] == gets  # the relist brought it; no GET
@@ -276,17 +276,17 @@ async def test_outage_cache_keeps_answering_only_unknown_lookups_503(
     unknown = cluster.mint(NS, "app-new")
     cluster.api.unavailable = True
     cluster.api.end_watches()
-    await wait_for(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 0)
+    await wait_for(lambda: sample(client, "kubejoin_binding_synced", cluster="local", kind="pod") == 0)
     assert await join(client, known) == (200, "ok")
     assert await join(client, cluster.mint(NS, "app-0")) == (200, "ok")  # verified afresh
     response = await client.post("/v1/join", json=join_body(unknown))
     assert response.status == 503
     assert (await response.json())["error"]["code"] == "binding_unavailable"
     assert response.headers["Retry-After"] == "5"
-    assert sample(client, "kubejoin_binding_lookups_total", kind="pod", result="error") == 1
+    assert sample(client, "kubejoin_binding_lookups_total", cluster="local", kind="pod", result="error") == 1
     cluster.api.unavailable = False  # back: relisted, synced, and the new pod joins from the cache
     cluster.api.release()
-    await wait_for(lambda: sample(client, "kubejoin_binding_synced", kind="pod") == 1)
+    await wait_for(lambda: sample(client, "kubejoin_binding_synced", cluster="local", kind="pod") == 1)
     assert await join(client, unknown) == (200, "ok")
 
 
@@ -298,16 +298,18 @@ async def test_missing_rbac_is_logged_once_and_shows_in_metrics(
     cluster.api.forbidden = {"nodes"}
     caplog.set_level(logging.ERROR, logger="kubejoin.binding")
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster, synced=False)
-    await wait_for(lambda: sample(client, "kubejoin_binding_watch_restarts_total", kind="node") >= 3, "retries")
+    await wait_for(
+        lambda: sample(client, "kubejoin_binding_watch_restarts_total", cluster="local", kind="node") >= 3, "retries"
+    )
     assert await join(client, token) == (503, "binding_unavailable")
     assert await join(client, token) == (503, "binding_unavailable")
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert len([m for m in errors if "list nodes" in m]) == 1, errors
     assert len([m for m in errors if "get nodes" in m]) == 1, errors
     assert "get, list and watch on nodes" in errors[0]
-    assert sample(client, "kubejoin_binding_synced", kind="node") == 0
-    assert sample(client, "kubejoin_binding_synced", kind="pod") == 1
-    assert sample(client, "kubejoin_binding_lookups_total", kind="node", result="error") == 2
+    assert sample(client, "kubejoin_binding_synced", cluster="local", kind="node") == 0
+    assert sample(client, "kubejoin_binding_synced", cluster="local", kind="pod") == 1
+    assert sample(client, "kubejoin_binding_lookups_total", cluster="local", kind="node", result="error") == 2
 
 
 async def test_nodes_false_neither_watches_nor_checks_nodes(

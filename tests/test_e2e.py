@@ -237,6 +237,11 @@ async def test_demo_tells_the_story() -> None:
         'kubejoin_token_reviews_total{reason="ok",result="success"} 1.0',
         'kubejoin_token_reviews_total{reason="pod_deleted",result="failure"} 1.0',
         'kubejoin_jwks_fetches_total{issuer="https://kubernetes.default.svc.cluster.local",result="success"} 1.0',
+        # the second cluster, registered at run time: its pod joins, then is refused once deleted
+        "eu-west-1 pod teleport-app-service-58f7c-eu1 joined as system:serviceaccount:teleport-agent:",
+        "deleted, then: HTTP 401 pod_deleted: ",
+        "requests to eu-west-1's API server for this refusal: 0",
+        'kubejoin_binding_objects{cluster="eu-west-1",kind="pod"} 0.0',
     ):
         assert expected in stdout
 

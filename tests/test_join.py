@@ -382,7 +382,8 @@ async def test_hot_reload_and_broken_edit(start_service: StartService, issuer: L
         await client.post("/v1/join", json=join_body(pod_token(issuer), token_name="db-token", role="Db"))
     ).status == 200
 
-    tokens_file.write_text(tokens_file.read_text().replace("Db", "Auth"))  # a typo an operator could make
+    # a typo an operator could make (in the roles only: the random JWKS may hold "Db" too)
+    write_tokens(tokens_file, token_doc(issuer=issuer), token_doc("db-token", issuer=issuer, roles=["Auth"]))
     await wait_for(lambda: bool(service.tokens.last_error))
     assert "spec.roles[0]" in service.tokens.last_error
     # nothing lost: the last good tokens still work

@@ -218,10 +218,12 @@ def test_binding_stats_are_read_by_field_name() -> None:
     have shown restarts as objects."""
     metrics = Metrics(CollectorRegistry(), process=False)
     lookups = {("pod", "api"): 2}
-    metrics.watch_binding(lambda: ReorderedBindingStats({"pod": 3}, dict(lookups), {"pod": False}, {"pod": 7}))
+    metrics.watch_binding(
+        lambda: {"local": ReorderedBindingStats({"pod": 3}, dict(lookups), {"pod": False}, {"pod": 7})}
+    )
 
     def sample(name: str, **labels: str) -> float | None:
-        return metrics.registry.get_sample_value(name, {"kind": "pod", **labels})
+        return metrics.registry.get_sample_value(name, {"cluster": "local", "kind": "pod", **labels})
 
     assert sample("kubejoin_binding_objects") == 7
     assert sample("kubejoin_binding_synced") == 0

@@ -60,7 +60,7 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
     promtool = need("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
     tests = subprocess.run(
         [promtool, "test", "rules", str(MONITORING / "tests" / "kubejoin-rules.test.yaml")],
         capture_output=True,
@@ -200,6 +200,7 @@ async def test_real_prometheus_sees_each_attempt_once(kubejoin: tuple[Any, Local
             "KubejoinNoReadyReplica",
             "KubejoinBindingNotSynced",
             "KubejoinBindingLookupsFailing",
+            "KubejoinClustersReloadRefused",
             "KubejoinCAExpiringSoon",
         }
 

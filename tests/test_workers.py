@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -81,11 +82,17 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve_workers(tmp_path: Path) -> AsyncIterator[Served]:
+async def serve_workers(
+    tmp_path: Path, *, tokens: list[dict[str, Any]] | None = None, config: str = ""
+) -> AsyncIterator[Served]:
+    """`kubejoin serve --workers 2` with one static_jwks join token (or `tokens`) and `config`
+    added to the config file."""
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
-    write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer, allow=[{"service_account": "teleport-agent:app"}]))
+    tokens = tokens or [token_doc(issuer=issuer, allow=[{"service_account": "teleport-agent:app"}])]
+    write_tokens(tmp_path / "tokens.yaml", *tokens)
     (tmp_path / "config.yaml").write_text(
         f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\ntokens_file: tokens.yaml\n"
+        + config
     )
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "auth", "serve", "--config", str(tmp_path / "config.yaml")),

@@ -1,10 +1,13 @@
-"""`kubejoin tokens check FILE`: validates a join token file (exit 0 valid, 1 invalid)."""
+"""`kubejoin tokens check FILE [--config F]`: validates a join token file (exit 0 valid, 1
+invalid). With the service's config, it also warns of join tokens naming a cluster that the
+config does not register (their joins would be refused with unknown_cluster)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ..service.config import load_config
 from ..service.files import ConfigError
 from ..service.tokens import load_tokens
 from .common import EXIT_OK, EXIT_REFUSED, emit_json, say
@@ -15,15 +18,29 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     actions = parser.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     check = actions.add_parser("check", help="validate a join token file; errors name the field path")
     check.add_argument("file")
+    check.add_argument("--config", help="the service's config: warn of join tokens naming unregistered clusters")
     check.set_defaults(handler=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
     try:
         tokens = load_tokens(args.file)
+        registered = {c.name for c in load_config(args.config).clusters} if args.config else None
     except ConfigError as exc:
         say(str(exc))
         return EXIT_REFUSED
+    for token in tokens.values():
+        named = token.kubernetes.cluster if token.kubernetes else None
+        if named is None:
+            continue
+        if registered is None:
+            say(f"{args.file}: join token {token.name} names cluster {named}: give --config to check it is registered")
+        elif named not in registered:
+            shown = ", ".join(sorted(registered)) or "none"
+            say(
+                f"warning: {args.file}: join token {token.name} names cluster {named}, which the config does not "
+                f"register (registered: {shown}); its joins are refused with unknown_cluster"
+            )
     emit_json(
         {
             "tokens": [
@@ -32,6 +49,7 @@ def run_check(args: argparse.Namespace) -> int:
                     "join_method": t.join_method,
                     "roles": list(t.roles),
                     "type": t.kubernetes.type if t.kubernetes else None,
+                    **({"cluster": t.kubernetes.cluster} if t.kubernetes and t.kubernetes.cluster else {}),
                 }
                 for t in tokens.values()
             ]

@@ -5,13 +5,15 @@ issuer's keys, and pods, service accounts and nodes to watch), the join service 
 the seed guide's join token and live binding, an allowed pod that joins and the certificate it
 gets, a pod of another service account that is refused, the allowed pod deleted and its token
 refused at once (no TokenReview), TokenReviews answered offline as kube-apiserver would answer
-them (the deleted pod's token among them), and the metrics.
+them (the deleted pod's token among them), a second cluster registered at run time whose pod
+joins and, once deleted, is refused from its watch cache, and the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import tempfile
 import textwrap
@@ -25,11 +27,11 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..agent.client import JoinRefused, join_once
-from ..service.config import parse_config
+from ..service.config import load_config
 from ..service.server import SERVICE, create_app
-from .devtls import make_loopback_tls
+from .devtls import LoopbackTLS, make_loopback_tls
 from .issuer import IssuerKey, LocalIssuer
-from .kubeapi import FakeKubeAPI
+from .kubeapi import FakeKubeAPI, write_kubeconfig
 
 CLUSTER_NAME = "example.teleport.sh"
 TOKEN_YAML = """\
@@ -45,7 +47,20 @@ spec:
     type: in_cluster
     allow:
       - service_account: "teleport-agent:teleport-app-service"
+---
+kind: token
+version: v2
+metadata:
+  name: eu-west-1-token
+spec:
+  roles: [App]
+  join_method: kubernetes
+  kubernetes:
+    cluster: eu-west-1   # a registered cluster: its keys and its live binding
+    allow:
+      - service_account: "teleport-agent:teleport-app-service"
 """
+REMOTE_ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/DEMO"
 
 
 def _loopback_socket() -> socket.socket:
@@ -105,6 +120,66 @@ def _describe_certificate(pem: str) -> list[str]:
     ]
 
 
+async def _second_cluster(
+    app: web.Application,
+    kubejoin: str,
+    work: Path,
+    tls: LoopbackTLS,
+    runners: list[web.AppRunner],
+    *,
+    say: Callable[[str], None],
+    indent: Callable[[str], None],
+) -> int:
+    """Registers a second cluster at run time (a file in clusters_dir, then a reload as at SIGHUP);
+    its pod joins; deleted, it is refused from that cluster's watch cache."""
+    say("A second cluster is registered at run time: a file in clusters_dir, then SIGHUP")
+    issuer = LocalIssuer(REMOTE_ISSUER, [IssuerKey.generate("P-256")])
+    own_token = issuer.mint("kube-system", "kubejoin-reader", audiences=["https://kubernetes.default.svc"])
+    remote = FakeKubeAPI(issuer, token=own_token)
+    pod_name = "teleport-app-service-58f7c-eu1"
+    remote.add_pod("teleport-agent", pod_name, service_account="teleport-app-service", node="ip-10-0-1-7")
+    runner, api_server = await _start(remote.app(), ssl_context=tls.server_context())
+    runners.insert(0, runner)  # stopped after kubejoin, whose watches it serves
+    write_kubeconfig(work / "eu-west-1.kubeconfig", api_server, tls.ca_file, own_token)
+    entry = (
+        f"name: eu-west-1\nissuer: {REMOTE_ISSUER}\nkeys: {{type: api_server}}\n"
+        "kubeconfig: ../eu-west-1.kubeconfig\nbinding: {mode: watch}\n"
+    )
+    (work / "clusters.d" / "eu-west-1.yaml").write_text(entry)
+    indent(f"clusters.d/eu-west-1.yaml:\n{entry}")
+    service = app[SERVICE]
+    await service.reload()  # what SIGHUP does (the file is also picked up within a second)
+    registered = service.clusters.get("eu-west-1")
+    assert registered is not None and registered.binding is not None
+    async with asyncio.timeout(10):
+        await registered.binding.wait_synced()
+    indent(f"registered: {', '.join(sorted(service.clusters.clusters))}; API server {api_server}")
+    token = remote.mint("teleport-agent", pod_name, audiences=[CLUSTER_NAME], lifetime=600)
+    joined = await join_once(
+        kubejoin, token_name="eu-west-1-token", sa_token=token, role="App", out_dir=str(work / "eu-agent")
+    )
+    indent(f"eu-west-1 pod {pod_name} joined as {joined.response['identity']['username']}")
+    before = sum(remote.requests.values())
+    remote.delete("pods", "teleport-agent", pod_name)
+    watch = registered.binding.reflectors["pod"]
+    async with asyncio.timeout(10):
+        while registered.binding.stores["pod"].count:  # the DELETED event is on its way
+            watch.changed.clear()
+            if not registered.binding.stores["pod"].count:
+                break
+            await watch.changed.wait()
+    try:
+        await join_once(
+            kubejoin, token_name="eu-west-1-token", sa_token=token, role="App", out_dir=str(work / "eu-again")
+        )
+        indent("unexpectedly joined")
+        return 1
+    except JoinRefused as refused:
+        indent(f"deleted, then: HTTP {refused.status} {refused.code}: {refused.message}")
+    indent(f"requests to eu-west-1's API server for this refusal: {sum(remote.requests.values()) - before}")
+    return 0
+
+
 async def run_demo(say: Callable[[str], None] = print) -> int:
     step = 0
 
@@ -120,7 +195,8 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
         work = Path(scratch)
         runners: list[web.AppRunner] = []
         try:
-            heading("The join token (Teleport's format, as in the seed guide)")
+            (work / "clusters.d").mkdir()
+            heading("The join tokens (Teleport's format, as in the seed guide, and one naming a cluster)")
             (work / "tokens.yaml").write_text(TOKEN_YAML)
             indent(TOKEN_YAML)
 
@@ -140,21 +216,22 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             indent(f"pods: teleport-agent/{pod_name}, teleport-agent/debug-shell")
 
             heading("kubejoin starts: fresh CA, keys read offline, pods watched (binding.mode: watch)")
-            config = parse_config(
-                {
-                    "cluster_name": CLUSTER_NAME,
-                    "listen": "127.0.0.1:0",
-                    "tokens_file": "tokens.yaml",
-                    "in_cluster": {
-                        "api_server": api_server,
-                        "ca_file": str(tls.ca_file),
-                        "token_file": str(work / "sa-token"),
-                    },
-                    "binding": {"mode": "watch"},
-                    "token_review": {"source": {"type": "in_cluster"}, "audiences": [REVIEW_AUDIENCE]},
+            document = {
+                "cluster_name": CLUSTER_NAME,
+                "listen": "127.0.0.1:0",
+                "tokens_file": "tokens.yaml",
+                "in_cluster": {
+                    "api_server": api_server,
+                    "ca_file": str(tls.ca_file),
+                    "token_file": str(work / "sa-token"),
                 },
-                work,
-            )
+                "binding": {"mode": "watch"},
+                "token_review": {"source": {"type": "in_cluster"}, "audiences": [REVIEW_AUDIENCE]},
+                "clusters_dir": "clusters.d",
+            }
+            # a file, as in production: clusters are re-read from it at SIGHUP
+            (work / "kubejoin.yaml").write_text(json.dumps(document, indent=2))
+            config = load_config(str(work / "kubejoin.yaml"))
             audit = io.StringIO()
             app = create_app(config, audit=audit)
             runner, kubejoin = await _start(app)
@@ -229,6 +306,9 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                 ("the deleted pod's token", pod_token.read_text(), CLUSTER_NAME),
             ]
             await _review(reviews, kubejoin, indent)
+
+            if await _second_cluster(app, kubejoin, work, tls, runners, say=heading, indent=indent) != 0:
+                return 1
 
             heading("The log (one JSON line per join attempt and per review)")
             indent(audit.getvalue())

@@ -462,7 +462,7 @@ async def _serve(arguments: argparse.Namespace) -> None:
 
     directory = Path(arguments.dir)
     tls = make_loopback_tls(directory)
-    issuer = LocalIssuer("https://kubernetes.default.svc.cluster.local")
+    issuer = LocalIssuer(arguments.issuer)
     token = issuer.mint("kubejoin", "kubejoin", audiences=["https://kubernetes.default.svc"], lifetime=86400)
     api = FakeKubeAPI(issuer, token=token)
     for index in range(arguments.pods):
@@ -488,6 +488,7 @@ def main() -> None:
     parser.add_argument("--dir", required=True, help="where to write the TLS files and the tokens")
     parser.add_argument("--mint", type=int, default=0, help="write tokens of this many pods to DIR/pod-tokens")
     parser.add_argument("--audience", default="example.teleport.sh")
+    parser.add_argument("--issuer", default="https://kubernetes.default.svc.cluster.local", help="its tokens' iss")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(parser.parse_args()))
 

@@ -119,8 +119,8 @@ def run_server(config: Config, role: Role | None = None) -> Exit:
             # SIGHUP's default action kills the process, and with it join log lines not yet
             # written. Here it means "re-read the join tokens now"; the join log is stdout and
             # needs no reopening.
-            say("kubejoin: SIGHUP: re-reading the join tokens file")
-            task = asyncio.ensure_future(app[SERVICE].reload_tokens())
+            say("kubejoin: SIGHUP: re-reading the join tokens file and the clusters")
+            task = asyncio.ensure_future(app[SERVICE].reload())
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 

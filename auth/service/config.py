@@ -3,6 +3,7 @@ names the key path, e.g. `verification.leeway: expected a duration such as 90s, 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from typing import Any, Final
 
 from verifier.sources import url_scheme_allowed
 
+from .clusters import ClusterSpec, parse_clusters
 from .durations import parse_duration
 from .files import ConfigError, load_yaml, read_text_file
 from .tokens import AllowRule, KubernetesRules, parse_allow_rules, parse_key_source
@@ -105,6 +107,9 @@ class Config:
     binding: Binding = Binding()
     workers: int = 1  # processes serving the same listeners; `auto` resolved to usable CPUs
     token_review: TokenReview | None = None
+    clusters: tuple[ClusterSpec, ...] = ()  # registered clusters (`clusters` and `clusters_dir`)
+    clusters_dir: str | None = None
+    config_file: str | None = None  # re-read for the clusters on SIGHUP or a change
 
 
 def usable_cpus() -> int:
@@ -286,9 +291,13 @@ def _token_review(top: _Reader, default_ttl: float, binding: Binding, cluster_na
     )
 
 
-def parse_config(document: object, base_dir: Path) -> Config:
-    """Builds a Config from parsed YAML; relative file names are relative to base_dir."""
+def parse_config(document: object, base_dir: Path, source: str = "config") -> Config:
+    """Builds a Config from parsed YAML; relative file names are relative to base_dir; `source`
+    names the file in errors about its clusters."""
     top = _Reader(document, "")
+    clusters, clusters_dir = parse_clusters(top.value, source, base_dir)
+    for key in ("clusters", "clusters_dir"):  # read by parse_clusters: not unknown keys
+        top.get(key)
 
     def path_of(reader: _Reader, key: str, default: str) -> str:
         return str(base_dir / reader.string(key, default))
@@ -341,6 +350,8 @@ def parse_config(document: object, base_dir: Path) -> Config:
         binding=binding,
         workers=parse_workers(top.get("workers", 1)),
         token_review=_token_review(top, checks.max_token_ttl, binding, cluster_name),
+        clusters=clusters,
+        clusters_dir=clusters_dir,
     )
     top.finish()
     return config
@@ -349,7 +360,8 @@ def parse_config(document: object, base_dir: Path) -> Config:
 def load_config(path: str) -> Config:
     text = read_text_file(path)
     try:
-        return parse_config(load_yaml(text, path), Path(path).resolve().parent)
+        config = parse_config(load_yaml(text, path), Path(path).resolve().parent, path)
+        return dataclasses.replace(config, config_file=str(Path(path).resolve()))
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(path) else f"{path}: {message}") from None

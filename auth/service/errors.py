@@ -17,6 +17,7 @@ class JoinReason(StrEnum):
     JOIN_TOKEN_EXPIRED = "join_token_expired"
     WRONG_JOIN_METHOD = "wrong_join_method"
     NO_MATCHING_ALLOW_RULE = "no_matching_allow_rule"
+    UNKNOWN_CLUSTER = "unknown_cluster"  # the join token names a cluster that is not registered
     ROLE_NOT_ALLOWED = "role_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -35,6 +36,7 @@ STATUS: Final[dict[Code, int]] = {
     JoinReason.JOIN_TOKEN_EXPIRED: 403,
     JoinReason.WRONG_JOIN_METHOD: 403,
     JoinReason.NO_MATCHING_ALLOW_RULE: 403,
+    JoinReason.UNKNOWN_CLUSTER: 403,
     JoinReason.ROLE_NOT_ALLOWED: 403,
     JoinReason.REQUEST_TIMEOUT: 408,
     JoinReason.PAYLOAD_TOO_LARGE: 413,

@@ -13,7 +13,7 @@ from typing import Any, Final, NamedTuple
 
 from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
-from verifier import Identity, VerificationError
+from verifier import Identity, VerificationError, Verifier
 from verifier.errors import BindingRefusal, Reason
 from verifier.texts import cut
 
@@ -22,6 +22,7 @@ from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
 from .durations import rfc3339
 from .errors import Code, JoinError, JoinReason
 from .keyring import Keyring
+from .registry import ClusterRegistry
 from .tokens import KUBERNETES, ROLES, JoinToken
 
 log = logging.getLogger("kubejoin.join")
@@ -88,8 +89,10 @@ class JoinService:
         audit: AuditLog,
         certificate_ttl: float,
         clock: Callable[[], float] = time.time,
+        clusters: ClusterRegistry | None = None,
     ) -> None:
         self.cluster_name = cluster_name
+        self.clusters = clusters
         self.ca = ca
         self._ca_expires = ca.not_after.timestamp()  # read on every join: computed once
         self.keyring = keyring
@@ -182,6 +185,8 @@ class JoinService:
             )
         identity = await self._verify(token, request.id_token, record)
         account = _describe(identity, record)
+        if "cluster" not in record:
+            record["cluster"] = self._cluster_of(token, identity.issuer)
         if not token.allows(identity.namespace, identity.service_account.name):
             raise JoinError(
                 JoinReason.NO_MATCHING_ALLOW_RULE,
@@ -198,7 +203,19 @@ class JoinService:
         return response
 
     async def _verify(self, token: JoinToken, id_token: str, record: dict[str, Any]) -> Identity:
-        verifier = self.keyring.verifier_for(token.name)
+        rules = token.kubernetes
+        verifier: Verifier | None
+        if rules is not None and rules.cluster is not None:
+            record["cluster"] = rules.cluster
+            cluster = self.clusters.get(rules.cluster) if self.clusters is not None else None
+            if cluster is None:
+                raise JoinError(
+                    JoinReason.UNKNOWN_CLUSTER,
+                    f"join token {cut(token.name)} names cluster {rules.cluster}, which is not registered",
+                )
+            verifier = cluster.join_verifier()
+        else:
+            verifier = self.keyring.verifier_for(token.name)
         if verifier is None:  # a token loaded a moment ago whose sources are being built
             raise JoinError(Reason.KEYS_UNAVAILABLE, f"keys for join token {cut(token.name)} are not loaded yet")
         try:
@@ -210,6 +227,13 @@ class JoinService:
             raise JoinError(exc.code, exc.message) from None
         self.metrics.token_verified("ok")
         return identity
+
+    def _cluster_of(self, token: JoinToken, issuer: str) -> str | None:
+        """The cluster a verified token came from, for the join log: the one the join token
+        names, `local` for in_cluster, else the registered cluster with that issuer, if any."""
+        if token.kubernetes is not None and token.kubernetes.type == "in_cluster":
+            return "local"
+        return self.clusters.cluster_of(issuer) if self.clusters is not None else None
 
     def _issue(self, request: JoinRequest, token: JoinToken, identity: Identity, now: float) -> dict[str, Any]:
         try:

@@ -98,11 +98,15 @@ class Keyring:
         *,
         clock: Callable[[], float] = time.time,
         binding: BindingCheck | None = None,
+        follows: Callable[[BindingCheck | None], BindingCheck] | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
         self._clock = clock
+        # `follows` wraps a source's own binding (in_cluster: the local one) with the registered
+        # clusters' bindings, chosen by the token's issuer (CONTRACT.md: the binding follows the token).
         self._binding = binding
+        self._follows = follows
         self._sources: dict[SourceKey, KeySource] = {}
         self._verifiers: dict[SourceKey, Verifier] = {}  # the join tokens' verifier of each source
         self._by_token: dict[str, Verifier] = {}
@@ -157,7 +161,11 @@ class Keyring:
 
     def binding_for(self, rules: KubernetesRules, name: str) -> BindingCheck | None:
         """The binding check that the verifiers of this source carry, if any."""
-        return self._binding if source_key(rules, name) == IN_CLUSTER else None
+        return self._binding_of(source_key(rules, name))
+
+    def _binding_of(self, key: SourceKey) -> BindingCheck | None:
+        own = self._binding if key == IN_CLUSTER else None
+        return self._follows(own) if self._follows is not None else own
 
     def _source(self, key: SourceKey) -> KeySource:
         source = self._sources.get(key)
@@ -194,7 +202,7 @@ class Keyring:
             leeway=self._config.verification.leeway,
             max_ttl=max_ttl,
             clock=self._clock,
-            binding=self._binding if bound and key == IN_CLUSTER else None,
+            binding=self._binding_of(key) if bound else None,
         )
 
     def update(self, tokens: Mapping[str, JoinToken]) -> list[RemoteKeySource]:
@@ -204,7 +212,7 @@ class Keyring:
         by_token = {
             token.name: source_key(token.kubernetes, token.name)
             for token in tokens.values()
-            if token.kubernetes is not None
+            if token.kubernetes is not None and token.kubernetes.type != "cluster"  # the registry's
         }
         wanted = dict.fromkeys(by_token.values())  # a set, in the tokens' order
         now = self._clock()

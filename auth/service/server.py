@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from metrics import Metrics
+from verifier.k8s.binding import BindingStats as LiveBindingStats
 from verifier.k8s.binding import LiveBinding
 from verifier.texts import cut
 
@@ -31,12 +32,17 @@ from .admission import Admission
 from .auditlog import AuditLog
 from .body import parse_body
 from .ca import CertificateAuthority
+from .clusterreview import CLUSTER_REVIEWS, ClusterReviews, handle_cluster_review
+from .clusterreview import PREFIX as CLUSTER_PREFIX
+from .clusterreview import ROUTE as CLUSTER_ROUTE
+from .clusterreview import ROUTE_LABEL as CLUSTER_ROUTE_LABEL
 from .config import Config
 from .errors import STATUS, JoinError, JoinReason, error_body
 from .files import ConfigError, read_text_file
 from .join import JoinService
 from .keyring import Keyring, kube_api
 from .pipeline import INTERNAL, MAX_BODY, Pipeline, retry_after
+from .registry import ClusterRegistry
 from .tokenreview import REVIEW_PATHS, REVIEWER, ROUTE, ROUTE_LABEL, TokenReviewer, handle_token_review, kube_status
 from .tokens import JoinToken, parse_tokens, public_names
 
@@ -148,9 +154,18 @@ class Service:
             binding = LiveBinding(
                 kube_api(config.in_cluster), leeway=config.verification.leeway, nodes=config.binding.nodes, clock=clock
             )
-            metrics.watch_binding(binding.stats)
             self.binding = binding
-        self.keyring = Keyring(config, metrics, clock=clock, binding=self.binding)
+        self.clusters = ClusterRegistry(config, metrics, clock=clock)
+        if self.binding is not None or self.clusters.enabled:
+            metrics.watch_binding(self._binding_stats)
+        self.keyring = Keyring(
+            config,
+            metrics,
+            clock=clock,
+            binding=self.binding,
+            # with no cluster registered or to be registered, verifiers stay as they were
+            follows=self.clusters.binding.chained if self.clusters.enabled else None,
+        )
         self.join = JoinService(
             cluster_name=config.cluster_name,
             ca=self.ca,
@@ -160,6 +175,7 @@ class Service:
             audit=self.audit,
             certificate_ttl=config.certificate_ttl,
             clock=clock,
+            clusters=self.clusters,
         )
         self.admission = Admission(
             max_in_flight=config.limits.max_in_flight,
@@ -182,6 +198,15 @@ class Service:
                 clock=clock,
             )
 
+    def _binding_stats(self) -> dict[str, LiveBindingStats]:
+        """The live bindings by cluster, for the metrics: `local` and each registered cluster's.
+        The metrics read the records by field name (metrics.BindingStats is a protocol)."""
+        found = {"local": self.binding.stats()} if self.binding is not None else {}
+        for name, cluster in self.clusters.clusters.items():
+            if cluster.binding is not None:
+                found[name] = cluster.binding.stats()
+        return found
+
     def check_ca(self) -> None:
         """Warns (at most daily) while the CA expires within CA_WARNING: leaves are then cut
         short at the CA's expiry, and after it kubejoin will not start."""
@@ -194,6 +219,11 @@ class Service:
                 left / 86400,
                 self.ca.not_after.isoformat(),
             )
+
+    async def reload(self) -> None:
+        """SIGHUP: re-reads the join tokens and the clusters."""
+        await self.reload_tokens()
+        await self.clusters.reload()
 
     async def reload_tokens(self) -> Reload:
         """Applies a changed token file."""
@@ -302,6 +332,10 @@ async def handle_readyz(request: web.Request) -> web.Response:
         body["worker"], body["workers"] = service.worker, service.config.workers
     if service.tokens.last_error:
         body["last_reload_error"] = service.tokens.last_error
+    if service.config.clusters or service.config.clusters_dir or service.clusters.clusters:
+        body["clusters"] = len(service.clusters.clusters)
+    if service.clusters.last_error:  # the last good set of clusters is in force
+        body["clusters_last_reload_error"] = service.clusters.last_error
     return web.json_response(body)
 
 
@@ -358,7 +392,7 @@ def _unmatched(metrics: Metrics, allowed: dict[str, str]) -> Handler:
         status = 405 if methods else 404
         method = request.method if request.method in _METHODS else "other"
         metrics.http_request("unmatched", method, str(status), 0.0)
-        if request.path.startswith(KUBE_API_PATHS):
+        if request.path.startswith((KUBE_API_PATHS, CLUSTER_PREFIX)):
             return kube_status(status, _KUBE_MESSAGES[status], {"Allow": methods} if methods else None)
         if methods:
             raise web.HTTPMethodNotAllowed(request.method, methods.split(","))
@@ -377,6 +411,7 @@ async def _housekeeping(service: Service, interval: float) -> None:
         service.check_ca()
         try:
             await service.reload_tokens()
+            await service.clusters.reload()  # by content, as the tokens file
         except Exception:  # the watcher must outlive any one bad reload
             log.exception("token reload failed")
 
@@ -413,6 +448,10 @@ def create_app(
         app[REVIEWER] = service.reviewer
         app.router.add_post(ROUTE, _observed(metrics, ROUTE_LABEL, handle_token_review))
         allowed.update(dict.fromkeys(REVIEW_PATHS, "POST"))
+        app[CLUSTER_REVIEWS] = ClusterReviews(
+            config, service.clusters, metrics=metrics, pipeline=service.pipeline, audit=service.audit, clock=clock
+        )
+        app.router.add_post(CLUSTER_ROUTE, _observed(metrics, CLUSTER_ROUTE_LABEL, handle_cluster_review))
     gets: dict[str, Handler] = {"/healthz": handle_healthz, "/readyz": handle_readyz}
     if config.metrics_listen is None:
         gets["/metrics"] = metrics_handler(metrics)
@@ -425,6 +464,7 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if service.binding is not None:
             service.binding.start()
+        service.clusters.start()
         service.keyring.update(service.tokens.tokens)
         if service.reviewer is not None:
             service.reviewer.start()
@@ -439,6 +479,7 @@ def create_app(
             await watcher
         service.audit.flush(final=True)
         await service.keyring.close()
+        await service.clusters.close()
         if service.binding is not None:
             await service.binding.close()
 

@@ -15,19 +15,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 from aiohttp import web
 
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
+from verifier.binding import BindingCheck
 from verifier.jose import load_strict_json
 
 from .auditlog import UNVERIFIED_REFUSALS, AuditLog
 from .config import TokenReview
 from .errors import STATUS, JoinError
-from .keyring import Keyring
 from .pipeline import RETRY_LATER, Pipeline, retry_after
+from .tokens import KubernetesRules
 
 API_GROUP: Final = "authentication.k8s.io"
 ROUTE: Final = "/apis/authentication.k8s.io/{version:v1|v1beta1}/tokenreviews"
@@ -43,6 +44,7 @@ POD_UID: Final = "authentication.kubernetes.io/pod-uid"
 NODE_NAME: Final = "authentication.kubernetes.io/node-name"
 NODE_UID: Final = "authentication.kubernetes.io/node-uid"
 CREDENTIAL_ID: Final = "authentication.kubernetes.io/credential-id"
+CLUSTER: Final = "kubejoin.dev/cluster"  # extra key of reviews at /clusters/NAME/...
 _TOP_FIELDS: Final = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
 _SPEC_FIELDS: Final = frozenset({"token", "audiences"})
 
@@ -169,6 +171,24 @@ def user_info(identity: Identity) -> dict[str, Any]:
     }
 
 
+class Verifiers(Protocol):
+    """Where a reviewer gets its verifiers: the Keyring (the token_review source) or one
+    registered cluster (registry.Cluster, for /clusters/NAME/...)."""
+
+    def verifier(
+        self,
+        rules: KubernetesRules,
+        *,
+        name: str,
+        audiences: frozenset[str],
+        max_ttl: float,
+        keep: bool = False,
+        bound: bool = True,
+    ) -> Verifier: ...
+
+    def binding_for(self, rules: KubernetesRules, name: str) -> BindingCheck | None: ...
+
+
 class Verdict(NamedTuple):
     """A review's `status`, and its reason label: "ok" or the token's REASON."""
 
@@ -183,13 +203,15 @@ class TokenReviewer:
         self,
         config: TokenReview,
         *,
-        keyring: Keyring,
+        keyring: Verifiers,
         metrics: Metrics,
         pipeline: Pipeline,
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
+        cluster: str | None = None,
     ) -> None:
         self.config = config
+        self.cluster = cluster  # a registered cluster's reviewer: named in the answer and the log
         self.pipeline = pipeline
         self._keyring = keyring
         self._metrics = metrics
@@ -255,6 +277,9 @@ class TokenReviewer:
         except VerificationError as exc:
             return Verdict({"authenticated": False, "user": {}, "error": f"{exc.code}: {exc.message}"}, exc.code)
         record.update(user=identity.username, pod=identity.pod.name, node=identity.node.name if identity.node else None)
+        user = user_info(identity)
+        if self.cluster is not None:
+            user["extra"][CLUSTER] = [self.cluster]
         if identity.warn_after is not None and self._clock() > identity.warn_after:
             # kube-apiserver accepts these too, and counts them: kubelet failed to rotate the token.
             self._metrics.stale_tokens.inc()
@@ -262,7 +287,7 @@ class TokenReviewer:
         asked = frozenset(request.audiences) if request.audiences else self._default_audiences
         status = {
             "authenticated": True,
-            "user": user_info(identity),
+            "user": user,
             "audiences": [audience for audience in identity.audiences if audience in asked],
         }
         return Verdict(status, "ok")
@@ -332,6 +357,8 @@ class _Review:
         self._started = time.perf_counter()
         self._version = request.match_info["version"]
         self._record = review_record(self._version, request.remote)
+        if reviewer.cluster is not None:
+            self._record["cluster"] = reviewer.cluster
 
     async def admit(self) -> web.Response | None:
         try:
@@ -361,5 +388,9 @@ REVIEWER: Final = web.AppKey("token_reviewer", TokenReviewer)
 
 async def handle_token_review(request: web.Request) -> web.Response:
     """POST .../tokenreviews: JSON with or without a Content-Type, possibly chunked."""
-    reviewer = request.app[REVIEWER]
+    return await serve_review(request.app[REVIEWER], request)
+
+
+async def serve_review(reviewer: TokenReviewer, request: web.Request) -> web.Response:
+    """One review by `reviewer` through the request pipeline (the route has a `version`)."""
     return await reviewer.pipeline.run(request, _Review(reviewer, request))

@@ -56,6 +56,7 @@ _SPEC_KEYS: Final = frozenset(
 _METADATA_KEYS: Final = frozenset({"name", "expires", "labels", "description", "revision", "namespace"})
 _NAMESPACE_GLOB: Final = re.compile(r"[-a-z0-9*?]{1,63}")
 _ACCOUNT_GLOB: Final = re.compile(r"[-a-z0-9.*?]{1,253}")
+_CLUSTER_NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
 
 
 class TokenError(ConfigError):
@@ -105,6 +106,7 @@ class KubernetesRules:
     static_issuer: str | None = None
     oidc_issuer: str | None = None
     insecure_allow_http_issuer: bool = False
+    cluster: str | None = None  # type "cluster": a registered cluster's name (kubejoin's extension)
 
 
 @dataclass(frozen=True)
@@ -258,9 +260,21 @@ def parse_key_source(spec: Mapping[str, Any], path: str) -> KubernetesRules:
 
 def _kubernetes(value: object) -> KubernetesRules:
     spec = _mapping(value, "spec.kubernetes")
-    _no_unknown(spec, {"type", "allow", "static_jwks", "oidc"}, "spec.kubernetes")
-    source = parse_key_source(spec, "spec.kubernetes")
+    _no_unknown(spec, {"type", "allow", "static_jwks", "oidc", "cluster"}, "spec.kubernetes")
+    source = _cluster(spec) if "cluster" in spec else parse_key_source(spec, "spec.kubernetes")
     return dataclasses.replace(source, allow=parse_allow_rules(spec.get("allow"), "spec.kubernetes.allow"))
+
+
+def _cluster(spec: Mapping[str, Any]) -> KubernetesRules:
+    """`cluster: NAME` names a registered cluster, whose keys verify the token; `local` is the
+    cluster kubejoin runs in (type in_cluster). Whether NAME is registered is decided per join."""
+    for key in ("type", "static_jwks", "oidc"):
+        if key in spec:
+            raise TokenError(f"spec.kubernetes.{key}", "not with cluster, which names the keys itself")
+    name = spec["cluster"]
+    if not isinstance(name, str) or not _CLUSTER_NAME.fullmatch(name):
+        raise TokenError("spec.kubernetes.cluster", f"expected a registered cluster's name, got {str(name)[:80]!r}")
+    return KubernetesRules("in_cluster", ()) if name == "local" else KubernetesRules("cluster", (), cluster=name)
 
 
 def parse_token(document: object) -> JoinToken:
