@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hypothesis
+import pytest
 from hypothesis import strategies as st
 
+from verifier import VerificationError
 from verifier.claims import _NAME_AND_UID, _UID_SYNTAX, LEGACY_PREFIX, NAME_SYNTAX, _legacy, _object, uid_key
 
 # Names and uids near the edges of both syntaxes: valid ones, valid ones with one character
@@ -77,3 +79,37 @@ CLAIM_NAMES = st.text(max_size=12) | st.sampled_from(
 def test_legacy_claims_are_found_exactly_by_prefix(names: list[str]) -> None:
     claims = dict.fromkeys(names, 1)
     assert _legacy(claims) == any(name.startswith(LEGACY_PREFIX) for name in claims)
+
+
+# DNS-1123 subdomains (apimachinery's IsDNS1123Subdomain): dot-separated labels, 253 at most.
+# `a..b` and `a.-b` passed the old one-run pattern.
+SUBDOMAINS = [
+    ("a", True),
+    ("a.b", True),
+    ("a-b.c-d", True),
+    ("ip-10-0-1-23.eu-west-1.compute.internal", True),
+    ("a" * 253, True),
+    ("a." * 126 + "a", True),  # 253 characters
+    ("a..b", False),
+    (".a", False),
+    ("a.", False),
+    ("-a", False),
+    ("a-", False),
+    ("a.-b", False),
+    ("a-.b", False),
+    ("a" * 254, False),
+    ("a." * 127 + "a", False),  # 255 characters
+]
+
+
+@pytest.mark.parametrize(("name", "valid"), SUBDOMAINS, ids=[name[:24] for name, _ in SUBDOMAINS])
+def test_names_are_dns_1123_subdomains(name: str, valid: bool) -> None:
+    assert (NAME_SYNTAX.fullmatch(name) is not None) == valid
+    assert (_NAME_AND_UID.fullmatch(f"{name}\x005c3d6de9-6000-41a6-adad-2509159c5b95") is not None) == valid
+    claim = {"pod": {"name": name, "uid": "5c3d6de9-6000-41a6-adad-2509159c5b95"}}
+    if valid:
+        assert _object(claim, "pod") is not None
+    else:
+        with pytest.raises(VerificationError) as refused:
+            _object(claim, "pod")
+        assert refused.value.code == "malformed_token"

@@ -70,6 +70,10 @@ def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"cluster_name": "example.sh/ns/x#"}, "cluster_name: expected a lowercase DNS name"),
         ({"cluster_name": "Example.sh"}, "cluster_name: expected a lowercase DNS name"),
         ({"cluster_name": "a..b"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": ".a"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "a."}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "-a"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "a.-b"}, "cluster_name: expected a lowercase DNS name"),
         ({"cluster_name": "x" * 64}, "cluster_name: expected a lowercase DNS name"),
     ],
 )
