@@ -5,9 +5,12 @@ ServiceAccount issuer's discovery document and JWKS (from a LocalIssuer), API di
 `/api/v1`, `/apis`, `/version`), and pods, service accounts and nodes: list (paged with `limit` and
 `continue`), watch (ADDED, MODIFIED, DELETED, BOOKMARK, from a resourceVersion, an ERROR event
 with 410 Expired when that resourceVersion is older than the history kept) and get, each as full
-objects, as PartialObjectMetadata(List) or as a Table when the Accept header asks for it. Every
-request needs the bearer token. Tests change the objects, compact the history, forbid a resource
-(RBAC missing) or take the whole API down, and count the requests made.
+objects, as PartialObjectMetadata(List) or as a Table when the Accept header asks for it, and
+`/readyz`. Every request needs the bearer token. Tests change the objects, compact the history,
+forbid a resource (RBAC missing), take the whole API down, make watches go silent or end after one
+bookmark, slow lists down, and count the requests made. A fake run as a process of its own
+(`python -m auth.devtools.kubeapi`) takes the same switches at `POST /fake/settings` (a JSON
+object, e.g. `{"silent_watches": true}`), for measurements from outside.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class FakeKubeAPI:
         self.forbidden: set[str] = set()  # resources whose requests get 403, as without RBAC
         self.forbidden_verbs: set[tuple[str, str]] = set()  # (verb, resource) pairs that get 403
         self.empty_watches = False  # watches answer 200 with no events and end at once
+        self.bookmark_then_end = False  # watches send one bookmark and end
+        self.silent_watches = False  # open watches deliver nothing (no event, no bookmark) and stay open
+        self.list_delay = 0.0  # seconds each list page waits before it is answered
         self.unavailable = False  # every API request gets 503 and open watches end
         self._watchers: set[_Watcher] = set()
         self.held: list[tuple[_Watcher, tuple[int, str, dict[str, Any]]]] | None = None
@@ -238,6 +244,26 @@ class FakeKubeAPI:
     def _selected(self, resource: str, namespace: str | None) -> list[dict[str, Any]]:
         return [obj for (ns, _), obj in sorted(self.objects[resource].items()) if namespace in (None, ns)]
 
+    async def _settings(self, request: web.Request) -> web.Response:
+        """POST /fake/settings: switches for a fake in a process of its own (not an API path)."""
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
+        changes = await request.json()
+        known = {"silent_watches", "bookmark_then_end", "empty_watches", "unavailable", "list_delay", "bookmark_every"}
+        if not isinstance(changes, dict) or not set(changes) <= known:
+            return web.json_response(_status(400, "BadRequest", f"settings: any of {sorted(known)}"), status=400)
+        for name, value in changes.items():
+            setattr(self, name, value)
+        if changes.get("unavailable"):
+            self.end_watches()
+        return web.json_response({name: getattr(self, name) for name in sorted(known)})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request, "get", "readyz")
+        if refused is not None:
+            return refused
+        return web.Response(text="ok")
+
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         resource = request.match_info["resource"]
         namespace = request.match_info.get("namespace")
@@ -250,6 +276,8 @@ class FakeKubeAPI:
         refused = self._refusal(request, "list", resource)
         if refused is not None:
             return refused
+        if self.list_delay:
+            await asyncio.sleep(self.list_delay)
         limit = int(request.query.get("limit", "0") or 0)
         token = request.query.get("continue")
         if token:
@@ -338,7 +366,12 @@ class FakeKubeAPI:
         await response.prepare(request)
 
         async def send(kind: str, obj: dict[str, Any]) -> None:
-            await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+            if not self.silent_watches:  # a blackholed connection: it stays open, nothing arrives
+                await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+        def bookmark() -> dict[str, Any]:
+            metadata = {"resourceVersion": str(self.version)}
+            return {"kind": KINDS[resource][0], "apiVersion": "v1", "metadata": metadata}
 
         watcher = _Watcher(resource, namespace)
         self._watchers.add(watcher)
@@ -354,6 +387,9 @@ class FakeKubeAPI:
                     return response
                 for _, kind, obj in list(self._backlog(resource, namespace, since)):
                     await send(kind, self._render(shape, obj))
+            if self.bookmark_then_end:
+                await send("BOOKMARK", bookmark())
+                return response
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
                 try:
@@ -361,13 +397,7 @@ class FakeKubeAPI:
                         item = await watcher.queue.get()
                 except TimeoutError:
                     if bookmarks:
-                        kind_name = KINDS[resource][0]
-                        mark = {
-                            "kind": kind_name,
-                            "apiVersion": "v1",
-                            "metadata": {"resourceVersion": str(self.version)},
-                        }
-                        await send("BOOKMARK", mark)
+                        await send("BOOKMARK", bookmark())
                     continue
                 if item is None:
                     break
@@ -433,6 +463,8 @@ class FakeKubeAPI:
         app.router.add_get(JWKS_PATH, self._issuer_document)
         for path in ("/version", "/api", "/apis", "/api/v1"):
             app.router.add_get(path, self._discovery)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_post("/fake/settings", self._settings)
         app.router.add_get("/api/v1/{resource}", self._collection)
         app.router.add_get("/api/v1/namespaces/{namespace}/{resource}", self._collection)
         app.router.add_get("/api/v1/namespaces/{namespace}/{resource}/{name}", self._object)
