@@ -245,18 +245,28 @@ class FakeKubeAPI:
         return [obj for (ns, _), obj in sorted(self.objects[resource].items()) if namespace in (None, ns)]
 
     async def _settings(self, request: web.Request) -> web.Response:
-        """POST /fake/settings: switches for a fake in a process of its own (not an API path)."""
+        """POST /fake/settings: switches for a fake in a process of its own (not an API path), and
+        two actions: `end_watches` (true) and `big_event_bytes` (a MODIFIED event of the first pod
+        with an annotation that long, on every pod watch; the stored pod is unchanged). Answers
+        the switches and the requests counted so far."""
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
         changes = await request.json()
         known = {"silent_watches", "bookmark_then_end", "empty_watches", "unavailable", "list_delay", "bookmark_every"}
-        if not isinstance(changes, dict) or not set(changes) <= known:
-            return web.json_response(_status(400, "BadRequest", f"settings: any of {sorted(known)}"), status=400)
-        for name, value in changes.items():
-            setattr(self, name, value)
-        if changes.get("unavailable"):
+        actions = {"end_watches", "big_event_bytes"}
+        if not isinstance(changes, dict) or not set(changes) <= known | actions:
+            return web.json_response(_status(400, "BadRequest", f"any of {sorted(known | actions)}"), status=400)
+        for name in known & set(changes):
+            setattr(self, name, changes[name])
+        if changes.get("unavailable") or changes.get("end_watches"):
             self.end_watches()
-        return web.json_response({name: getattr(self, name) for name in sorted(known)})
+        if changes.get("big_event_bytes") and self.objects["pods"]:
+            pod = json.loads(json.dumps(next(iter(self.objects["pods"].values()))))
+            pod["metadata"]["annotations"] = {"big": "x" * int(changes["big_event_bytes"])}
+            self.send_watch_event("pods", "MODIFIED", pod)
+        answer: dict[str, Any] = {name: getattr(self, name) for name in sorted(known)}
+        answer["requests"] = {f"{verb} {resource}": count for (verb, resource), count in sorted(self.requests.items())}
+        return web.json_response(answer)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         refused = self._refusal(request, "get", "readyz")
@@ -509,7 +519,7 @@ async def _serve(arguments: argparse.Namespace) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context())
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     print(json.dumps({"server": f"https://127.0.0.1:{port}", "ca_file": str(tls.ca_file)}), flush=True)
     await asyncio.Event().wait()
 
