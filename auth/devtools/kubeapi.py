@@ -87,6 +87,7 @@ class FakeKubeAPI:
         self.silent_watches = False  # open watches deliver nothing (no event, no bookmark) and stay open
         self.list_delay = 0.0  # seconds each list page waits before it is answered
         self.unavailable = False  # every API request gets 503 and open watches end
+        self.closing = False  # shutting down: watches end, also those opened on a kept-alive connection
         self._watchers: set[_Watcher] = set()
         self.held: list[tuple[_Watcher, tuple[int, str, dict[str, Any]]]] | None = None
         self.get_gate: asyncio.Event | None = None  # when set here, GET answers wait until it is set
@@ -401,7 +402,7 @@ class FakeKubeAPI:
                 await send("BOOKMARK", bookmark())
                 return response
             deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
+            while (left := deadline - time.monotonic()) > 0 and not self.closing:
                 try:
                     async with asyncio.timeout(min(left, self.bookmark_every)):
                         item = await watcher.queue.get()
@@ -465,6 +466,9 @@ class FakeKubeAPI:
         return response
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        # A client may still open a watch on a kept-alive connection after this; the flag ends it
+        # within bookmark_every, where it would otherwise hold the shutdown for 60 s.
+        self.closing = True
         self.end_watches()
 
     def app(self) -> web.Application:
