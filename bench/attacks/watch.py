@@ -39,6 +39,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.attacks.harness import wait_until_ready
 from bench.http import free_port
 
 AUDIENCE = "example.teleport.sh"
@@ -152,16 +153,7 @@ async def rig(source: Path | None, pods: int, list_delay: float = 0.0) -> AsyncI
                         cwd=code,
                         env={**os.environ, "PYTHONPATH": code},
                     )
-                for _ in range(600):
-                    try:
-                        async with session.get(found.kubejoin + "/readyz") as answer:
-                            if answer.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
-                else:
-                    raise RuntimeError("kubejoin serve did not get ready: " + found.stderr.read_text()[-2000:])
+            await wait_until_ready(found.kubejoin, serve, found.stderr)
             yield found
         finally:
             for process in (serve, fake):
