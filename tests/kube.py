@@ -58,10 +58,12 @@ async def start_kubejoin(
     *,
     synced: bool = True,
     binding: dict[str, Any] | None = None,
+    idle_timeout: float | None = None,
     **overrides: Any,
 ) -> Client:
     """kubejoin with one in_cluster join token allowing teleport-agent:app; by default returns once
-    the binding has listed everything and its watches are open."""
+    the binding has listed everything and its watches are open. `idle_timeout` stands in for
+    binding.watch_idle_timeout, whose smallest value (90 s) no test can wait for."""
     write_tokens(directory / "tokens.yaml", token_doc(kind="in_cluster"))
     overrides.setdefault("in_cluster", in_cluster(cluster))
     config = make_config(directory, binding=binding or {"mode": "watch"}, **overrides)
@@ -70,6 +72,8 @@ async def start_kubejoin(
     assert live is not None
     for reflector in live.reflectors.values():
         reflector.backoff = (0.01, 0.05)  # failures retry at once in tests
+        if idle_timeout is not None:
+            reflector.idle_timeout = idle_timeout
     client: Client = await aiohttp_client(app)
     if synced:
         async with asyncio.timeout(10):

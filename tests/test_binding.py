@@ -20,7 +20,7 @@ from tests.polling import wait_for
 from tests.service import AuditLog, join_body
 from verifier import VerificationError
 from verifier.claims import uid_key
-from verifier.k8s.api import ObjectMeta
+from verifier.k8s.api import POD, ApiError, KubeAPI, ObjectMeta
 from verifier.k8s.watch import Store
 
 BINDING_CODES: Final = {
@@ -49,6 +49,8 @@ async def join(client: Client, token: str) -> tuple[int, str]:
 
 
 def sample(client: Client, name: str, **labels: str) -> float:
+    if name.startswith("kubejoin_binding_"):  # the binding metrics name their cluster
+        labels.setdefault("cluster", "local")
     value = client.app[SERVICE].metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
@@ -157,6 +159,11 @@ async def join_awaiting_its_get(
 def object_requests(cluster: FakeCluster) -> dict[tuple[str, str], int]:
     """Requests for pods, service accounts and nodes (not the issuer's keys)."""
     return {key: count for key, count in cluster.api.requests.items() if key[1] in ("pods", "serviceaccounts", "nodes")}
+
+
+def object_gets(cluster: FakeCluster) -> dict[tuple[str, str], int]:
+    """GETs of single pods, service accounts and nodes: what a join may cost."""
+    return {key: count for key, count in object_requests(cluster).items() if key[0] == "get"}
 
 
 def _seen(binding: Any, cluster: FakeCluster) -> bool:
@@ -480,9 +487,9 @@ async def test_a_replacement_first_seen_in_a_relist_is_a_uid_mismatch(
     cluster.api.compact()
     cluster.api.end_watches()
     await wait_for(lambda: new in binding.stores["pod"], "the relist")
-    before = object_requests(cluster)
+    gets = object_gets(cluster)  # (the other kinds' watches, ended too, reopen after a backoff)
     assert await join(client, token) == (401, "pod_uid_mismatch")  # was pod_deleted
-    assert object_requests(cluster) == before
+    assert object_gets(cluster) == gets
 
 
 async def test_a_replacement_that_went_too_leaves_the_first_token_deleted(
@@ -500,24 +507,133 @@ async def test_a_replacement_that_went_too_leaves_the_first_token_deleted(
     assert (status, code) == (401, "pod_deleted")  # was pod_uid_mismatch, "it now has another uid"
 
 
+@pytest.mark.parametrize("mode", ["empty_watches", "bookmark_then_end"])
 async def test_a_watch_that_ends_at_once_backs_off(
-    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
+    """A watch ended at once, even right after a bookmark, is a failure: the waits grow. After a
+    bookmark it was reopened at once, about 15 times a second per kind (issue 20, item 5)."""
     client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
     pods = binding_of(client).reflectors["pod"]
     waits: list[int] = []
     back_off = pods._back_off
 
-    async def recorded(failures: int, why: str) -> None:
+    async def recorded(failures: int, why: str, **options: Any) -> None:
         waits.append(failures)
-        await back_off(failures, why)
+        await back_off(failures, why, **options)
 
     monkeypatch.setattr(pods, "_back_off", recorded)
-    cluster.api.empty_watches = True  # 200, no events, closed: once reopened in a tight loop
+    lists = cluster.api.requests["list", "pods"]
+    setattr(cluster.api, mode, True)  # 200, then nothing or one bookmark, then closed
     cluster.api.end_watches()
     await wait_for(lambda: len(waits) >= 3, "three backoffs")
     assert waits[:3] == [1, 2, 3]  # each quick end counts as one more failure: the waits grow
-    assert pods.synced  # the store is still current: nothing was missed
+    assert cluster.api.requests["list", "pods"] == lists  # resumed, not relisted: nothing was missed
+    assert sample(client, "kubejoin_binding_watch_restarts_total", kind="pod") >= 3
+    setattr(cluster.api, mode, False)
+    await wait_for(lambda: pods.synced, "the watch open again")  # synced again once a watch opens
+
+
+async def test_a_silent_watch_is_broken_after_the_idle_timeout(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    """A watch whose connection stays open but delivers nothing, not even bookmarks, was trusted
+    for ever (kubejoin_binding_synced 1, a deleted pod's token accepted for 600 s)."""
+    cluster.api.add_pod(NS, "app-1", service_account="app")
+    token = cluster.mint(NS, "app-1")
+    # the fake sends a bookmark every 0.2 s while it speaks
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, idle_timeout=0.5)
+    assert await join(client, token) == (200, "ok")
+    pods = binding_of(client).reflectors["pod"]
+    lists = cluster.api.requests["list", "pods"]
+    cluster.api.silent_watches = True  # a blackholed connection: open, and nothing arrives
+    cluster.api.delete("pods", NS, "app-1")  # its DELETED event is lost
+    assert await join(client, token) == (200, "ok")  # not known yet: nothing came
+    await wait_for(lambda: not pods.synced, "the pod kind unsynced")
+    assert sample(client, "kubejoin_binding_synced", kind="pod") == 0
+    cluster.api.silent_watches = False
+    await wait_for(lambda: pods.synced and cluster.api.requests["list", "pods"] > lists, "the relist")
+    assert await join(client, token) == (401, "pod_not_found")
+
+
+async def test_binding_watch_idle_timeout_reaches_every_watch(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    client = await start_kubejoin(
+        tmp_path, aiohttp_client, cluster, synced=False, binding={"mode": "watch", "watch_idle_timeout": "95s"}
+    )
+    assert [reflector.idle_timeout for reflector in binding_of(client).reflectors.values()] == [95.0] * 3
+
+
+async def test_a_wait_after_an_outage_ends_when_the_api_server_answers_again(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    """After failures the waits reach 30 s (x 0.5-1.5); an API server back meanwhile waited for
+    the rest of the wait (19 s measured), with the cache unsynced. /readyz is asked every
+    probe_every seconds during a wait that followed an unreachable API server."""
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    binding = binding_of(client)
+    pods = binding.reflectors["pod"]
+    for reflector in binding.reflectors.values():
+        reflector.probe_every = 0.05
+    cluster.api.unavailable = True  # 503 for everything, /readyz included
+    cluster.api.end_watches()
+    restarts = pods.restarts
+    await wait_for(lambda: pods.restarts >= restarts + 2, "a failed relist")  # the early end, then a 503
+    for reflector in binding.reflectors.values():
+        reflector.backoff = (30.0, 30.0)  # the next wait is long
+    restarts = pods.restarts
+    await wait_for(lambda: pods.restarts > restarts, "a wait of at least 15 s")
+    probes, began = cluster.api.requests["get", "readyz"], time.monotonic()
+    await wait_for(lambda: cluster.api.requests["get", "readyz"] >= probes + 6, "probes")  # still down: waiting on
+    # the three kinds share their probes: one per probe_every, not three
+    assert cluster.api.requests["get", "readyz"] - probes <= (time.monotonic() - began) / 0.05 + 2
+    assert not pods.synced
+    cluster.api.unavailable = False
+    await wait_for(lambda: binding.synced, "the relist")  # within a probe, not after 15-45 s
+
+
+async def test_an_oversized_watch_line_is_one_log_line(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An 8 MiB watch line logged a whole traceback on every retry; now one line with the reason."""
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster)
+    pods = binding_of(client).reflectors["pod"]
+    caplog.set_level(logging.INFO, logger="kubejoin.binding")
+    meta: dict[str, Any] = {"name": "big", "namespace": NS, "uid": "1c3d6de9-6000-41a6-adad-2509159c5b95"}
+    meta["annotations"] = {"junk": "x" * (8 * 2**20)}  # 8 MiB on one line
+    cluster.api.send_watch_event("pods", "MODIFIED", {"apiVersion": "v1", "kind": "Pod", "metadata": meta})
+    await wait_for(lambda: pods.restarts == 1 and pods.synced, "the relist")
+    records = [r for r in caplog.records if r.name == "kubejoin.binding" and r.levelno >= logging.WARNING]
+    assert [r.exc_info for r in records] == [None] * len(records) and records
+    [line] = [r.getMessage() for r in records if "pods" in r.getMessage()]
+    assert "an event line longer than 4194304 bytes" in line and len(line) < 400
+
+
+async def test_a_list_page_has_its_own_timeout_and_timeouts_say_what(cluster: FakeCluster) -> None:
+    """The 5 s request timeout bounded a list page too, and its TimeoutError was logged empty."""
+    cluster.api.add_pod(NS, "app-0", service_account="app")
+    cluster.api.list_delay = 0.3
+    options = {"api_server": cluster.url, "ca_file": str(cluster.tls.ca_file), "token_file": str(cluster.token_file)}
+    api = KubeAPI(**options, timeout=0.1, page_timeout=2.0)
+    try:
+        objects, _, _ = await api.list_page(POD, None)  # slower than one GET may be, within a page's time
+        assert [meta.name for meta in objects] == ["app-0"]
+        cluster.api.get_gate = asyncio.Event()  # GETs never answer
+        with pytest.raises(ApiError) as caught:
+            await api.get(POD, NS, "app-0")
+        assert str(caught.value) == f"GET /api/v1/namespaces/{NS}/pods/app-0: no complete answer within 0.1 s"
+        assert caught.value.unreachable
+    finally:
+        await api.close()
+    api = KubeAPI(**options, timeout=0.1, page_timeout=0.2)
+    try:
+        with pytest.raises(ApiError) as caught:
+            await api.list_page(POD, None)
+        assert str(caught.value) == "GET /api/v1/pods: no complete answer within 0.2 s"
+    finally:
+        await api.close()
+    cluster.api.get_gate.set()
 
 
 async def test_one_deletion_during_a_get_does_not_cost_its_result(

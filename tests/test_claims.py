@@ -240,3 +240,37 @@ def test_usual_claims_takes_real_tokens() -> None:
     assert usual_claims(text) is not None and usual_claims(text) == _reference(text)
     assert usual_claims(text.replace('"kubernetes.io"', '"kubernetesXio"')) is None
     assert usual_claims(json.dumps(_usual_payload(exp=1.5e9), separators=(",", ":"), sort_keys=True)) is None
+
+
+# DNS-1123 subdomains (apimachinery's IsDNS1123Subdomain): dot-separated labels, 253 at most.
+# `a..b` and `a.-b` passed the old one-run pattern.
+SUBDOMAINS = [
+    ("a", True),
+    ("a.b", True),
+    ("a-b.c-d", True),
+    ("ip-10-0-1-23.eu-west-1.compute.internal", True),
+    ("a" * 253, True),
+    ("a." * 126 + "a", True),  # 253 characters
+    ("a..b", False),
+    (".a", False),
+    ("a.", False),
+    ("-a", False),
+    ("a-", False),
+    ("a.-b", False),
+    ("a-.b", False),
+    ("a" * 254, False),
+    ("a." * 127 + "a", False),  # 255 characters
+]
+
+
+@pytest.mark.parametrize(("name", "valid"), SUBDOMAINS, ids=[name[:24] for name, _ in SUBDOMAINS])
+def test_names_are_dns_1123_subdomains(name: str, valid: bool) -> None:
+    assert (NAME_SYNTAX.fullmatch(name) is not None) == valid
+    assert (_NAME_AND_UID.fullmatch(f"{name}\x005c3d6de9-6000-41a6-adad-2509159c5b95") is not None) == valid
+    claim = {"pod": {"name": name, "uid": "5c3d6de9-6000-41a6-adad-2509159c5b95"}}
+    if valid:
+        assert _object(claim, "pod") is not None
+    else:
+        with pytest.raises(VerificationError) as refused:
+            _object(claim, "pod")
+        assert refused.value.code == "malformed_token"

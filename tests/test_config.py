@@ -62,6 +62,31 @@ def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"cluster_name": "c", "binding": {"mode": "poll"}}, "binding.mode: expected watch or off"),
         ({"cluster_name": "c", "binding": {"nodes": "yes"}}, "binding.nodes: expected true or false"),
         ({"cluster_name": "c", "binding": {"mode": "watch", "pods": True}}, "binding.pods: unknown key"),
+        ({"cluster_name": "c", "binding": {"watch_idle_timeout": 60}}, "binding.watch_idle_timeout: expected seconds"),
+        (
+            {"cluster_name": "c", "binding": {"watch_idle_timeout": "1m"}},
+            "binding.watch_idle_timeout: expected seconds",
+        ),
+        (
+            {"cluster_name": "c", "binding": {"watch_idle_timeout": True}},
+            "binding.watch_idle_timeout: expected seconds",
+        ),
+        (
+            {"cluster_name": "c", "binding": {"watch_idle_timeout": "soon"}},
+            "binding.watch_idle_timeout: expected a duration",
+        ),
+        (
+            {"cluster_name": "c", "binding": {"watch_idle_timeout": float("inf")}},
+            "binding.watch_idle_timeout: expected seconds",
+        ),
+        (
+            {"cluster_name": "c", "binding": {"watch_idle_timeout": float("nan")}},
+            "binding.watch_idle_timeout: expected seconds",
+        ),
+        (
+            {"cluster_name": "c", "binding": {"watch_idle_timeout": [150]}},
+            "binding.watch_idle_timeout: expected seconds",
+        ),
         ({"cluster_name": "c", "workers": 0}, "workers: expected auto or an integer from 1 to 256"),
         ({"cluster_name": "c", "workers": True}, "workers: expected auto"),
         ({"cluster_name": "c", "workers": "all"}, "workers: expected auto"),
@@ -70,6 +95,10 @@ def test_api_server_defaults_from_the_environment(tmp_path: Path, monkeypatch: p
         ({"cluster_name": "example.sh/ns/x#"}, "cluster_name: expected a lowercase DNS name"),
         ({"cluster_name": "Example.sh"}, "cluster_name: expected a lowercase DNS name"),
         ({"cluster_name": "a..b"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": ".a"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "a."}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "-a"}, "cluster_name: expected a lowercase DNS name"),
+        ({"cluster_name": "a.-b"}, "cluster_name: expected a lowercase DNS name"),
         ({"cluster_name": "x" * 64}, "cluster_name: expected a lowercase DNS name"),
     ],
 )
@@ -109,6 +138,21 @@ def test_binding_mode_reads_yamls_unquoted_off(tmp_path: Path, text: str, mode: 
     path.write_text(f"cluster_name: c\n{text}\n")
     config = load_config(str(path))
     assert (config.binding.mode, config.binding.nodes) == (mode, True)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("", 150.0),
+        ("{watch_idle_timeout: 90}", 90.0),
+        ("{watch_idle_timeout: 4m}", 240.0),
+        ("{watch_idle_timeout: 120.5}", 120.5),
+    ],
+)
+def test_binding_watch_idle_timeout(tmp_path: Path, text: str, seconds: float) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"cluster_name: c\nbinding: {text or '{}'}\n")
+    assert load_config(str(path)).binding.watch_idle_timeout == seconds
 
 
 def test_workers_auto_is_one_per_usable_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -126,6 +126,11 @@ INVALID: list[tuple[str, str, str]] = [
         "spec.kubernetes.allow[0]",
     ),
     (
+        "account-not-a-subdomain",  # DNS-1123: `a..b` passed the old one-run name pattern
+        _edit("spec.kubernetes.allow.0", {"service_account": "team:agent..x"}),
+        "spec.kubernetes.allow[0].service_account",
+    ),
+    (
         "typo-in-rule",
         _edit("spec.kubernetes.allow.0", {"service_acount": "a:b"}),
         "spec.kubernetes.allow[0].service_acount: unknown field",

@@ -24,7 +24,11 @@ LEGACY_PREFIX: Final = "kubernetes.io/serviceaccount/"
 # should not believe: these names end up in allow-rule matches and in certificate SANs.
 # (Groups that do not capture: _USUAL_CLAIMS embeds these and reads its own groups by position.)
 NAMESPACE_SYNTAX: Final = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
-NAME_SYNTAX: Final = re.compile(r"[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?")
+# A subdomain is dot-separated labels (apimachinery's IsDNS1123Subdomain: `a..b`, `.a`, `a.`,
+# `a.-b` are not names). Its 253-character bound is a lookahead over the run of name characters,
+# not `\Z`, so that the pattern still works inside _NAME_AND_UID, where a NUL follows the name.
+_DNS_LABEL: Final = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+NAME_SYNTAX: Final = re.compile(rf"(?![-.a-z0-9]{{254}}){_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _UID_SYNTAX: Final = re.compile(r"[A-Za-z0-9-]{1,64}")
 # The form the API server gives every uid it makes (a random UUID, lower-case hex).
 _CANONICAL_UID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -5,9 +5,12 @@ ServiceAccount issuer's discovery document and JWKS (from a LocalIssuer), API di
 `/api/v1`, `/apis`, `/version`), and pods, service accounts and nodes: list (paged with `limit` and
 `continue`), watch (ADDED, MODIFIED, DELETED, BOOKMARK, from a resourceVersion, an ERROR event
 with 410 Expired when that resourceVersion is older than the history kept) and get, each as full
-objects, as PartialObjectMetadata(List) or as a Table when the Accept header asks for it. Every
-request needs the bearer token. Tests change the objects, compact the history, forbid a resource
-(RBAC missing) or take the whole API down, and count the requests made.
+objects, as PartialObjectMetadata(List) or as a Table when the Accept header asks for it, and
+`/readyz`. Every request needs the bearer token. Tests change the objects, compact the history,
+forbid a resource (RBAC missing), take the whole API down, make watches go silent or end after one
+bookmark, slow lists down, and count the requests made. A fake run as a process of its own
+(`python -m auth.devtools.kubeapi`) takes the same switches at `POST /fake/settings` (a JSON
+object, e.g. `{"silent_watches": true}`), for measurements from outside.
 """
 
 from __future__ import annotations
@@ -80,7 +83,11 @@ class FakeKubeAPI:
         self.forbidden: set[str] = set()  # resources whose requests get 403, as without RBAC
         self.forbidden_verbs: set[tuple[str, str]] = set()  # (verb, resource) pairs that get 403
         self.empty_watches = False  # watches answer 200 with no events and end at once
+        self.bookmark_then_end = False  # watches send one bookmark and end
+        self.silent_watches = False  # open watches deliver nothing (no event, no bookmark) and stay open
+        self.list_delay = 0.0  # seconds each list page waits before it is answered
         self.unavailable = False  # every API request gets 503 and open watches end
+        self.closing = False  # shutting down: watches end, also those opened on a kept-alive connection
         self._watchers: set[_Watcher] = set()
         self.held: list[tuple[_Watcher, tuple[int, str, dict[str, Any]]]] | None = None
         self.get_gate: asyncio.Event | None = None  # when set here, GET answers wait until it is set
@@ -238,6 +245,36 @@ class FakeKubeAPI:
     def _selected(self, resource: str, namespace: str | None) -> list[dict[str, Any]]:
         return [obj for (ns, _), obj in sorted(self.objects[resource].items()) if namespace in (None, ns)]
 
+    async def _settings(self, request: web.Request) -> web.Response:
+        """POST /fake/settings: switches for a fake in a process of its own (not an API path), and
+        two actions: `end_watches` (true) and `big_event_bytes` (a MODIFIED event of the first pod
+        with an annotation that long, on every pod watch; the stored pod is unchanged). Answers
+        the switches and the requests counted so far."""
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(_status(401, "Unauthorized", "Unauthorized"), status=401)
+        changes = await request.json()
+        known = {"silent_watches", "bookmark_then_end", "empty_watches", "unavailable", "list_delay", "bookmark_every"}
+        actions = {"end_watches", "big_event_bytes"}
+        if not isinstance(changes, dict) or not set(changes) <= known | actions:
+            return web.json_response(_status(400, "BadRequest", f"any of {sorted(known | actions)}"), status=400)
+        for name in known & set(changes):
+            setattr(self, name, changes[name])
+        if changes.get("unavailable") or changes.get("end_watches"):
+            self.end_watches()
+        if changes.get("big_event_bytes") and self.objects["pods"]:
+            pod = json.loads(json.dumps(next(iter(self.objects["pods"].values()))))
+            pod["metadata"]["annotations"] = {"big": "x" * int(changes["big_event_bytes"])}
+            self.send_watch_event("pods", "MODIFIED", pod)
+        answer: dict[str, Any] = {name: getattr(self, name) for name in sorted(known)}
+        answer["requests"] = {f"{verb} {resource}": count for (verb, resource), count in sorted(self.requests.items())}
+        return web.json_response(answer)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request, "get", "readyz")
+        if refused is not None:
+            return refused
+        return web.Response(text="ok")
+
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         resource = request.match_info["resource"]
         namespace = request.match_info.get("namespace")
@@ -250,6 +287,8 @@ class FakeKubeAPI:
         refused = self._refusal(request, "list", resource)
         if refused is not None:
             return refused
+        if self.list_delay:
+            await asyncio.sleep(self.list_delay)
         limit = int(request.query.get("limit", "0") or 0)
         token = request.query.get("continue")
         if token:
@@ -338,7 +377,12 @@ class FakeKubeAPI:
         await response.prepare(request)
 
         async def send(kind: str, obj: dict[str, Any]) -> None:
-            await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+            if not self.silent_watches:  # a blackholed connection: it stays open, nothing arrives
+                await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+        def bookmark() -> dict[str, Any]:
+            metadata = {"resourceVersion": str(self.version)}
+            return {"kind": KINDS[resource][0], "apiVersion": "v1", "metadata": metadata}
 
         watcher = _Watcher(resource, namespace)
         self._watchers.add(watcher)
@@ -354,20 +398,17 @@ class FakeKubeAPI:
                     return response
                 for _, kind, obj in list(self._backlog(resource, namespace, since)):
                     await send(kind, self._render(shape, obj))
+            if self.bookmark_then_end:
+                await send("BOOKMARK", bookmark())
+                return response
             deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
+            while (left := deadline - time.monotonic()) > 0 and not self.closing:
                 try:
                     async with asyncio.timeout(min(left, self.bookmark_every)):
                         item = await watcher.queue.get()
                 except TimeoutError:
                     if bookmarks:
-                        kind_name = KINDS[resource][0]
-                        mark = {
-                            "kind": kind_name,
-                            "apiVersion": "v1",
-                            "metadata": {"resourceVersion": str(self.version)},
-                        }
-                        await send("BOOKMARK", mark)
+                        await send("BOOKMARK", bookmark())
                     continue
                 if item is None:
                     break
@@ -425,6 +466,9 @@ class FakeKubeAPI:
         return response
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        # A client may still open a watch on a kept-alive connection after this; the flag ends it
+        # within bookmark_every, where it would otherwise hold the shutdown for 60 s.
+        self.closing = True
         self.end_watches()
 
     def app(self) -> web.Application:
@@ -433,6 +477,8 @@ class FakeKubeAPI:
         app.router.add_get(JWKS_PATH, self._issuer_document)
         for path in ("/version", "/api", "/apis", "/api/v1"):
             app.router.add_get(path, self._discovery)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_post("/fake/settings", self._settings)
         app.router.add_get("/api/v1/{resource}", self._collection)
         app.router.add_get("/api/v1/namespaces/{namespace}/{resource}", self._collection)
         app.router.add_get("/api/v1/namespaces/{namespace}/{resource}/{name}", self._object)
@@ -477,7 +523,7 @@ async def _serve(arguments: argparse.Namespace) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_context())
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     print(json.dumps({"server": f"https://127.0.0.1:{port}", "ca_file": str(tls.ca_file)}), flush=True)
     await asyncio.Event().wait()
 

@@ -4,6 +4,7 @@ names the key path, e.g. `verification.leeway: expected a duration such as 90s, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +26,9 @@ MAX_WORKERS: Final = 256
 _LABEL: Final = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME: Final = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*", re.ASCII)
 SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
+# kube-apiserver sends each watch a bookmark about once a minute; a watch idle timeout must leave
+# room for one to be late, or quiet watches would be cut and relisted for nothing.
+MIN_WATCH_IDLE_TIMEOUT: Final = 90.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class Binding:
 
     mode: str = "off"  # "off" or "watch"
     nodes: bool = True
+    # seconds a watch may deliver nothing, not even a bookmark, before it is treated as broken
+    watch_idle_timeout: float = 150.0
 
 
 @dataclass(frozen=True)
@@ -247,8 +253,19 @@ def _binding(top: _Reader) -> Binding:
     nodes = reader.get("nodes", True)
     if not isinstance(nodes, bool):
         raise ConfigError(f"binding.nodes: expected true or false, got {nodes!r}")
+    idle = reader.get("watch_idle_timeout", Binding.watch_idle_timeout)
+    if isinstance(idle, str):  # also a duration, as every other time in this file
+        try:
+            idle = parse_duration(idle)
+        except ValueError as exc:
+            raise ConfigError(f"binding.watch_idle_timeout: {exc}") from None
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or not MIN_WATCH_IDLE_TIMEOUT <= idle < math.inf:
+        raise ConfigError(
+            f"binding.watch_idle_timeout: expected seconds, at least {MIN_WATCH_IDLE_TIMEOUT:g} (the API server "
+            f"sends a bookmark about once a minute), got {idle!r}"
+        )
     reader.finish()
-    return Binding(mode, nodes)
+    return Binding(mode, nodes, float(idle))
 
 
 def _token_review(top: _Reader, default_ttl: float, binding: Binding, cluster_name: str) -> TokenReview | None:

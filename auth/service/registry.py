@@ -86,7 +86,14 @@ class Cluster:
         self.binding: LiveBinding | None = None
         if spec.watch:
             assert api is not None  # and with binding watch
-            self.binding = LiveBinding(api, leeway=config.verification.leeway, nodes=spec.nodes, clock=clock)
+            self.binding = LiveBinding(
+                api,
+                leeway=config.verification.leeway,
+                nodes=spec.nodes,
+                clock=clock,
+                # the config's binding.watch_idle_timeout holds for every cluster's watches
+                watch_idle_timeout=config.binding.watch_idle_timeout,
+            )
 
     @property
     def name(self) -> str:

@@ -152,7 +152,11 @@ class Service:
         self.binding: LiveBinding | None = None
         if config.binding.mode == "watch" and config.in_cluster is not None:
             binding = LiveBinding(
-                kube_api(config.in_cluster), leeway=config.verification.leeway, nodes=config.binding.nodes, clock=clock
+                kube_api(config.in_cluster),
+                leeway=config.verification.leeway,
+                nodes=config.binding.nodes,
+                clock=clock,
+                watch_idle_timeout=config.binding.watch_idle_timeout,
             )
             self.binding = binding
         self.clusters = ClusterRegistry(config, metrics, clock=clock)

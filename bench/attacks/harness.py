@@ -69,6 +69,23 @@ def _output_files(work: Path) -> tuple[BinaryIO, BinaryIO]:
     return open(work / "join.log", "wb"), open(work / "stderr.log", "wb")
 
 
+async def wait_until_ready(base: str, process: asyncio.subprocess.Process, stderr: Path) -> None:
+    """Waits (at most 30 s) for `kubejoin serve` at base to answer /readyz with 200."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(base + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if process.returncode is not None:
+                raise RuntimeError("kubejoin serve exited: " + await asyncio.to_thread(stderr.read_text))
+            await asyncio.sleep(0.1)
+    said = await asyncio.to_thread(stderr.read_text)
+    raise RuntimeError("kubejoin serve did not get ready in 30 s: " + said[-2000:])
+
+
 @asynccontextmanager
 async def serve(
     source: Path | None, limits: dict[str, Any] | None = None, *, token_review: bool = False
@@ -104,17 +121,7 @@ async def serve(
             )
         server = Server(process, port, issuer, public_keys(4), work)
         try:
-            async with aiohttp.ClientSession() as session:
-                for _ in range(300):
-                    try:
-                        async with session.get(server.base + "/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    if process.returncode is not None:
-                        raise RuntimeError("kubejoin serve exited: " + (work / "stderr.log").read_text())
-                    await asyncio.sleep(0.1)
+            await wait_until_ready(server.base, process, work / "stderr.log")
             yield server
         finally:
             if process.returncode is None:

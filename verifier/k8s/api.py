@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import aiohttp
+from aiohttp.http_exceptions import LineTooLong
 
 from ..errors import KeySourceError
 from ..jose import load_strict_json
@@ -35,7 +36,11 @@ from ..sources import MAX_RESPONSE_BYTES, RemoteKeySource, max_age_of, read_limi
 # The API server's metadata-only representations (meta.k8s.io/v1), with full objects as fallback.
 META_LIST_ACCEPT: Final = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 META_ACCEPT: Final = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
+# A GET of one object (a join may be waiting on it), discovery, the JWKS, and any connection.
 REQUEST_TIMEOUT: Final = 5.0
+# One page of a list, headers and body: 500 objects can take an API server under load longer
+# than one object does. kube-apiserver gives up on a request itself after 60 s (--request-timeout).
+PAGE_TIMEOUT: Final = 60.0
 LIST_PAGE: Final = 500  # client-go's reflector pages its lists the same way
 
 
@@ -64,11 +69,15 @@ KINDS: Final = (SERVICE_ACCOUNT, POD, NODE)
 
 
 class ApiError(Exception):
-    """A request to the API server failed: `status` is the HTTP status, 0 when none came back."""
+    """A request to the API server failed: `status` is the HTTP status, 0 when none came back.
+    `unreachable` when the server could not be reached or said it cannot serve (no connection,
+    a timeout, a connection cut, 502, 503, 504): retrying is worth it as soon as it answers again.
+    An answer it gave on purpose (403, 410, 429, a bad body) is not that."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, unreachable: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.unreachable = unreachable or status in (502, 503, 504)
 
 
 class ObjectMeta(NamedTuple):
@@ -128,6 +137,7 @@ class KubeAPI:
         token_file: str | None = None,
         kubeconfig: str | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        page_timeout: float = PAGE_TIMEOUT,
     ) -> None:
         if (kubeconfig is None) == (api_server is None):
             raise ValueError("give either api_server or kubeconfig")
@@ -136,8 +146,11 @@ class KubeAPI:
         self._token_file = token_file
         self._kubeconfig = kubeconfig
         self.timeout = timeout
+        self.page_timeout = page_timeout
         self._api: Any = None  # kubernetes_asyncio.client.ApiClient
         self._building: asyncio.Lock | None = None
+        self._probe: asyncio.Future[bool] | None = None
+        self._probed_at = 0.0
 
     @property
     def label(self) -> str:
@@ -184,12 +197,21 @@ class KubeAPI:
         return configuration
 
     async def open(
-        self, path: str, *, query: list[tuple[str, str]] | None = None, accept: str, read_timeout: float | None = None
+        self,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        accept: str,
+        total: float | None = None,
+        read_timeout: float | None = None,
     ) -> aiohttp.ClientResponse:
-        """Starts a GET and returns the streaming response (2xx only); raises ApiError."""
-        timeout = aiohttp.ClientTimeout(
-            total=None if read_timeout else self.timeout, sock_connect=self.timeout, sock_read=read_timeout
-        )
+        """Starts a GET and returns the streaming response (2xx only); raises ApiError.
+
+        `total` bounds the whole answer, body included (default: `timeout`); a stream (a watch)
+        gives `read_timeout` instead, the longest silence between two reads."""
+        if read_timeout is None and total is None:
+            total = self.timeout
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.timeout, sock_read=read_timeout)
         try:
             client = await self._client()
             response = await client.call_api(
@@ -204,10 +226,9 @@ class KubeAPI:
             )
         except ApiError:
             raise
-        except OSError as exc:  # the token file is unreadable, the connection refused, ...
-            raise ApiError(0, f"GET {path}: {exc}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(0, f"GET {path}: {type(exc).__name__}: {exc}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # OSError: the token file unreadable, the connection refused, ...
+            raise _failed(f"GET {path}", exc, timeout) from None
         if 200 <= response.status < 300:
             return response  # type: ignore[no-any-return]
         try:
@@ -216,26 +237,53 @@ class KubeAPI:
             response.release()
         raise ApiError(response.status, f"GET {path} answered {response.status}: {_status_message(body)}")
 
-    async def read(self, path: str, *, query: list[tuple[str, str]] | None = None, accept: str) -> bytes:
-        """The whole body of a GET, at most MAX_RESPONSE_BYTES * 64 (a list page); raises ApiError."""
-        response = await self.open(path, query=query, accept=accept)
+    async def read(
+        self, path: str, *, query: list[tuple[str, str]] | None = None, accept: str, total: float | None = None
+    ) -> bytes:
+        """The whole body of a GET, at most MAX_RESPONSE_BYTES * 64 (a list page), within `total`
+        seconds (default: `timeout`), body included; raises ApiError."""
+        timeout = aiohttp.ClientTimeout(total=total or self.timeout, sock_connect=self.timeout)
+        response = await self.open(path, query=query, accept=accept, total=timeout.total)
         try:
-            async with asyncio.timeout(self.timeout * 6):
-                body = await read_limited(response.content, MAX_RESPONSE_BYTES * 64)
+            # aiohttp's total timeout runs on through the body: no timeout of our own here
+            body = await read_limited(response.content, MAX_RESPONSE_BYTES * 64)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(0, f"GET {path}: reading the answer failed: {type(exc).__name__}") from None
+            raise _failed(f"GET {path}: reading the answer", exc, timeout) from None
         finally:
             response.release()
         if body is None:
             raise ApiError(0, f"GET {path}: answer too large")
         return body
 
+    async def ready(self, *, shared_within: float = 0.0) -> bool:
+        """Whether the API server says it can serve (GET /readyz answers 2xx; kube-apiserver lets
+        every caller ask). Callers share a probe in flight, and one that started less than
+        `shared_within` seconds ago: the reflectors of one API server waiting out a backoff ask
+        at the same ticks, and one request answers them all."""
+        loop = asyncio.get_running_loop()
+        probe = self._probe
+        if probe is None or (probe.done() and loop.time() - self._probed_at >= shared_within):
+            self._probed_at = loop.time()
+            probe = self._probe = asyncio.ensure_future(self._probe_once())
+        return await asyncio.shield(probe)
+
+    async def _probe_once(self) -> bool:
+        try:
+            response = await self.open("/readyz", accept="text/plain")
+        except ApiError:
+            return False
+        response.release()
+        return True
+
     async def list_page(self, kind: Kind, continue_token: str | None) -> tuple[list[ObjectMeta], str, str | None]:
         """One page of a list: its objects, the list's resourceVersion, the continue token."""
         query = [("limit", str(LIST_PAGE))]
         if continue_token:
             query.append(("continue", continue_token))
-        document = _json(await self.read(kind.collection, query=query, accept=META_LIST_ACCEPT))
+        # each page within its own time: a list of 100,000 objects is 200 requests
+        document = _json(
+            await self.read(kind.collection, query=query, accept=META_LIST_ACCEPT, total=self.page_timeout)
+        )
         items, meta = document.get("items"), document.get("metadata")
         if not isinstance(items, list) or not isinstance(meta, dict):
             raise ApiError(0, f"GET {kind.collection}: not a list")
@@ -255,8 +303,16 @@ class KubeAPI:
             raise
         return ObjectMeta.decode(_json(body))
 
-    async def watch(self, kind: Kind, resource_version: str, timeout_seconds: int) -> AsyncIterator[WatchEvent]:
+    async def watch(
+        self,
+        kind: Kind,
+        resource_version: str,
+        timeout_seconds: int,
+        *,
+        opened: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Events after resource_version until the server ends the watch (after timeout_seconds).
+        Calls `opened` once the API server has accepted the watch (its answer's headers came).
         Raises ApiError; status 410 when resource_version is too old (relist)."""
         from kubernetes_asyncio.client.exceptions import ApiException
         from kubernetes_asyncio.watch import Watch
@@ -270,7 +326,13 @@ class KubeAPI:
                 ("timeoutSeconds", str(timeout_seconds)),
             ]
             # the server ends the stream after timeout_seconds; silence beyond that is a dead peer
-            return await self.open(kind.collection, query=query, accept=META_ACCEPT, read_timeout=timeout_seconds + 30)
+            # (the reflector's idle timeout, shorter, is what normally notices one)
+            response = await self.open(
+                kind.collection, query=query, accept=META_ACCEPT, read_timeout=timeout_seconds + 30
+            )
+            if opened is not None:
+                opened()
+            return response
 
         watcher = Watch()  # `start` names no return type: events stay dicts, never models
         try:
@@ -284,17 +346,54 @@ class KubeAPI:
                     yield WatchEvent(kind_of, None, version)
                 elif kind_of in ("ADDED", "MODIFIED", "DELETED"):
                     yield WatchEvent(kind_of, ObjectMeta.decode(event.get("raw_object")), version)
+        except ApiError:  # from `start`, or an object without metadata
+            raise
         except ApiException as exc:
             raise ApiError(exc.status or 0, f"watch of {kind.resource}: {exc.reason}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(0, f"watch of {kind.resource}: {type(exc).__name__}: {exc}") from None
+            raise _failed(
+                f"watch of {kind.resource}", exc, aiohttp.ClientTimeout(sock_read=timeout_seconds + 30)
+            ) from None
+        except LineTooLong as exc:  # aiohttp's line limit: twice kubernetes_asyncio's read_bufsize
+            limit = exc.args[1] if len(exc.args) > 1 else "its limit of"
+            raise ApiError(
+                0,
+                f"watch of {kind.resource}: an event line longer than {limit} bytes (objects the API "
+                "server stores are at most about 1.5 MiB); relisting instead",
+            ) from None
+        except Exception as exc:  # kubernetes_asyncio raises bare Exception, KeyError, ... for events it cannot read
+            raise ApiError(
+                0, f"watch of {kind.resource}: an event the client library could not read ({_brief(exc)})"
+            ) from None
         finally:
             await watcher.close()
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         if self._api is not None:
             await self._api.close()
             self._api = None
+
+
+def _failed(what: str, exc: BaseException, timeout: aiohttp.ClientTimeout) -> ApiError:
+    """A request that got no (whole) answer, said in words: a TimeoutError's own text is empty."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        said = f"no connection within {timeout.sock_connect:g} s"
+    elif isinstance(exc, aiohttp.SocketTimeoutError):
+        said = f"nothing received for {timeout.sock_read:g} s"
+    elif isinstance(exc, TimeoutError):
+        said = f"no complete answer within {timeout.total:g} s" if timeout.total else "timed out"
+    else:
+        said = _brief(exc)
+    return ApiError(0, f"{what}: {said}", unreachable=True)
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception's type and the start of its text (a library may put a whole event in it)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}" if text else type(exc).__name__
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from cachetools import TTLCache
 from ..errors import BindingRefusal, Reason
 from ..identity import Identity, ObjectRef
 from .api import KINDS, NODE, POD, SERVICE_ACCOUNT, ApiError, Kind, KubeAPI, ObjectMeta
-from .watch import BACKOFF, WATCH_SECONDS, Reflector, Store
+from .watch import BACKOFF, WATCH_IDLE_TIMEOUT, WATCH_SECONDS, Reflector, Store
 
 log = logging.getLogger("kubejoin.binding")
 
@@ -89,6 +89,7 @@ class LiveBinding:
         clock: Callable[[], float] = time.time,
         backoff: tuple[float, float] = BACKOFF,
         watch_seconds: tuple[int, int] = WATCH_SECONDS,
+        watch_idle_timeout: float = WATCH_IDLE_TIMEOUT,
     ) -> None:
         self.api = api
         self._leeway = leeway
@@ -106,6 +107,7 @@ class LiveBinding:
                 on_forbidden=self._forbidden,
                 backoff=backoff,
                 watch_seconds=watch_seconds,
+                idle_timeout=watch_idle_timeout,
             )
             for kind in self.kinds
         }

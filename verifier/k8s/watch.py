@@ -2,16 +2,23 @@
 watch from the list's resourceVersion with bookmarks; a watch the server ends is resumed from the
 last resourceVersion seen; `410 Gone` relists at once; any other failure relists after a backoff
 with jitter. The store keeps answering, from what it last knew, all the while.
+
+Beyond client-go: a watch that delivers nothing, not even the bookmark the API server sends about
+once a minute, for `idle_timeout` is broken (a blackholed connection, a stuck proxy) and relists;
+a watch the server ends early counts as a failure even if a bookmark came first (else a proxy that
+cuts every watch would have it reopened many times a second); and a wait after the API server
+could not be reached ends as soon as its /readyz answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from ..claims import uid_key
 from ..identity import UidKey
@@ -24,7 +31,13 @@ V = TypeVar("V")
 GONE_REMEMBERED: Final = 16384  # uids seen deleted or replaced, per kind
 WATCH_SECONDS: Final = (300, 600)  # the server ends each watch after a random time in this range
 BACKOFF: Final = (0.5, 30.0)  # first and longest wait after a failure
-QUICK_END: Final = 1.0  # a watch that ends this soon with no event counts as a failure
+# kube-apiserver sends a bookmark to every watch that asks, about once a minute: two and a half
+# minutes of silence is a connection that no longer delivers (binding.watch_idle_timeout)
+WATCH_IDLE_TIMEOUT: Final = 150.0
+# A watch the server ends sooner than this (and sooner than it was asked to last) counts as a
+# failure, whatever it delivered first; failures are forgotten only after a watch that lasted.
+HEALTHY_WATCH: Final = 60.0
+PROBE_EVERY: Final = 1.0  # while waiting after "unreachable", ask /readyz this often
 
 
 class Recent(Generic[K, V]):
@@ -170,9 +183,18 @@ class Snapshot:
             self.appeared.append((name, key))
 
 
+class WatchEnd(NamedTuple):
+    """How a watch the server ended went."""
+
+    version: str  # the last resourceVersion seen: the next watch resumes from it
+    lasted: float  # seconds
+    healthy: bool  # it lasted `healthy_watch` seconds, or as long as it was asked to
+
+
 class Reflector:
     """Keeps one Store in step with the API server. `synced` is true while the last list
-    completed and the watch runs; `restarts` counts relists after a failure or a 410."""
+    completed and a watch from it is open (or about to reopen at once); `restarts` counts
+    relists after a failure or a 410, and watches that ended early."""
 
     def __init__(
         self,
@@ -182,6 +204,9 @@ class Reflector:
         *,
         backoff: tuple[float, float] = BACKOFF,
         watch_seconds: tuple[int, int] = WATCH_SECONDS,
+        idle_timeout: float = WATCH_IDLE_TIMEOUT,
+        healthy_watch: float = HEALTHY_WATCH,
+        probe_every: float = PROBE_EVERY,
         on_forbidden: Callable[[str, Kind], None] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -193,6 +218,9 @@ class Reflector:
         self.synced_event = asyncio.Event()
         self.changed = asyncio.Event()  # set after every event applied (for waiting, not polling)
         self.backoff = backoff
+        self.idle_timeout = idle_timeout
+        self.healthy_watch = healthy_watch
+        self.probe_every = probe_every
         self._watch_seconds = watch_seconds
         self._on_forbidden = on_forbidden
         self._rng = rng
@@ -210,30 +238,52 @@ class Reflector:
         self.store.replace(snapshot)
         return version
 
-    async def _watch(self, version: str) -> tuple[str, bool]:
-        """Applies the events of one watch; returns the last resourceVersion and whether any
-        event (bookmarks included) arrived."""
+    def _opened(self) -> None:
+        # A watch resumed from the store's resourceVersion is open again: the store is current.
+        self.synced = True
+
+    async def _watch(self, version: str) -> WatchEnd:
+        """Applies the events of one watch until the server ends it. Raises ApiError if nothing,
+        not even a bookmark, came for `idle_timeout`."""
         low, high = self._watch_seconds
         seconds = low + int(self._rng() * (high - low))
-        seen = False
-        async for event in self.api.watch(self.kind, version, seconds):
-            seen = True
-            version = event.resource_version
-            if event.object is None:  # BOOKMARK: only the resourceVersion moves on
-                continue
-            if event.type == "DELETED":
-                self.store.remove(event.object)
-            else:
-                self.store.put(event.object)
-            self.changed.set()
-        return version, seen
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        # bounded: a server that never ends the watch it was asked to end is left after this
+        give_up = opened + seconds + self.idle_timeout
+        events = self.api.watch(self.kind, version, seconds, opened=self._opened)
+        async with contextlib.aclosing(events):
+            while loop.time() < give_up:
+                try:
+                    async with asyncio.timeout(self.idle_timeout) as idle:
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if not idle.expired():
+                        raise
+                    raise ApiError(
+                        0,
+                        f"watch of {self.kind.resource}: nothing received, not even a bookmark, for "
+                        f"{self.idle_timeout:g} s (binding.watch_idle_timeout): treating it as broken",
+                    ) from None
+                version = event.resource_version
+                if event.object is None:  # BOOKMARK: only the resourceVersion moves on
+                    continue
+                if event.type == "DELETED":
+                    self.store.remove(event.object)
+                else:
+                    self.store.put(event.object)
+                self.changed.set()
+        lasted = loop.time() - opened
+        return WatchEnd(version, lasted, lasted >= min(self.healthy_watch, seconds))
 
     async def run(self) -> None:
         failures = 0
+        gone = 0  # 410s since the last watch that lasted
         version: str | None = None
         verb = "list"
-        loop = asyncio.get_running_loop()
-        while True:
+        while True:  # until cancelled: every path through it either watches or waits
             try:
                 if version is None:
                     verb = "list"
@@ -241,15 +291,19 @@ class Reflector:
                     self.synced = True
                     self.synced_event.set()
                 verb = "watch"
-                opened = loop.time()
-                version, seen = await self._watch(version)
-                if seen or loop.time() - opened >= QUICK_END:
-                    failures = 0
+                end = await self._watch(version)
+                version = end.version
+                if end.healthy:
+                    failures = gone = 0
                     continue
-                # Ended at once with nothing in it (a proxy cutting it, a broken server): client-go
-                # counts that as a failure too, or the watch would be reopened in a tight loop.
+                # Ended early (a proxy cutting it, a server restarting): resumed from `version`,
+                # nothing is lost, but only after a backoff, or a proxy that cuts every watch
+                # right after a bookmark has it reopened many times a second.
                 failures += 1
-                await self._back_off(failures, f"the {self.kind.resource} watch ended at once")
+                self.restarts += 1
+                self.synced = False  # until the next watch opens: deletions meanwhile are unseen
+                why = f"the {self.kind.resource} watch ended after {end.lasted:.1f} s"
+                await self._back_off(failures, why, probe=False)
             except Exception as exc:  # anything but cancellation: the store must not go stale silently
                 status = exc.status if isinstance(exc, ApiError) else 0
                 if not isinstance(exc, ApiError):
@@ -258,16 +312,38 @@ class Reflector:
                 self.synced_event.clear()
                 self.restarts += 1
                 version = None
+                if status == 410:
+                    gone += 1
+                    if gone == 1:  # the usual case: relist at once
+                        log.info("binding: %s watch expired (410 Gone); relisting", self.kind.resource)
+                        continue
                 failures += 1
-                if status == 410 and failures == 1:  # the usual case: relist at once
-                    log.info("binding: %s watch expired (410 Gone); relisting", self.kind.resource)
-                    continue
                 if status == 403 and self._on_forbidden is not None:
                     self._on_forbidden(verb, self.kind)
-                await self._back_off(failures, f"{self.kind.resource} {verb} failed ({exc})")
+                unreachable = isinstance(exc, ApiError) and exc.unreachable
+                await self._back_off(failures, f"{self.kind.resource} {verb} failed ({exc})", probe=unreachable)
 
-    async def _back_off(self, failures: int, why: str) -> None:
+    async def _back_off(self, failures: int, why: str, *, probe: bool) -> None:
+        """Waits before a retry, longer after each failure. With `probe` (the API server could not
+        be reached), the wait ends as soon as its /readyz answers: an API server that comes back
+        gets a relist at once, not after up to 45 s of a cache that no watch keeps current."""
         low, high = self.backoff
         delay = min(low * 2 ** min(failures - 1, 16), high) * (0.5 + self._rng())
         log.warning("binding: %s; retrying in %.1f s", why, delay)
-        await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        every = self.probe_every
+        for _ in range(int(delay / every) + 1 if probe else 0):
+            # on the ticks of a grid, so that the kinds waiting on one API server ask together
+            await asyncio.sleep(every - loop.time() % every)
+            if loop.time() >= deadline:
+                return
+            try:  # a probe that hangs ends with the wait (the probe itself goes on, shared)
+                async with asyncio.timeout(deadline - loop.time()):
+                    ready = await self.api.ready(shared_within=every / 2)
+            except TimeoutError:
+                return
+            if ready:
+                log.info("binding: the API server answers again; %s retried now", self.kind.resource)
+                return
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
