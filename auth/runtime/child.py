@@ -18,7 +18,7 @@ from .worker import READY
 
 # Long enough for a garbage collection or the first list of 100,000 pods, short enough that a
 # stopped worker's queued connections are served by its replacement within seconds.
-HEARTBEAT_TIMEOUT: Final = 10.0
+HEARTBEAT_TIMEOUT: Final = 5.0
 
 
 class Ended(NamedTuple):
