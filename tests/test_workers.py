@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -50,6 +51,11 @@ class Served:
         """The pids of the supervisor's children (its workers)."""
         pid = self.process.pid
         return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+    def replaced(self, worker: int) -> bool:
+        """Whether `worker` is gone and another took its place."""
+        now = self.workers()
+        return worker not in now and len(now) == WORKERS
 
     async def metric(self, line_prefix: str) -> float:
         """The sum of the samples whose exposition line starts with line_prefix."""
@@ -363,17 +369,22 @@ async def test_a_stopped_worker_is_replaced_and_sigterm_still_exits_0(tmp_path: 
     assert f"(pid {victim}) stopped answering its heartbeat" in stderr
 
 
+def metrics_directory(worker: int) -> Path:
+    """The multiprocess metrics directory a worker was given."""
+    environ = Path(f"/proc/{worker}/environ").read_text().split("\0")
+    return Path(next(entry.split("=", 1)[1] for entry in environ if entry.startswith("PROMETHEUS_MULTIPROC_DIR=")))
+
+
+def database_files(directory: Path) -> dict[str, int]:
+    """prometheus_client's files under directory (retired generations included): their sizes."""
+    return {str(path): path.stat().st_size for path in directory.rglob("*.db")}
+
+
 async def test_the_metrics_directory_stays_bounded_as_workers_are_replaced(tmp_path: Path) -> None:
     """Before: each replaced worker left its files (12 kills: 14 to 36 files), until the emptyDir
     was full. Now a dead worker's counts are folded into one retired generation."""
     async with serve_workers(tmp_path) as served:
-        directory = Path(
-            next(
-                entry.split("=", 1)[1]
-                for entry in Path(f"/proc/{min(served.workers())}/environ").read_text().split("\0")
-                if entry.startswith("PROMETHEUS_MULTIPROC_DIR=")
-            )
-        )
+        directory = metrics_directory(min(served.workers()))
         joins = 0
         for _ in range(6):
             assert await join(served, join_body(pod_token(served.issuer))) == 200
@@ -381,15 +392,15 @@ async def test_the_metrics_directory_stays_bounded_as_workers_are_replaced(tmp_p
             victim = min(served.workers())
             os.kill(victim, signal.SIGKILL)
             await wait_for(
-                lambda: victim not in (now := served.workers()) and len(now) == WORKERS,
+                functools.partial(served.replaced, victim),
                 "a replacement",
                 within=30,
                 every=0.1,
             )
             await served.wait_all_ready()
-            files = list(directory.rglob("*.db"))
-            assert len(files) <= FILES_PER_WORKER * WORKERS + RETIRED_FILES, sorted(map(str, files))
-            assert sum(path.stat().st_size for path in files) <= directory_bound(WORKERS)
+            files = database_files(directory)
+            assert len(files) <= FILES_PER_WORKER * WORKERS + RETIRED_FILES, sorted(files)
+            assert sum(files.values()) <= directory_bound(WORKERS)
         # the dead workers' counts stay in the sums
         assert await served.metric('kubejoin_join_attempts_total{reason="ok"') == joins
         assert await served.metric("kubejoin_join_duration_seconds_count") == joins
