@@ -119,6 +119,7 @@ def fold_retired(pid: int, directory: str) -> None:
     if counts:
         number = generations[-1][0] + 1 if generations else 1
         staging = os.path.join(directory, f"new-{RETIRED}{number}")
+        shutil.rmtree(staging, ignore_errors=True)  # what a fold that failed halfway left
         os.mkdir(staging)
         retired = glob.glob(os.path.join(previous, "*.db")) if previous else []
         merged = MultiProcessCollector.merge(retired + counts, accumulate=False)  # type: ignore[no-untyped-call]

@@ -65,3 +65,10 @@ def test_the_directory_is_bounded_by_the_live_workers_however_many_died(tmp_path
     assert totals["joins_total[('reason', 'ok')]"] == 61
     assert totals["duration_count[]"] == 61 and totals["duration_sum[]"] == 60 * 0.25 + 0.1
     assert totals["in_flight[]"] == 0
+
+
+def test_a_fold_that_failed_halfway_does_not_stop_the_next(tmp_path: Path) -> None:
+    write_worker(tmp_path, 101, joins=2, seconds=0.5, in_flight=0)
+    (tmp_path / "new-retired.1").mkdir()  # left by a fold that stopped before its rename
+    fold_retired(101, str(tmp_path))
+    assert scraped(tmp_path)["joins_total[('reason', 'ok')]"] == 2

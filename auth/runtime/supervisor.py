@@ -210,7 +210,10 @@ class Supervisor:
             ended = await child.wait(self._heartbeat_timeout)
         finally:
             self._serving.discard(index)
-        fold_retired(ended.pid, self._metrics_dir)
+        try:
+            fold_retired(ended.pid, self._metrics_dir)
+        except OSError as exc:  # a full directory, say: the slot's worker is replaced all the same
+            self.say(f"kubejoin: cannot fold the metrics of worker {index} (pid {ended.pid}): {exc}")
         return ended
 
     @property
