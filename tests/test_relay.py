@@ -163,3 +163,14 @@ async def test_a_line_longer_than_the_buffer_goes_whole_while_others_wait(output
     lines = received.splitlines(keepends=True)
     assert long_line in lines
     assert sorted(line for line in lines if line != long_line) == sorted(b"short %d\n" % n for n in range(50))
+
+
+async def test_own_lines_for_a_stuck_reader_are_bounded(output: tuple[int, int]) -> None:
+    """Nobody reads the output and the supervisor keeps saying things (a worker replaced again and
+    again): what waits stays within the buffer (and the pipe's own room) instead of growing."""
+    _, write = output
+    relay = LineRelay(write)
+    for n in range(2000):  # 2 MB of lines, far beyond the pipe and the buffer
+        relay.line(f"kubejoin: worker 0 (pid {n}) exited with status -9; starting another " + "." * 900)
+        await asyncio.sleep(0)
+    assert relay.held < BUFFER + 1024

@@ -72,8 +72,10 @@ class LineRelay:
         return source.ended
 
     def line(self, text: str) -> None:
-        """One line of the supervisor's own, placed between the workers' lines."""
-        if self._broken:
+        """One line of the supervisor's own, placed between the workers' lines. Dropped while
+        BUFFER bytes wait for a stuck output: a worker replaced again and again says a line each
+        time, and nothing may grow without bound."""
+        if self._broken or len(self._queued) + len(self._own.pending) >= BUFFER:
             return
         self._own.pending += text.encode("utf-8", "replace") + b"\n"
         self._idle.clear()
