@@ -21,8 +21,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
 
+from .multiprocess import FoldedCollector
 from .reported import BindingStats, CacheStats, Reported
 
 # A join verifies a cached token in tens of microseconds and a fresh one with a certificate in a
@@ -163,9 +163,9 @@ class Metrics:
         self._reported = Reported(workers=self._workers)
         r.register(self._reported)
         if multiprocess_dir is not None:
-            # A scrape reads every worker's files.
+            # A scrape reads every worker's files (a retired worker's counts folded into one).
             self._exposed = CollectorRegistry()
-            MultiProcessCollector(self._exposed, multiprocess_dir)  # type: ignore[no-untyped-call]
+            self._exposed.register(FoldedCollector(multiprocess_dir))
         elif process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)

@@ -3,6 +3,7 @@ the code (the ConfigMap parses with kubejoin's own loaders; the agent example fi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 
 from auth.service.config import parse_config
 from auth.service.tokens import parse_tokens
+from metrics import directory_bound
 from tests.conftest import ROOT
 
 K8S = ROOT / "k8s"
@@ -76,6 +78,25 @@ def test_configmap_parses_with_kubejoins_loaders() -> None:
     config, tokens = configmap()
     assert config.cluster_name == "example.teleport.sh"
     assert list(tokens) == ["kubernetes-token"]
+
+
+def cores(quantity: str) -> int:
+    """Whole CPUs of a Kubernetes CPU quantity ("1", "1500m"), rounded up."""
+    return math.ceil(int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity))
+
+
+def test_the_tmp_size_limit_holds_the_metrics_directory_of_the_workers() -> None:
+    """/tmp (a memory emptyDir) holds --workers' metrics directory: before, it grew by every worker
+    restart until a write was a SIGBUS. Its bound follows the workers: the config's count, or what
+    `auto` makes of the CPU limit."""
+    config, _ = configmap()
+    deployment = by_kind("Deployment", K8S / "deployment.yaml")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    workers = max(config.workers, cores(str(container["resources"]["limits"]["cpu"])))
+    [tmp] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"]
+    limit = str(tmp["emptyDir"]["sizeLimit"])
+    assert limit.endswith("Mi") and int(limit[:-2]) * 2**20 >= directory_bound(workers)
+    assert "metrics.directory_bound" in (K8S / "deployment.yaml").read_text()  # the bound, stated beside it
 
 
 def test_deployment_mounts_what_the_config_names() -> None:

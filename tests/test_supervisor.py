@@ -18,6 +18,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.runtime.child import Streams
+from auth.runtime.relay import LineRelay
 from auth.runtime.supervisor import Supervisor, bind_slots, startable
 from auth.service.ca import CertificateAuthority
 from auth.service.config import Config, load_config
@@ -34,11 +36,15 @@ class Run:
     ) -> None:
         self.supervisor, self.tasks, self.plans, self.slots = supervisor, tasks, plans, slots
 
-    def steps(self, index: int) -> list[str]:
-        """The steps the workers of slot `index` took so far, in order."""
+    def started(self, index: int) -> list[tuple[int, str]]:
+        """The workers of slot `index` so far, in order: (pid, step)."""
         log = self.plans / "log"
         lines = log.read_text().splitlines() if log.exists() else []
-        return [line.split()[2] for line in lines if line.split()[0] == str(index)]
+        return [(int(pid), step) for slot, pid, step in map(str.split, lines) if slot == str(index)]
+
+    def steps(self, index: int) -> list[str]:
+        """The steps the workers of slot `index` took so far, in order."""
+        return [step for _, step in self.started(index)]
 
     async def until(self, condition: Callable[[], bool], what: str, within: float = 20) -> None:
         """wait_for, with the steps of both slots in the failure message."""
@@ -49,7 +55,7 @@ class Run:
 
 @asynccontextmanager
 async def supervised(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plans: dict[int, list[str]]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plans: dict[int, list[str]], heartbeat_timeout: float = 60
 ) -> AsyncIterator[Run]:
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
     write_tokens(tmp_path / "tokens.yaml", token_doc(issuer=issuer))
@@ -62,7 +68,10 @@ async def supervised(
     monkeypatch.setenv("PLAN_DIR", str(tmp_path / "plans"))
     (tmp_path / "metrics").mkdir()
     command = [sys.executable, STUB]
-    supervisor = Supervisor(str(tmp_path / "config.yaml"), config, "INFO", str(tmp_path / "metrics"), command)
+    streams = Streams(LineRelay(sys.stdout.fileno()), LineRelay(sys.stderr.fileno()))
+    supervisor = Supervisor(
+        str(tmp_path / "config.yaml"), config, "INFO", str(tmp_path / "metrics"), streams, command, heartbeat_timeout
+    )
     slots = bind_slots([config.listen], config.workers)
     tasks = [asyncio.ensure_future(supervisor.run_slot(index, slot)) for index, slot in enumerate(slots)]
     try:
@@ -78,11 +87,11 @@ async def supervised(
         supervisor.close()
 
 
-async def stopped(run: Run) -> list[int]:
+async def stopped(run: Run, within: float = 30) -> list[int]:
     """What `serve` does at SIGTERM: stop, close the listeners, signal the workers; the statuses."""
     run.supervisor.stop.set()
     run.supervisor.signal_workers()
-    return list(await asyncio.wait_for(asyncio.gather(*run.tasks), 30))
+    return list(await asyncio.wait_for(asyncio.gather(*run.tasks), within))
 
 
 @pytest.mark.slow
@@ -218,3 +227,29 @@ def test_a_supervised_worker_only_loads_the_ca(tmp_path: Path) -> None:
     assert not Path(config.ca_cert_file).exists() and not Path(config.ca_key_file).exists()
     create_app(config, registry=CollectorRegistry())  # one process alone makes its CA
     assert Path(config.ca_cert_file).exists()
+
+
+@pytest.mark.slow
+async def test_a_stopped_worker_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGSTOPped worker (or one whose event loop is stuck) used to hold its slot, and the
+    connections queued on it, forever: it neither exited nor served."""
+    async with supervised(tmp_path, monkeypatch, {0: ["serve", "serve"], 1: ["serve"]}, heartbeat_timeout=1) as run:
+        await run.until(lambda: run.supervisor.serving == {0, 1}, "both slots serving")
+        [(stopped_pid, _)] = run.started(0)
+        os.kill(stopped_pid, signal.SIGSTOP)
+        await run.until(lambda: len(run.started(0)) == 2, "a replacement in slot 0")
+        await run.until(lambda: run.supervisor.serving == {0, 1}, "the replacement serving")
+        with pytest.raises(ProcessLookupError):  # killed (SIGKILL ends a stopped process) and reaped
+            os.kill(stopped_pid, 0)
+        assert run.steps(1) == ["serve"]  # the other worker beat on, untouched
+        assert await stopped(run) == [0, 0]
+
+
+@pytest.mark.slow
+async def test_sigterm_reaches_a_stopped_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped worker kept the SIGTERM pending: `serve` waited 40 s, killed it and exited 1."""
+    async with supervised(tmp_path, monkeypatch, {0: ["serve"], 1: ["serve"]}) as run:
+        await run.until(lambda: run.supervisor.serving == {0, 1}, "both slots serving")
+        [(pid, _)] = run.started(1)
+        os.kill(pid, signal.SIGSTOP)
+        assert await stopped(run, within=10) == [0, 0]  # SIGCONT follows the SIGTERM: it drains

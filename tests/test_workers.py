@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ import aiohttp
 import pytest
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
+from auth.runtime.child import HEARTBEAT_TIMEOUT
+from metrics import FILES_PER_WORKER, directory_bound
+from metrics.multiprocess import RETIRED_FILES
 from tests.polling import holds_throughout, wait_for
 from tests.service import (
     CLUSTER,
@@ -47,6 +52,11 @@ class Served:
         """The pids of the supervisor's children (its workers)."""
         pid = self.process.pid
         return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+    def replaced(self, worker: int) -> bool:
+        """Whether `worker` is gone and another took its place."""
+        now = self.workers()
+        return worker not in now and len(now) == WORKERS
 
     async def metric(self, line_prefix: str) -> float:
         """The sum of the samples whose exposition line starts with line_prefix."""
@@ -83,12 +93,17 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serve_workers(
-    tmp_path: Path, *, tokens: list[dict[str, Any]] | None = None, config: str = ""
+    tmp_path: Path,
+    token_name: str = "kubernetes-token",
+    *,
+    tokens: list[dict[str, Any]] | None = None,
+    config: str = "",
 ) -> AsyncIterator[Served]:
-    """`kubejoin serve --workers 2` with one static_jwks join token (or `tokens`) and `config`
-    added to the config file."""
+    """`kubejoin serve --workers 2` with one static_jwks join token named `token_name` (or
+    `tokens`) and `config` added to the config file."""
     issuer = LocalIssuer("https://i", [IssuerKey.generate("P-256")])
-    tokens = tokens or [token_doc(issuer=issuer, allow=[{"service_account": "teleport-agent:app"}])]
+    allow = [{"service_account": "teleport-agent:app"}]
+    tokens = tokens or [token_doc(token_name, issuer=issuer, allow=allow)]
     write_tokens(tmp_path / "tokens.yaml", *tokens)
     (tmp_path / "config.yaml").write_text(
         f"cluster_name: {CLUSTER}\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\ntokens_file: tokens.yaml\n"
@@ -99,6 +114,7 @@ async def serve_workers(
         *("--workers", str(WORKERS)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        limit=1 << 20,
     )
     try:
         assert process.stderr is not None
@@ -300,3 +316,104 @@ async def test_sigterm_while_workers_start_still_exits_0(tmp_path: Path) -> None
     process.send_signal(signal.SIGTERM)
     _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
+
+
+# -- issue 20: whole lines from every worker, a stopped worker replaced, a bounded metrics directory
+
+
+async def test_long_lines_of_two_workers_stay_whole_on_a_slow_reader(tmp_path: Path) -> None:
+    """Before: both workers wrote the one stdout pipe, and a line longer than PIPE_BUF (here a
+    5,000-character join token name: 5.8 KB lines) was taken in parts that the other worker's
+    parts landed between (10 of 400 lines did not parse). Now each worker has its own pipe and the
+    supervisor writes whole lines."""
+    name = "t" * 5000
+    async with serve_workers(tmp_path, token_name=name) as served:
+        assert served.process.stdout is not None
+        stdout = served.process.stdout
+        out = bytearray()
+
+        async def slow_reader() -> None:  # a log shipper at its own pace: the pipe is often full
+            while chunk := await stdout.read(1500):
+                out.extend(chunk)
+                await asyncio.sleep(0)
+
+        reader = asyncio.ensure_future(slow_reader())
+        limit = asyncio.Semaphore(32)
+
+        async def one() -> int:
+            async with limit:
+                return await join(served, join_body(pod_token(served.issuer), token_name=name))
+
+        statuses = await asyncio.gather(*(one() for _ in range(300)))
+        served.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(reader, 60)
+        assert await asyncio.wait_for(served.process.wait(), 60) == 0
+    assert statuses == [200] * 300
+    lines = [json.loads(line) for line in out.splitlines()]  # every one parses
+    assert len(lines) == 300 and all(line["token"] == name for line in lines)
+    assert {line["worker"] for line in lines} == set(range(WORKERS))
+
+
+async def test_a_stopped_worker_is_replaced_and_sigterm_still_exits_0(tmp_path: Path) -> None:
+    """Before: a SIGSTOPped worker was never noticed (its slot's connections waited forever), and
+    SIGTERM then waited 40 s and exited 1."""
+    async with serve_workers(tmp_path) as served:
+        victim = min(served.workers())
+        os.kill(victim, signal.SIGSTOP)
+        await wait_for(
+            lambda: victim not in (now := served.workers()) and len(now) == WORKERS,
+            "a replacement for the stopped worker",
+            within=HEARTBEAT_TIMEOUT + 10,
+            every=0.1,
+        )
+        await served.wait_all_ready()
+        statuses = await asyncio.gather(*(join(served, join_body(pod_token(served.issuer))) for _ in range(20)))
+        assert statuses == [200] * 20
+        stopped = min(served.workers())
+        os.kill(stopped, signal.SIGSTOP)  # and one stopped at SIGTERM: it is woken to drain
+        started = time.monotonic()
+        status, _ = await served.stop()
+        assert time.monotonic() - started < 10
+        assert served.process.stderr is not None
+        stderr = (await served.process.stderr.read()).decode()
+    assert status == 0
+    assert f"(pid {victim}) stopped answering its heartbeat" in stderr
+
+
+def metrics_directory(worker: int) -> Path:
+    """The multiprocess metrics directory a worker was given."""
+    environ = Path(f"/proc/{worker}/environ").read_text().split("\0")
+    return Path(next(entry.split("=", 1)[1] for entry in environ if entry.startswith("PROMETHEUS_MULTIPROC_DIR=")))
+
+
+def database_files(directory: Path) -> dict[str, int]:
+    """prometheus_client's files under directory (retired generations included): their sizes."""
+    return {str(path): path.stat().st_size for path in directory.rglob("*.db")}
+
+
+async def test_the_metrics_directory_stays_bounded_as_workers_are_replaced(tmp_path: Path) -> None:
+    """Before: each replaced worker left its files (12 kills: 14 to 36 files), until the emptyDir
+    was full. Now a dead worker's counts are folded into one retired generation."""
+    async with serve_workers(tmp_path) as served:
+        directory = metrics_directory(min(served.workers()))
+        joins = 0
+        for _ in range(6):
+            assert await join(served, join_body(pod_token(served.issuer))) == 200
+            joins += 1
+            victim = min(served.workers())
+            os.kill(victim, signal.SIGKILL)
+            await wait_for(
+                functools.partial(served.replaced, victim),
+                "a replacement",
+                within=30,
+                every=0.1,
+            )
+            await served.wait_all_ready()
+            files = database_files(directory)
+            assert len(files) <= FILES_PER_WORKER * WORKERS + RETIRED_FILES, sorted(files)
+            assert sum(files.values()) <= directory_bound(WORKERS)
+        # the dead workers' counts stay in the sums
+        assert await served.metric('kubejoin_join_attempts_total{reason="ok"') == joins
+        assert await served.metric("kubejoin_join_duration_seconds_count") == joins
+        status, _ = await served.stop()
+    assert status == 0

@@ -18,8 +18,12 @@ Each worker is `kubejoin serve` re-executed with its sockets inherited and PROME
 set, so that its metrics go to files that any worker's /metrics sums (prometheus_client's
 multiprocess mode, chosen at import time).
 
-SIGTERM or SIGINT: the sockets close here, every worker gets SIGTERM and drains, and the exit
-status is 0 when every worker drained cleanly.
+Each worker's stdout and stderr are pipes that this process relays, whole lines only (relay.py);
+a worker that stops beating is killed and replaced (child.py); a dead worker's metrics files are
+folded into one (metrics/multiprocess.py), so the directory is bounded by the live workers.
+
+SIGTERM or SIGINT: the sockets close here, every worker gets SIGTERM (and SIGCONT, should it be
+stopped) and drains, and the exit status is 0 when every worker drained cleanly.
 """
 
 from __future__ import annotations
@@ -36,14 +40,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from prometheus_client import multiprocess
+from metrics import fold_retired
 
 from ..service.ca import CertificateAuthority
 from ..service.config import Config, load_config, split_host_port
 from ..service.files import ConfigError
 from ..service.tokens import load_tokens
-from .child import Child, Ended
+from .child import HEARTBEAT_TIMEOUT, Child, Ended, Streams
 from .console import Exit, say
+from .relay import LineRelay
 from .site import BACKLOG, bound
 from .worker import MULTIPROC_ENV
 
@@ -53,6 +58,8 @@ STOP_TIMEOUT: Final = 40.0
 RESTART_DELAY: Final = 1.0
 # A slot whose workers keep failing to start waits up to this long between attempts.
 MAX_START_DELAY: Final = 30.0
+# At the end, how long the workers' last lines may take to reach a slow stdout.
+FLUSH_TIMEOUT: Final = 5.0
 
 
 def startable(config_path: str, running: Config) -> str | None:
@@ -113,7 +120,9 @@ class Supervisor:
         config: Config,
         log_level: str,
         metrics_dir: str,
+        streams: Streams,
         command: list[str] | None = None,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     ) -> None:
         self._config = config
         self._config_path = config_path
@@ -125,7 +134,9 @@ class Supervisor:
         ]  # fmt: skip
         self._env = {**os.environ, MULTIPROC_ENV: metrics_dir}
         self._metrics_dir = metrics_dir
-        self.say: Callable[[str], None] = say
+        self._streams = streams
+        self._heartbeat_timeout = heartbeat_timeout
+        self.say: Callable[[str], None] = streams.err.line  # between the workers' lines, never inside one
         self.stop = asyncio.Event()
         self.stopping = False
         self.fatal = False
@@ -152,7 +163,11 @@ class Supervisor:
                 return Exit.OK if not ended.served or status == -signal.SIGTERM else status
             if ended.served:
                 failed_starts = 0
-                self.say(f"kubejoin: worker {index} (pid {ended.pid}) exited with status {status}; starting another")
+                if ended.stalled:
+                    why = f"stopped answering its heartbeat for {self._heartbeat_timeout:g} s and was killed"
+                else:
+                    why = f"exited with status {status}"
+                self.say(f"kubejoin: worker {index} (pid {ended.pid}) {why}; starting another")
                 if loop.time() - started < RESTART_DELAY:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), RESTART_DELAY)
@@ -185,16 +200,20 @@ class Supervisor:
             lifeline=self._lifeline,
             index=index,
             env=self._env,
+            streams=self._streams,
             on_ready=lambda: self._served(index),
         )
         self._workers[index] = child
         if self.stopping:  # the stop came while this worker was starting
             child.stop()
         try:
-            ended = await child.wait()
+            ended = await child.wait(self._heartbeat_timeout)
         finally:
             self._serving.discard(index)
-        multiprocess.mark_process_dead(ended.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        try:
+            fold_retired(ended.pid, self._metrics_dir)
+        except OSError as exc:  # a full directory, say: the slot's worker is replaced all the same
+            self.say(f"kubejoin: cannot fold the metrics of worker {index} (pid {ended.pid}): {exc}")
         return ended
 
     @property
@@ -279,7 +298,8 @@ async def supervise(config_path: str, config: Config, log_level: str) -> Exit:
         say(f"kubejoin serve: cannot listen: {exc}")
         return Exit.USAGE
     metrics_dir = tempfile.mkdtemp(prefix="kubejoin-metrics-")
-    supervisor = Supervisor(config_path, config, log_level, metrics_dir)
+    streams = Streams(LineRelay(sys.stdout.fileno()), LineRelay(sys.stderr.fileno()))
+    supervisor = Supervisor(config_path, config, log_level, metrics_dir, streams)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, supervisor.stop.set)
@@ -307,6 +327,8 @@ async def supervise(config_path: str, config: Config, log_level: str) -> Exit:
             for sock in slot:
                 sock.close()
         supervisor.close()
+        for relay in streams:  # the workers' last lines
+            await relay.finished(FLUSH_TIMEOUT)
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
