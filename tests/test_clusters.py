@@ -21,7 +21,7 @@ from auth.devtools.devtls import LoopbackTLS, make_loopback_tls
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.devtools.kubeapi import FakeKubeAPI, write_kubeconfig
 from auth.service.clusterreview import CLUSTER_REVIEWS
-from auth.service.clusters import ClusterSpec, parse_clusters
+from auth.service.clusters import ClusterSpec, Reads, load_clusters, parse_clusters, unchanged
 from auth.service.config import load_config
 from auth.service.files import ConfigError
 from auth.service.server import SERVICE, create_app
@@ -202,6 +202,36 @@ def test_the_fingerprint_follows_content_and_the_files_named(tmp_path: Path) -> 
     other = LocalIssuer("https://x", [IssuerKey.generate("P-256")]).jwks_document().decode()
     (tmp_path / "keys.json").write_text(other)
     assert spec().jwks == other and spec().fingerprint != second.fingerprint
+
+
+def test_the_fingerprint_and_polls_follow_the_files_the_kubeconfig_names(tmp_path: Path) -> None:
+    # The API client reads a kubeconfig's token file and CA once: a rotated one must replace the cluster.
+    kubeconfig = {
+        "clusters": [{"name": "eu", "cluster": {"server": "https://eu:6443", "certificate-authority": "ca.crt"}}],
+        "users": [{"name": "reader", "user": {"tokenFile": "token"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "eu", "user": "reader"}}],
+        "current-context": "c",
+    }
+    (tmp_path / "eu.kubeconfig").write_text(json.dumps(kubeconfig))
+    (tmp_path / "ca.crt").write_text("ca one")
+    (tmp_path / "token").write_text("t1")
+    (tmp_path / "kubejoin.yaml").write_text(yaml.safe_dump({"clusters": [_OK | {"kubeconfig": "eu.kubeconfig"}]}))
+    reads: Reads = {}
+    [first] = load_clusters(str(tmp_path / "kubejoin.yaml"), reads)
+    assert unchanged(reads)
+    (tmp_path / "token").write_text("t2")  # rotated
+    assert not unchanged(reads)
+    [second] = load_clusters(str(tmp_path / "kubejoin.yaml"))
+    assert second.fingerprint != first.fingerprint
+    (tmp_path / "ca.crt").write_text("ca two")
+    assert load_clusters(str(tmp_path / "kubejoin.yaml"))[0].fingerprint != second.fingerprint
+    (tmp_path / "token").unlink()  # refused, as a missing kubeconfig: the last good set stays
+    with pytest.raises(ConfigError) as caught:
+        load_clusters(str(tmp_path / "kubejoin.yaml"))
+    assert str(caught.value) == (
+        f"{tmp_path}/kubejoin.yaml: clusters[0].kubeconfig: users[reader].user.tokenFile: "
+        f"{tmp_path}/token: cannot read (No such file or directory)"
+    )
 
 
 TOKEN_ERRORS: Final = [

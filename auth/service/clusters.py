@@ -4,7 +4,8 @@ one YAML file per cluster in `clusters_dir`, validated into frozen ClusterSpecs.
 Every mistake is a ConfigError naming the file and the key path, e.g.
 `clusters.d/eu.yaml: keys.type: expected one of oidc, api_server, static_jwks, got 'x'`. Each spec
 carries a fingerprint of its content, the bytes of the files it names included, so a reload keeps
-a cluster whose entry (and kubeconfig, and key file) did not change, and replaces one that did."""
+a cluster whose entry (and kubeconfig, the files that names, and key file) did not change, and
+replaces one that did."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from verifier import KeySourceError, parse_jwks
 from verifier.sources import url_scheme_allowed
 
 from .files import ConfigError, load_yaml, read_small_file
+from .kubeconfigs import named_files
 
 LOCAL: Final = "local"  # the cluster kubejoin runs in (in_cluster): never registered by name
 KEY_TYPES: Final = ("oidc", "api_server", "static_jwks")
@@ -109,6 +111,9 @@ def parse_cluster(value: object, where: str, base_dir: Path, reads: Reads | None
     if entry.get("kubeconfig") is not None:
         kubeconfig, data = _file(entry["kubeconfig"], f"{where}kubeconfig", base_dir, reads)
         digest.update(data)
+        for named in named_files(kubeconfig, data):  # its CA, client certificate, token file
+            _, content = _file(named.path, f"{where}kubeconfig: {named.key}", base_dir, reads)
+            digest.update(f"\0{named.key}\0{hashlib.sha256(content).hexdigest()}".encode())
     if kind == "api_server" and kubeconfig is None:
         raise ConfigError(f"{where}kubeconfig: required with keys api_server (keys come through the API server)")
     binding = _mapping(entry.get("binding") or {}, f"{where}binding")
