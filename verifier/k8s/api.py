@@ -178,7 +178,12 @@ class KubeAPI:
             from kubernetes_asyncio.config import load_kube_config
 
             try:
-                await load_kube_config(config_file=self._kubeconfig, client_configuration=configuration)
+                # persist_config=False: kubejoin never writes the kubeconfig (an auth provider's
+                # refreshed token written back would change a registered cluster's fingerprint
+                # and so replace the cluster; the file may also be a read-only Secret mount)
+                await load_kube_config(
+                    config_file=self._kubeconfig, client_configuration=configuration, persist_config=False
+                )
             except Exception as exc:  # the library raises ConfigException, OSError, yaml errors
                 raise ApiError(0, f"kubeconfig {self._kubeconfig}: {exc}") from None
             return configuration
