@@ -215,6 +215,28 @@ def test_wanted_label_keys(rules: list[RuleConditions], expected: WantedKeys) ->
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (JOIN, frozenset({"sub"})),
+        (
+            'claims["kubernetes.io"].pod.name == "a" && has(claims.email) && "groups" in claims',
+            {"kubernetes.io", "email", "groups"},
+        ),
+        ('pod.name == "a"', frozenset()),
+        ('claims.exists(k, k == "sub")', ALL_KEYS),
+        ('claims[claims.sub] == "a"', ALL_KEYS),
+    ],
+    ids=["select", "index-has-in", "no-claims", "comprehension", "computed"],
+)
+def test_only_the_claims_an_expression_names_are_converted(text: str, expected: object) -> None:
+    assert compile_expression(text).claim_keys == expected
+
+
+def test_an_expression_over_all_claims_sees_them_all() -> None:
+    assert judge(rule('claims.exists(k, k == "aud") && claims.size() == 3'), CLAIMS, None, None, None) is None
+
+
+@pytest.mark.parametrize(
     ("conditions", "reads"),
     [
         (rule(), frozenset()),

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from cel_expr_python import cel
 
-from .expression_keys import LabelKeys, Variable, scan
+from .expression_keys import AllKeys, LabelKeys, Variable, scan
 
 # The library has no cost limit, so the text is bounded instead: with at most one comprehension
 # (no nesting), an evaluation is linear in its inputs, themselves bounded (a token of at most
@@ -26,8 +26,11 @@ MAX_ERROR_CHARS: Final = 120
 
 _OBJECT: Final = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
 _ENV: Final = cel.NewEnv(variables={"claims": _OBJECT, "pod": _OBJECT, "namespaceObject": _OBJECT, "node": _OBJECT})
+_BOOL: Final = cel.Type.BOOL
+_ERROR: Final = cel.Type.ERROR
 _STATUS_PREFIX: Final = re.compile(r"^[A-Z_]+: ")
 _NO_KEY: Final = re.compile(r'Key not found in map : "(.*)"')
+_FOREIGN: Final = "Non-CEL value type"
 _NO_VARIABLE: Final = re.compile(r'No value with name "(\w+)" found in Activation')
 
 
@@ -42,6 +45,7 @@ class Expression:
     text: str
     reads: frozenset[Variable]
     label_keys: Mapping[Variable, LabelKeys]
+    claim_keys: LabelKeys
     _program: Any  # cel_expr_python's Expression, untyped: only evaluate() touches it
 
 
@@ -63,27 +67,38 @@ def compile_expression(text: str) -> Expression:
     result = program.return_type()
     if result != cel.Type.BOOL and result != cel.Type.DYN:
         raise ExpressionError(f"expression gives {result.name().lower()}, not a bool")
-    return Expression(text, scanned.reads, scanned.label_keys, program)
+    return Expression(text, scanned.reads, scanned.label_keys, scanned.claim_keys, program)
 
 
-def evaluate(expression: Expression, variables: Mapping[str, object]) -> str | None:
+def evaluate(expression: Expression, claims: Mapping[str, object], objects: Mapping[str, object]) -> str | None:
     """None when the expression holds, else why not (`expression is false`, `expression failed:
-    ...`). Never raises: a run-time error refuses the join, it is not the server's failure."""
+    ...`). `objects` are the bound ones of pod, namespaceObject, node. Never raises: a run-time
+    error refuses the join, it is not the server's failure."""
+    if not isinstance(expression.claim_keys, AllKeys):  # only the claims it names: the binding converts all it gets
+        claims = {key: claims[key] for key in expression.claim_keys if key in claims}
+    variables = {"claims": claims, **objects}
     try:
-        value = expression._program.eval(data={name: _plain(v) for name, v in variables.items()})
+        value = expression._program.eval(data=variables)
+        result = value.value()
+        if result is True or result is False:  # the common case first: no type() call (0.5 µs)
+            return None if result else "expression is false"
         kind = value.type()
-        if kind == cel.Type.BOOL:
-            return None if value.value() is True else "expression is false"
-        if kind == cel.Type.ERROR:
-            return "expression failed: " + _run_message(str(value.value()))
+        if kind == _ERROR and _FOREIGN in str(result):
+            # The binding takes dicts and lists only; copying every time would cost more than the
+            # evaluation: copy only when a claim is another mapping or sequence (a MappingProxyType).
+            value = expression._program.eval(data={k: _plain(v) for k, v in variables.items()})
+            result, kind = value.value(), value.type()
+        if kind == _BOOL:
+            return None if result is True else "expression is false"
+        if kind == _ERROR:
+            return "expression failed: " + _run_message(str(result))
         return f"expression gives {_bounded(kind.name().lower())}, not a bool"
     except Exception as error:  # the C++ binding raises what it likes (e.g. on a value it cannot convert)
         return "expression failed: " + _run_message(str(error))
 
 
 def _plain(value: object) -> object:
-    """The binding takes dicts and lists only, not other mappings or sequences (a MappingProxyType
-    claims object, a tuple of labels)."""
+    """A copy of dicts and lists only, for the binding (a MappingProxyType, a tuple of groups)."""
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

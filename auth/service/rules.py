@@ -111,11 +111,14 @@ def judge(
             return failed
     if conditions.expression is None:
         return None
-    variables: dict[str, object] = {"claims": claims}
-    for name, seen in (("pod", pod), ("namespaceObject", namespace), ("node", node)):
-        if seen is not None:  # unbound, reading it fails with "no node known for this token"
-            variables[name] = {"name": seen.name, "uid": seen.uid, "labels": seen.labels}
-    return evaluate(conditions.expression, variables)
+    objects: dict[str, object] = {}
+    reads = conditions.expression.reads
+    for name, kind, seen in (("pod", "pod", pod), ("namespaceObject", "namespace", namespace), ("node", "node", node)):
+        # Bound only if read (each one costs the binding a conversion); unbound, reading it fails
+        # with "no node known for this token".
+        if seen is not None and kind in reads:
+            objects[name] = {"name": seen.name, "uid": seen.uid, "labels": dict(seen.labels)}
+    return evaluate(conditions.expression, claims, objects)
 
 
 def explain(
