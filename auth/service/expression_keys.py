@@ -46,7 +46,8 @@ class Scanned:
     reads: frozenset[Variable]
     label_keys: Mapping[Variable, LabelKeys] = field(default_factory=dict)
     claim_keys: LabelKeys = frozenset()
-    comprehensions: int = 0
+    comprehensions: tuple[str, ...] = ()  # the macros used, in order: `exists`, `map`, ...
+    calls: frozenset[str] = frozenset()  # the functions called: `matches`, `size`, ...
 
 
 def scan(text: str) -> Scanned:
@@ -56,11 +57,14 @@ def scan(text: str) -> Scanned:
     reads: set[Variable] = set()
     keys: dict[Variable, set[str] | AllKeys] = {}
     claims: set[str] | AllKeys = set()
-    comprehensions = 0
+    comprehensions: list[str] = []
+    calls: set[str] = set()
     for i, token in enumerate(tokens[:-4]):
         previous = tokens[i - 1].text if i else ""
-        if previous == "." and token.text in _MACROS and tokens[i + 1].text == "(":
-            comprehensions += 1
+        if tokens[i + 1].text == "(" and token.key is None:
+            calls.add(token.text)
+            if previous == "." and token.text in _MACROS:
+                comprehensions.append(token.text)
         if previous == ".":
             continue  # a field (`claims.node`), not the variable
         if token.text == "claims":
@@ -83,7 +87,7 @@ def scan(text: str) -> Scanned:
             wanted.add(key)
     label_keys = {k: v if isinstance(v, AllKeys) else frozenset(v) for k, v in keys.items()}
     claim_keys = claims if isinstance(claims, AllKeys) else frozenset(claims)
-    return Scanned(frozenset(reads), label_keys, claim_keys, comprehensions)
+    return Scanned(frozenset(reads), label_keys, claim_keys, tuple(comprehensions), frozenset(calls))
 
 
 def _literal_key(tokens: list[_Token], i: int, path: int) -> str | None:
