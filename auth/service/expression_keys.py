@@ -28,6 +28,7 @@ KINDS: Final[Mapping[str, Variable]] = {"pod": "pod", "namespaceObject": "namesp
 _MACROS: Final = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _TOKEN: Final = re.compile(
     r"""\s+
+    | //[^\n]*
     | (?P<string>(?:[rR][bB]?|[bB][rR]?)?
         (?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'))
     | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
@@ -51,6 +52,8 @@ class Scanned:
 
 
 def scan(text: str) -> Scanned:
+    # Spaces and comments have no group: a quote in a comment must not open a string that would
+    # hide the code after it (a `.map(` on the next line).
     tokens = [_token(m) for m in _TOKEN.finditer(text) if m.lastgroup is not None]
     end = _Token("")
     tokens += [end, end, end, end]  # lookahead past the last token reads no-ops
