@@ -1,0 +1,164 @@
+"""The conditions an allow rule may put on the cluster (issue 19): labels of the token's pod, its
+namespace and its node, and a CEL expression, judged from the watch cache, never from a request per
+join. A refusal says which condition failed first, bounded: it goes into the answer and the join log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, NamedTuple
+
+from .expression import Expression, ExpressionError, compile_expression, evaluate
+from .expression_keys import ALL_KEYS, AllKeys, LabelKeys, Variable
+
+__all__ = [
+    "ALL_KEYS",
+    "AllKeys",
+    "Expression",
+    "ExpressionError",
+    "LabelKeys",
+    "ObjectView",
+    "RuleConditions",
+    "WantedKeys",
+    "compile_expression",
+    "explain",
+    "judge",
+    "wanted_label_keys",
+]
+
+MAX_VALUE_CHARS: Final = 63  # a Kubernetes label value's own limit; a longer one is cut
+MAX_EXPLANATION_CHARS: Final = 2000  # all of explain()'s lines together
+_EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class ObjectView(NamedTuple):
+    """What the watch cache keeps of a pod, namespace or node."""
+
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConditions:
+    """Every pair of each labels mapping must match, and the expression, if any, must hold."""
+
+    pod_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    namespace_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    node_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    expression: Expression | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a caller's dict changed later must not change a loaded rule.
+        for name in ("pod_labels", "namespace_labels", "node_labels"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @property
+    def reads(self) -> frozenset[Variable]:
+        """The kinds of object this rule reads: non-empty means it needs the cluster's binding."""
+        pairs: tuple[tuple[Variable, Mapping[str, str]], ...] = (
+            ("pod", self.pod_labels),
+            ("namespace", self.namespace_labels),
+            ("node", self.node_labels),
+        )
+        labelled = frozenset(kind for kind, wanted in pairs if wanted)
+        return labelled | (self.expression.reads if self.expression else frozenset())
+
+
+class WantedKeys(NamedTuple):
+    """Per kind, the label keys the cache must keep, or ALL_KEYS."""
+
+    pod: LabelKeys = frozenset()
+    namespace: LabelKeys = frozenset()
+    node: LabelKeys = frozenset()
+
+
+def wanted_label_keys(*conditions: RuleConditions) -> WantedKeys:
+    """The label keys that the given rules name, their expressions' literal keys included."""
+    merged: dict[Variable, LabelKeys] = {"pod": frozenset(), "namespace": frozenset(), "node": frozenset()}
+
+    def add(kind: Variable, keys: LabelKeys) -> None:
+        have = merged[kind]
+        merged[kind] = ALL_KEYS if isinstance(have, AllKeys) or isinstance(keys, AllKeys) else have | keys
+
+    for rule in conditions:
+        add("pod", frozenset(rule.pod_labels))
+        add("namespace", frozenset(rule.namespace_labels))
+        add("node", frozenset(rule.node_labels))
+        if rule.expression is not None:
+            for kind, keys in rule.expression.label_keys.items():
+                add(kind, keys)
+    return WantedKeys(merged["pod"], merged["namespace"], merged["node"])
+
+
+def judge(
+    conditions: RuleConditions,
+    claims: Mapping[str, object],
+    pod: ObjectView | None,
+    namespace: ObjectView | None,
+    node: ObjectView | None,
+) -> str | None:
+    """None when every condition holds, else the first that fails, in the order labels of the pod,
+    the namespace, the node, then the expression. Never raises."""
+    for kind, wanted, seen in (
+        ("pod", conditions.pod_labels, pod),
+        ("namespace", conditions.namespace_labels, namespace),
+        ("node", conditions.node_labels, node),
+    ):
+        if wanted and (failed := _labels(kind, wanted, seen)):
+            return failed
+    if conditions.expression is None:
+        return None
+    objects: dict[str, object] = {}
+    reads = conditions.expression.reads
+    for name, kind, seen in (("pod", "pod", pod), ("namespaceObject", "namespace", namespace), ("node", "node", node)):
+        # Bound only if read (each one costs the binding a conversion); unbound, reading it fails
+        # with "no node known for this token".
+        if seen is not None and kind in reads:
+            objects[name] = {"name": seen.name, "uid": seen.uid, "labels": dict(seen.labels)}
+    return evaluate(conditions.expression, claims, objects)
+
+
+def explain(
+    rules: Sequence[RuleConditions],
+    claims: Mapping[str, object],
+    pod: ObjectView | None,
+    namespace: ObjectView | None,
+    node: ObjectView | None,
+) -> list[str]:
+    """`rule N: ...` (N from 1, as a person counts the file's rules) for every rule that refuses,
+    at most MAX_EXPLANATION_CHARS in all; the rest is counted, not listed."""
+    refusals = [
+        f"rule {number}: {failed}"
+        for number, rule in enumerate(rules, start=1)
+        if (failed := judge(rule, claims, pod, namespace, node)) is not None
+    ]
+    lines: list[str] = []
+    used = 0
+    for line in refusals:
+        if used + len(line) > MAX_EXPLANATION_CHARS:
+            lines.append(f"and {len(refusals) - len(lines)} more refusing rules")
+            break
+        lines.append(line)
+        used += len(line)
+    return lines
+
+
+def _labels(kind: str, wanted: Mapping[str, str], seen: ObjectView | None) -> str | None:
+    if seen is None:
+        return f"no {kind} known for this token"
+    for key in sorted(wanted):  # sorted: the same refusal every time, whatever the file's order
+        have = seen.labels.get(key)
+        if have is None:
+            return f"{kind} has no label {key}"
+        if have != wanted[key]:
+            return f"{kind} label {key} is {_quoted(have)}, not {_quoted(wanted[key])}"
+    return None
+
+
+def _quoted(value: str) -> str:
+    # json.dumps: the value comes from the cluster; a quote or a newline in it stays escaped.
+    cut = value if len(value) <= MAX_VALUE_CHARS else value[: MAX_VALUE_CHARS - 1] + "…"
+    return json.dumps(cut, ensure_ascii=False)
