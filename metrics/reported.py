@@ -46,8 +46,11 @@ class _Binding:
     """The binding's metrics. With workers each worker runs its own binding: objects held is the
     largest, synced the smallest (1 only when every worker is), lookups and restarts the sums."""
 
-    def __init__(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
+    def __init__(self, read: Callable[[], Mapping[str, BindingStats]], *, forget: bool = True) -> None:
         self.read = read
+        # Whether a removed cluster's series are removed: prometheus_client cannot remove series
+        # from the shared files of workers (it warns), so with workers they stay until a restart.
+        self._forgets = forget
         self.objects = Gauge(
             "kubejoin_binding_objects",
             "Objects held by the live binding cache, terminating ones included.",
@@ -89,7 +92,7 @@ class _Binding:
                 self.restarts.labels(cluster, kind).inc(max(0, count - (last.restarts.get(kind, 0) if last else 0)))
             published[cluster] = stats
         for cluster, gone in self.published.items():
-            if cluster not in published:  # a cluster removed at run time: its series go with it
+            if cluster not in published and self._forgets:  # a cluster removed at run time: its series go
                 self._forget(cluster, gone)
         self.published = published
 
@@ -157,7 +160,7 @@ class Reported(Collector):
         self._cache = read
 
     def watch_binding(self, read: Callable[[], Mapping[str, BindingStats]]) -> None:
-        self._binding = _Binding(read)
+        self._binding = _Binding(read, forget=self._resources is None)
 
     def publish(self) -> None:
         if self._cache is not None:
