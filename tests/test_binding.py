@@ -52,7 +52,9 @@ def sample(client: Client, name: str, **labels: str) -> float:
     if name.startswith("kubejoin_binding_"):  # the binding metrics name their cluster
         labels.setdefault("cluster", "local")
     value = client.app[SERVICE].metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+    # a missing series is a failure, not 0: a wrong label once made `== 0` assertions pass unread
+    assert value is not None, f"no series {name}{labels}"
+    return value
 
 
 # Each case changes the cluster before kubejoin starts (the cache learns it by listing, or the
