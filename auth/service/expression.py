@@ -15,7 +15,9 @@ from typing import Any, Final
 
 from cel_expr_python import cel
 
-from .expression_keys import AllKeys, LabelKeys, Variable, scan
+from verifier.labels import AllKeys, LabelKeys
+
+from .expression_keys import Variable, scan
 
 # The library has no cost limit, so the text is bounded instead, from bench/cel.py's worst cases
 # over the longest list a 16 KiB token can carry (2,700 audiences, which the workload chooses):

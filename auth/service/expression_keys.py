@@ -6,23 +6,14 @@ Conservative: a use it cannot read a literal key from (`pod.labels[k]`, `pod.lab
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
-Variable = Literal["pod", "namespace", "node"]  # the kinds; CEL calls the namespace `namespaceObject`
+from verifier.labels import ALL_KEYS, AllKeys, LabelKeys, LabelKind
 
-
-class AllKeys(enum.Enum):
-    """The marker "keep every label key of this kind"."""
-
-    ALL = "all keys"
-
-
-ALL_KEYS: Final = AllKeys.ALL
-LabelKeys = frozenset[str] | Literal[AllKeys.ALL]
+Variable = LabelKind  # the kinds; CEL calls the namespace `namespaceObject`
 
 KINDS: Final[Mapping[str, Variable]] = {"pod": "pod", "namespaceObject": "namespace", "node": "node"}
 _MACROS: Final = frozenset({"all", "exists", "exists_one", "map", "filter"})

@@ -8,10 +8,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, NamedTuple
+from typing import Final
+
+from verifier.labels import ALL_KEYS, AllKeys, LabelKeys, ObjectView, WantedKeys
 
 from .expression import Expression, ExpressionError, compile_expression, evaluate
-from .expression_keys import ALL_KEYS, AllKeys, LabelKeys, Variable
+from .expression_keys import Variable
 
 __all__ = [
     "ALL_KEYS",
@@ -31,14 +33,6 @@ __all__ = [
 MAX_VALUE_CHARS: Final = 63  # a Kubernetes label value's own limit; a longer one is cut
 MAX_EXPLANATION_CHARS: Final = 2000  # all of explain()'s lines together
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
-
-
-class ObjectView(NamedTuple):
-    """What the watch cache keeps of a pod, namespace or node."""
-
-    name: str
-    uid: str
-    labels: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +59,6 @@ class RuleConditions:
         )
         labelled = frozenset(kind for kind, wanted in pairs if wanted)
         return labelled | (self.expression.reads if self.expression else frozenset())
-
-
-class WantedKeys(NamedTuple):
-    """Per kind, the label keys the cache must keep, or ALL_KEYS."""
-
-    pod: LabelKeys = frozenset()
-    namespace: LabelKeys = frozenset()
-    node: LabelKeys = frozenset()
 
 
 def wanted_label_keys(*conditions: RuleConditions) -> WantedKeys:
