@@ -86,7 +86,9 @@ def build(pages: list[bytes], keys: LabelKeys) -> Store:
     store = Store(shape=shape)
     snapshot = store.snapshot(shape)
     for page in pages:
-        for item in load_strict_json(page)["items"]:
+        document = load_strict_json(page)
+        assert isinstance(document, dict)
+        for item in document["items"]:
             snapshot.add(ObjectMeta.decode(item, shape))
     store.replace(snapshot)
     return store

@@ -156,6 +156,7 @@ async def test_want_growing_relists_and_refuses_until_loaded(cluster: FakeCluste
     binding.want(WantedKeys(pod=frozenset({"tier", "team"})))
     message = refusal(binding, who, POD)
     assert message.startswith("pod labels are being loaded: the allow rules now read label keys")
+    assert not binding.reflectors["pod"].synced  # no pod watch runs until the list lands
     assert binding.check_cached(who)  # uid questions are answered meanwhile
     assert binding.objects(who, NODE)[2] is not None  # and the other kinds' labels
     loaded = await wait_for(lambda: _pod_labels(binding, who), "the relist", ignoring=(BindingRefusal,))

@@ -12,6 +12,9 @@ The cache holds uids, not names (verifier.k8s.watch.Store says why that answers 
 cannot answer costs one GET, shared by every check waiting for the same object.
 An object seen deleted or replaced on the watch is refused from memory: uids are never reused, so
 no GET is needed to know that it is gone.
+
+Beside the uids, the cache keeps the label keys that allow rules read (`want`), for `objects` to
+hand to the rules from memory; namespaces, which only rules read, are watched only while one does.
 """
 
 from __future__ import annotations
@@ -312,6 +315,7 @@ class LiveBinding:
             reflector.shape = shape_for(keys)
             if name in self._tasks:
                 log.info("binding: allow rules read new %s label keys; relisting %s", name, reflector.kind.resource)
+                reflector.synced = False  # no watch runs until the list lands: deletions wait for it
                 self._run(name)
             else:  # never listed: nothing held to keep answering from
                 reflector.store.shape = reflector.shape
