@@ -672,10 +672,10 @@ def test_a_replacement_in_a_list_that_failed_halfway_changes_nothing() -> None:
     pods = Store()
     first, second = (f"{n}c3d6de9-6000-41a6-adad-2509159c5b95" for n in (1, 2))
     pods.remove(ObjectMeta(NS, "app-1", first, None))
-    failed = pods.snapshot()
+    failed = pods.snapshot(None)
     failed.add(ObjectMeta(NS, "app-1", second, None))  # ... and the next page never came
     assert pods.gone_as(uid_key(first), NS, "app-1") is False  # still "deleted"
-    complete = pods.snapshot()
+    complete = pods.snapshot(None)
     complete.add(ObjectMeta(NS, "app-1", second, None))
     pods.replace(complete)
     assert pods.gone_as(uid_key(first), NS, "app-1") is True  # replaced

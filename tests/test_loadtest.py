@@ -202,3 +202,13 @@ async def test_bench_binding_runs() -> None:
     sync = json.loads(out)["sync"]
     assert sync["pods"] == 300  # the cache holds every pod the fake cluster lists
     assert sync["import_mb"] > 0 and sync["serve_extra_mb"] > 0
+
+
+@pytest.mark.slow
+async def test_bench_labels_runs() -> None:
+    code, out, err = await run(sys.executable, "bench/labels.py", "--pods", "2000", "--json", limit=120)
+    assert code == 0, err
+    report = json.loads(out)
+    assert [report[name]["labelled"] for name in ("no labels", "wanted keys", "every label")] == [0, 2000, 2000]
+    # the wanted keys' tuples are shared: far less than every label, and more than nothing
+    assert 0 < report["wanted keys"]["extra_mb"] < report["every label"]["extra_mb"] / 4

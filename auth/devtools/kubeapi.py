@@ -2,13 +2,14 @@
 
 It serves what kubejoin and kubectl ask of a real one, in the API server's own shapes: the
 ServiceAccount issuer's discovery document and JWKS (from a LocalIssuer), API discovery (`/api`,
-`/api/v1`, `/apis`, `/version`), and pods, service accounts and nodes: list (paged with `limit` and
-`continue`), watch (ADDED, MODIFIED, DELETED, BOOKMARK, from a resourceVersion, an ERROR event
-with 410 Expired when that resourceVersion is older than the history kept) and get, each as full
-objects, as PartialObjectMetadata(List) or as a Table when the Accept header asks for it, and
-`/readyz`. Every request needs the bearer token. Tests change the objects, compact the history,
-forbid a resource (RBAC missing), take the whole API down, make watches go silent or end after one
-bookmark, slow lists down, and count the requests made. A fake run as a process of its own
+`/api/v1`, `/apis`, `/version`), and pods, service accounts, nodes and namespaces, with labels:
+list (paged with `limit` and `continue`), watch (ADDED, MODIFIED, DELETED, BOOKMARK, from a
+resourceVersion, an ERROR event with 410 Expired when that resourceVersion is older than the
+history kept) and get, each as full objects, as PartialObjectMetadata(List) or as a Table when the
+Accept header asks for it, a PATCH of metadata.labels (what `kubectl label` sends), and `/readyz`.
+Every request needs the bearer token. Tests change the objects and their labels, compact the
+history, forbid a resource (RBAC missing), take the whole API down, make watches go silent or end
+after one bookmark, slow lists down, and count the requests made. A fake run as a process of its own
 (`python -m auth.devtools.kubeapi`) takes the same switches at `POST /fake/settings` (a JSON
 object, e.g. `{"silent_watches": true}`), for measurements from outside.
 """
@@ -33,7 +34,15 @@ from aiohttp import web
 
 from .issuer import DISCOVERY_PATH, JWKS_PATH, LocalIssuer
 
-KINDS: Final = {"pods": ("Pod", True), "serviceaccounts": ("ServiceAccount", True), "nodes": ("Node", False)}
+KINDS: Final = {
+    "pods": ("Pod", True),
+    "serviceaccounts": ("ServiceAccount", True),
+    "nodes": ("Node", False),
+    "namespaces": ("Namespace", False),
+}
+SHORT_NAMES: Final = {"pods": ["po"], "serviceaccounts": ["sa"], "nodes": ["no"], "namespaces": ["ns"]}
+# What PATCH understands (kubectl label sends a merge patch); both read alike for metadata.labels.
+PATCH_TYPES: Final = ("application/merge-patch+json", "application/strategic-merge-patch+json")
 HISTORY: Final = 100_000  # watch events kept; a watch from before the oldest gets 410
 _TABLE_COLUMNS: Final = [
     {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0},
@@ -118,13 +127,24 @@ class FakeKubeAPI:
         for watcher, item in held:
             watcher.queue.put_nowait(item)
 
-    def add(self, resource: str, namespace: str, name: str, *, uid: str | None = None, **spec: Any) -> str:
+    def add(
+        self,
+        resource: str,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        labels: dict[str, str] | None = None,
+        **spec: Any,
+    ) -> str:
         """Creates (or replaces, with a new uid) an object; returns its uid."""
         kind, namespaced = KINDS[resource]
         uid = uid or str(uuid.uuid4())
         metadata: dict[str, Any] = {"name": name, "uid": uid, "creationTimestamp": _rfc3339(time.time())}
         if namespaced:
             metadata["namespace"] = namespace
+        if labels:
+            metadata["labels"] = dict(labels)
         obj: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": metadata}
         if resource == "pods":
             obj["spec"] = {"serviceAccountName": spec.get("service_account", "default"), "nodeName": spec.get("node")}
@@ -139,13 +159,41 @@ class FakeKubeAPI:
     def uid(self, resource: str, namespace: str, name: str) -> str:
         return str(self.objects[resource][(namespace if KINDS[resource][1] else "", name)]["metadata"]["uid"])
 
-    def add_pod(self, namespace: str, name: str, *, service_account: str = "default", node: str = "node-1") -> str:
-        """A pod, with its service account and node created first if they do not exist yet."""
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        service_account: str = "default",
+        node: str = "node-1",
+        labels: dict[str, str] | None = None,
+    ) -> str:
+        """A pod, with its namespace, service account and node created first if they do not exist
+        yet."""
+        if ("", namespace) not in self.objects["namespaces"]:
+            self.add_namespace(namespace)
         if (namespace, service_account) not in self.objects["serviceaccounts"]:
             self.add("serviceaccounts", namespace, service_account)
         if ("", node) not in self.objects["nodes"]:
             self.add("nodes", "", node)
-        return self.add("pods", namespace, name, service_account=service_account, node=node)
+        return self.add("pods", namespace, name, service_account=service_account, node=node, labels=labels)
+
+    def add_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> str:
+        """A namespace, with the label the API server gives every one (kubernetes.io/metadata.name)."""
+        return self.add("namespaces", "", name, labels={"kubernetes.io/metadata.name": name, **(labels or {})})
+
+    def label(self, resource: str, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+        """Sets labels (None removes one), as `kubectl label` does: a MODIFIED event follows."""
+        obj = self.objects[resource][(namespace if KINDS[resource][1] else "", name)]
+        held = obj["metadata"].setdefault("labels", {})
+        for key, value in labels.items():
+            if value is None:
+                held.pop(key, None)
+            else:
+                held[key] = value
+        if not held:
+            del obj["metadata"]["labels"]
+        self._emit("MODIFIED", resource, obj)
 
     def mint(self, namespace: str, pod: str, **options: Any) -> str:
         """A token bound to a pod of this cluster and to its service account and node, with their
@@ -345,6 +393,41 @@ class FakeKubeAPI:
             return _not_found(resource, name)
         return web.json_response(self._render(self._shape(request), obj))
 
+    async def _patch_object(self, request: web.Request) -> web.Response:
+        """PATCH of metadata.labels only (a merge patch, or a strategic one, which reads the same
+        for a map of strings): a null removes a key. Anything else is refused with 422, so a
+        test cannot believe the fake changed what it does not keep."""
+        addressed = self._addressed(request, "patch")
+        if isinstance(addressed, web.Response):
+            return addressed
+        resource, namespace, name, obj = addressed
+        if request.content_type not in PATCH_TYPES:
+            message = f"the fake API server accepts {' or '.join(PATCH_TYPES)}, not {request.content_type}"
+            return web.json_response(_status(415, "UnsupportedMediaType", message), status=415)
+        if obj is None:
+            return _not_found(resource, name)
+        try:
+            patch = json.loads(await request.read())
+        except ValueError:
+            return web.json_response(_status(400, "BadRequest", "the patch is not JSON"), status=400)
+        labels = patch.get("metadata", {}).get("labels", {}) if isinstance(patch, dict) else None
+        if (
+            not isinstance(patch, dict)
+            or set(patch) - {"metadata"}
+            or not isinstance(patch.get("metadata", {}), dict)
+            or set(patch.get("metadata", {})) - {"labels", "resourceVersion"}
+            or not isinstance(labels, dict)
+            or not all(isinstance(value, str | None) for value in labels.values())
+        ):
+            message = "the fake API server patches metadata.labels only (strings, or null to remove)"
+            return web.json_response(_status(422, "Invalid", message), status=422)
+        expected = patch.get("metadata", {}).get("resourceVersion")
+        if expected is not None and expected != obj["metadata"]["resourceVersion"]:
+            message = f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified'
+            return web.json_response(_status(409, "Conflict", message), status=409)
+        self.label(resource, namespace, name, labels)
+        return web.json_response(obj)
+
     async def _delete_object(self, request: web.Request) -> web.Response:
         """DELETE: removes the object at once (no grace period) and answers it, as the API server
         does for an immediate deletion."""
@@ -447,8 +530,8 @@ class FakeKubeAPI:
                         "singularName": kind.lower(),
                         "namespaced": namespaced,
                         "kind": kind,
-                        "verbs": ["get", "list", "watch"],
-                        "shortNames": {"pods": ["po"], "serviceaccounts": ["sa"], "nodes": ["no"]}[resource],
+                        "verbs": ["get", "list", "watch", "patch", "delete"],
+                        "shortNames": SHORT_NAMES[resource],
                     }
                     for resource, (kind, namespaced) in KINDS.items()
                 ],
@@ -485,6 +568,8 @@ class FakeKubeAPI:
         app.router.add_get("/api/v1/{resource}/{name}", self._object)
         app.router.add_delete("/api/v1/namespaces/{namespace}/{resource}/{name}", self._delete_object)
         app.router.add_delete("/api/v1/{resource}/{name}", self._delete_object)
+        app.router.add_patch("/api/v1/namespaces/{namespace}/{resource}/{name}", self._patch_object)
+        app.router.add_patch("/api/v1/{resource}/{name}", self._patch_object)
         app.on_shutdown.append(self._on_shutdown)
         return app
 

@@ -31,6 +31,7 @@ from aiohttp.http_exceptions import LineTooLong
 from ..errors import KeySourceError
 from ..jose import load_strict_json
 from ..keys import KeySet, parse_jwks
+from ..labels import EMPTY, LabelShape, Packed
 from ..sources import MAX_RESPONSE_BYTES, RemoteKeySource, max_age_of, read_limited
 
 # The API server's metadata-only representations (meta.k8s.io/v1), with full objects as fallback.
@@ -48,8 +49,8 @@ LIST_PAGE: Final = 500  # client-go's reflector pages its lists the same way
 class Kind:
     """A resource the binding watches."""
 
-    name: str  # the metrics label: pod, serviceaccount, node
-    resource: str  # the API's plural: pods, serviceaccounts, nodes
+    name: str  # the metrics label: pod, serviceaccount, node, namespace
+    resource: str  # the API's plural: pods, serviceaccounts, nodes, namespaces
     namespaced: bool
 
     @property
@@ -65,7 +66,9 @@ class Kind:
 POD: Final = Kind("pod", "pods", True)
 SERVICE_ACCOUNT: Final = Kind("serviceaccount", "serviceaccounts", True)
 NODE: Final = Kind("node", "nodes", False)
-KINDS: Final = (SERVICE_ACCOUNT, POD, NODE)
+# Watched only while some allow rule reads namespace labels (binding.LiveBinding.want).
+NAMESPACE: Final = Kind("namespace", "namespaces", False)
+KINDS: Final = (SERVICE_ACCOUNT, POD, NODE)  # the kinds every binding watches (nodes unless nodes: false)
 
 
 class ApiError(Exception):
@@ -87,11 +90,13 @@ class ObjectMeta(NamedTuple):
     name: str
     uid: str
     deleted_at: float | None  # deletionTimestamp as unix seconds
+    labels: Packed = EMPTY  # only the keys of the shape it was decoded with
 
     @classmethod
-    def decode(cls, value: object) -> ObjectMeta:
-        """Decodes an object (PartialObjectMetadata or a full object); raises ApiError if it has no
-        name and uid, which the API server never sends."""
+    def decode(cls, value: object, labels: LabelShape | None = None) -> ObjectMeta:
+        """Decodes an object (PartialObjectMetadata or a full object), keeping only the label keys
+        `labels` names (none without it); raises ApiError if it has no name and uid, which the API
+        server never sends."""
         meta = value.get("metadata") if isinstance(value, dict) else None
         if not isinstance(meta, dict):
             raise ApiError(0, "object without metadata in the API server's answer")
@@ -99,8 +104,10 @@ class ObjectMeta(NamedTuple):
         if not (isinstance(name, str) and name and isinstance(uid, str) and uid and isinstance(namespace, str)):
             raise ApiError(0, "object without name or uid in the API server's answer")
         deleted = meta.get("deletionTimestamp")
+        found = meta.get("labels") if labels is not None else None
+        packed = labels.pack(found) if labels is not None and isinstance(found, dict) and found else EMPTY
         # Namespaces repeat across thousands of objects: one string each, not one per object.
-        return cls(sys.intern(namespace), name, uid, _timestamp(deleted) if deleted is not None else None)
+        return cls(sys.intern(namespace), name, uid, _timestamp(deleted) if deleted is not None else None, packed)
 
 
 def _timestamp(value: object) -> float:
@@ -280,8 +287,11 @@ class KubeAPI:
         response.release()
         return True
 
-    async def list_page(self, kind: Kind, continue_token: str | None) -> tuple[list[ObjectMeta], str, str | None]:
-        """One page of a list: its objects, the list's resourceVersion, the continue token."""
+    async def list_page(
+        self, kind: Kind, continue_token: str | None, labels: LabelShape | None = None
+    ) -> tuple[list[ObjectMeta], str, str | None]:
+        """One page of a list: its objects (with the label keys `labels` keeps), the list's
+        resourceVersion, the continue token."""
         query = [("limit", str(LIST_PAGE))]
         if continue_token:
             query.append(("continue", continue_token))
@@ -296,17 +306,17 @@ class KubeAPI:
         if not isinstance(version, str) or not version:
             raise ApiError(0, f"GET {kind.collection}: list without resourceVersion")
         following = meta.get("continue") or None
-        return [ObjectMeta.decode(item) for item in items], version, following
+        return [ObjectMeta.decode(item, labels) for item in items], version, following
 
-    async def get(self, kind: Kind, namespace: str, name: str) -> ObjectMeta | None:
-        """The object, or None when the API server says 404."""
+    async def get(self, kind: Kind, namespace: str, name: str, labels: LabelShape | None = None) -> ObjectMeta | None:
+        """The object (with the label keys `labels` keeps), or None when the API server says 404."""
         try:
             body = await self.read(kind.object_path(namespace, name), accept=META_ACCEPT)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return ObjectMeta.decode(_json(body))
+        return ObjectMeta.decode(_json(body), labels)
 
     async def watch(
         self,
@@ -314,10 +324,12 @@ class KubeAPI:
         resource_version: str,
         timeout_seconds: int,
         *,
+        labels: LabelShape | None = None,
         opened: Callable[[], None] | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
-        """Events after resource_version until the server ends the watch (after timeout_seconds).
-        Calls `opened` once the API server has accepted the watch (its answer's headers came).
+        """Events after resource_version until the server ends the watch (after timeout_seconds),
+        objects with the label keys `labels` keeps. Calls `opened` once the API server has
+        accepted the watch (its answer's headers came).
         Raises ApiError; status 410 when resource_version is too old (relist)."""
         from kubernetes_asyncio.client.exceptions import ApiException
         from kubernetes_asyncio.watch import Watch
@@ -350,7 +362,7 @@ class KubeAPI:
                 if kind_of == "BOOKMARK":
                     yield WatchEvent(kind_of, None, version)
                 elif kind_of in ("ADDED", "MODIFIED", "DELETED"):
-                    yield WatchEvent(kind_of, ObjectMeta.decode(event.get("raw_object")), version)
+                    yield WatchEvent(kind_of, ObjectMeta.decode(event.get("raw_object"), labels), version)
         except ApiError:  # from `start`, or an object without metadata
             raise
         except ApiException as exc:

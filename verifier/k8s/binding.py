@@ -12,6 +12,9 @@ The cache holds uids, not names (verifier.k8s.watch.Store says why that answers 
 cannot answer costs one GET, shared by every check waiting for the same object.
 An object seen deleted or replaced on the watch is refused from memory: uids are never reused, so
 no GET is needed to know that it is gone.
+
+Beside the uids, the cache keeps the label keys that allow rules read (`want`), for `objects` to
+hand to the rules from memory; namespaces, which only rules read, are watched only while one does.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from cachetools import TTLCache
 
 from ..errors import BindingRefusal, Reason
 from ..identity import Identity, ObjectRef
-from .api import KINDS, NODE, POD, SERVICE_ACCOUNT, ApiError, Kind, KubeAPI, ObjectMeta
+from ..labels import NO_LABELS, LabelKeys, LabelKind, ObjectView, WantedKeys, covered, shape_for
+from .api import KINDS, NAMESPACE, NODE, POD, SERVICE_ACCOUNT, ApiError, Kind, KubeAPI, ObjectMeta
 from .watch import BACKOFF, WATCH_IDLE_TIMEOUT, WATCH_SECONDS, Reflector, Store
 
 log = logging.getLogger("kubejoin.binding")
@@ -90,29 +94,27 @@ class LiveBinding:
         backoff: tuple[float, float] = BACKOFF,
         watch_seconds: tuple[int, int] = WATCH_SECONDS,
         watch_idle_timeout: float = WATCH_IDLE_TIMEOUT,
+        wanted: WantedKeys = NO_LABELS,
     ) -> None:
         self.api = api
         self._leeway = leeway
         self._clock = clock
         self.nodes = nodes
+        self._wanted = wanted
+        self._backoff, self._watch_seconds, self._idle_timeout = backoff, watch_seconds, watch_idle_timeout
         self.kinds = tuple(kind for kind in KINDS if nodes or kind is not NODE)
-        self.stores = {kind.name: Store() for kind in self.kinds}
+        self.stores: dict[str, Store] = {}
+        self.reflectors: dict[str, Reflector] = {}
+        for kind in self.kinds:
+            self._watch_kind(kind)
+        if wanted.namespace:
+            self._watch_kind(NAMESPACE)
         self._accounts, self._pods = self.stores[SERVICE_ACCOUNT.name], self.stores[POD.name]
         self._nodes = self.stores.get(NODE.name, Store())
-        self.reflectors = {
-            kind.name: Reflector(
-                api,
-                kind,
-                self.stores[kind.name],
-                on_forbidden=self._forbidden,
-                backoff=backoff,
-                watch_seconds=watch_seconds,
-                idle_timeout=watch_idle_timeout,
-            )
-            for kind in self.kinds
-        }
         self._inflight: dict[tuple[str, str, str], asyncio.Future[ObjectMeta | None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()  # cancelled by want(), not yet finished
         self._forbidden_said: set[tuple[str, str]] = set()
         # (kind, uid) a GET found absent or replaced: refused without asking again for a few seconds,
         # so a token of a long-gone pod costs one GET per few seconds, not one per join. Short,
@@ -237,7 +239,8 @@ class LiveBinding:
         object (its DELETED event never seen), and with no watch nothing would ever remove it."""
         store, reflector = self.stores[kind.name], self.reflectors[kind.name]
         generation, added = store.generation, store.gone.added
-        found = await self.api.get(kind, namespace, name)
+        # the labels the store holds now: a relist that changes them also moves the generation on
+        found = await self.api.get(kind, namespace, name, store.shape)
         # ... and only while the store still remembers every uid that went meanwhile: a uid is
         # forgotten only after `size` newer ones, and this very object may be among those gone.
         if (
@@ -261,11 +264,141 @@ class LiveBinding:
                 kind.resource,
             )
 
+    # -- labels for allow rules ---------------------------------------------------------------
+    def _watch_kind(self, kind: Kind) -> None:
+        store = Store(shape=shape_for(self._keys(kind)), by_name=kind is NAMESPACE)
+        self.stores[kind.name] = store
+        self.reflectors[kind.name] = Reflector(
+            self.api,
+            kind,
+            store,
+            on_forbidden=self._forbidden,
+            backoff=self._backoff,
+            watch_seconds=self._watch_seconds,
+            idle_timeout=self._idle_timeout,
+        )
+
+    def _keys(self, kind: Kind) -> LabelKeys:
+        if kind is POD:
+            return self._wanted.pod
+        if kind is NODE:
+            return self._wanted.node
+        if kind is NAMESPACE:
+            return self._wanted.namespace
+        return frozenset()  # service accounts: no rule reads their labels
+
+    @property
+    def wanted(self) -> WantedKeys:
+        return self._wanted
+
+    def want(self, wanted: WantedKeys) -> None:
+        """The label keys the allow rules now read (a tokens file reloaded). A kind whose keys
+        grew beyond what its store holds relists with the new keys, its store answering uid
+        questions meanwhile (objects() for that kind refuses until the list lands); namespaces
+        start being watched once a rule reads them. Keys that went stay kept until the kind's
+        next relist; a namespace watch, once started, runs until close (its metrics series
+        would otherwise stay behind at their last value)."""
+        if wanted == self._wanted:
+            return
+        self._wanted = wanted
+        if wanted.namespace and NAMESPACE.name not in self.reflectors:
+            self._watch_kind(NAMESPACE)
+            if self._started:
+                self._run(NAMESPACE.name)
+        for name, reflector in self.reflectors.items():
+            keys, shape = self._keys(reflector.kind), reflector.shape
+            if covered(shape, keys):
+                if (shape.wanted if shape is not None else frozenset()) != keys:
+                    # fewer keys: the next relist (after a 410, say) keeps only these
+                    reflector.shape = shape_for(keys)
+                continue
+            reflector.shape = shape_for(keys)
+            if name in self._tasks:
+                log.info("binding: allow rules read new %s label keys; relisting %s", name, reflector.kind.resource)
+                reflector.synced = False  # no watch runs until the list lands: deletions wait for it
+                self._run(name)
+            else:  # never listed: nothing held to keep answering from
+                reflector.store.shape = reflector.shape
+
+    def objects(
+        self, identity: Identity, kinds: frozenset[LabelKind]
+    ) -> tuple[ObjectView | None, ObjectView | None, ObjectView | None]:
+        """The token's pod, namespace and node as the cache holds them, with the label keys the
+        allow rules read; only the kinds asked are looked up, the others None, and so is an
+        object the cache does not hold (a node when the token names none). From memory only,
+        never a request. Raises BindingRefusal(binding_unavailable) when the cache cannot answer
+        truthfully: that kind's labels still loading after want() grew them, its watch not
+        synced and the object not held, or the kind not watched at all."""
+        pod = self._view(POD, identity, identity.pod) if "pod" in kinds else None
+        namespace = self._namespace(identity) if "namespace" in kinds else None
+        node = None
+        if "node" in kinds and identity.node is not None:
+            node = self._view(NODE, identity, identity.node)
+        return pod, namespace, node
+
+    def _view(self, kind: Kind, identity: Identity, ref: ObjectRef) -> ObjectView | None:
+        store = self._loaded(kind, identity)
+        if ref.key in store.live or ref.key in store.terminating:
+            return ObjectView(ref.name, ref.uid, store.labels_of(ref.key))
+        self._refuse_unsynced(kind, identity, ref.name)
+        return None
+
+    def _namespace(self, identity: Identity) -> ObjectView | None:
+        store = self._loaded(NAMESPACE, identity)
+        held = store.named.get(identity.namespace) if store.named is not None else None
+        if held is None:
+            self._refuse_unsynced(NAMESPACE, identity, identity.namespace)
+            self.lookups[NAMESPACE.name, "not_found"] += 1
+            return None
+        self.lookups[NAMESPACE.name, "cache"] += 1
+        uid, packed = held
+        return ObjectView(identity.namespace, uid, store.shape.view(packed) if store.shape is not None else {})
+
+    def _loaded(self, kind: Kind, identity: Identity) -> Store:
+        """The kind's store, if it holds the label keys the rules read."""
+        store = self.stores.get(kind.name)
+        if store is None:
+            why = "binding.nodes is false" if kind is NODE else "no allow rule reads namespace labels"
+            raise BindingRefusal(
+                Reason.BINDING_UNAVAILABLE,
+                f"{kind.name} labels are not known: {kind.resource} are not watched ({why})",
+                identity,
+            )
+        if not covered(store.shape, self._keys(kind)):
+            raise BindingRefusal(
+                Reason.BINDING_UNAVAILABLE,
+                f"{kind.name} labels are being loaded: the allow rules now read label keys the cache did not keep; "
+                "retry shortly",
+                identity,
+            )
+        return store
+
+    def _refuse_unsynced(self, kind: Kind, identity: Identity, name: str) -> None:
+        if not self.reflectors[kind.name].synced:
+            what = _describe(kind, identity.namespace, name)
+            raise BindingRefusal(
+                Reason.BINDING_UNAVAILABLE,
+                f"{what} is not in the cache, and its watch is not synced: whether it exists is not known",
+                identity,
+            )
+
     # -- running ----------------------------------------------------------------------------
     def start(self) -> None:
         """Starts listing and watching (in the running event loop)."""
-        if not self._tasks:
-            self._tasks = [asyncio.ensure_future(reflector.run()) for reflector in self.reflectors.values()]
+        if not self._started:
+            self._started = True
+            for name in self.reflectors:
+                self._run(name)
+
+    def _run(self, name: str) -> None:
+        """(Re)starts one kind's reflector: a list, then its watch. A run cancelled here is
+        waited for at close()."""
+        running = self._tasks.pop(name, None)
+        if running is not None and not running.done():
+            running.cancel()
+            self._retired.add(running)
+            running.add_done_callback(self._retired.discard)
+        self._tasks[name] = asyncio.ensure_future(self.reflectors[name].run())
 
     async def wait_synced(self) -> None:
         """Returns once every kind has been listed (for the demo, tests and benchmarks)."""
@@ -277,12 +410,14 @@ class LiveBinding:
         return all(reflector.synced for reflector in self.reflectors.values())
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks.values(), *self._retired]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._tasks = []
+        self._tasks = {}
+        self._started = False
         await self.api.close()
 
     def stats(self) -> BindingStats:
@@ -293,9 +428,7 @@ class LiveBinding:
         return BindingStats(
             objects={name: store.count for name, store in self.stores.items()},
             synced={name: reflector.synced for name, reflector in self.reflectors.items()},
-            lookups={
-                (kind.name, result): lookups[kind.name, result] for kind in self.kinds for result in LOOKUP_RESULTS
-            },
+            lookups={(name, result): lookups[name, result] for name in self.reflectors for result in LOOKUP_RESULTS},
             restarts={name: reflector.restarts for name, reflector in self.reflectors.items()},
         )
 

@@ -22,6 +22,7 @@ from typing import Final, Generic, NamedTuple, TypeVar
 
 from ..claims import uid_key
 from ..identity import UidKey
+from ..labels import EMPTY, LabelShape, Packed
 from .api import ApiError, Kind, KubeAPI, ObjectMeta
 
 log = logging.getLogger("kubejoin.binding")
@@ -79,11 +80,20 @@ class Store:
     means "the object the token names exists". It keeps 100,000 pods in about 12 MB whatever the
     length of their names, and the hot-path check is one set membership per object. Uids are
     held as `claims.uid_key` gives them; the methods here take the uid strings.
+
+    Beside the uids, the label keys allow rules read (`shape`; None: no labels), packed, only
+    for objects that have one of those keys. With `by_name` (namespaces: a token names its
+    namespace by name alone) also name -> (uid, labels); namespaces are few.
     """
 
-    def __init__(self, gone_remembered: int = GONE_REMEMBERED) -> None:
+    def __init__(
+        self, gone_remembered: int = GONE_REMEMBERED, *, shape: LabelShape | None = None, by_name: bool = False
+    ) -> None:
         self.live: set[UidKey] = set()  # objects not being deleted
         self.terminating: dict[UidKey, float] = {}  # -> deletionTimestamp (unix seconds)
+        self.shape = shape  # what `labels` holds: changed only by a relist (replace)
+        self.labels: dict[UidKey, Packed] = {}
+        self.named: dict[str, tuple[str, Packed]] | None = {} if by_name else None
         self.generation = 0  # moves on at every relist: what a GET saw before it may be stale
         # True if another object took its name (replaced), False if it was just deleted
         self.gone: Recent[UidKey, bool] = Recent(gone_remembered)
@@ -99,6 +109,10 @@ class Store:
     def __contains__(self, uid: str) -> bool:
         key = uid_key(uid)
         return key in self.live or key in self.terminating
+
+    def labels_of(self, key: UidKey) -> dict[str, str]:
+        """The kept labels of a held object, by uid key."""
+        return self.shape.view(self.labels.get(key, EMPTY)) if self.shape is not None else {}
 
     def deleted_at(self, uid: str) -> float | None:
         """When the object being deleted was deleted; None for a live or unknown one."""
@@ -132,6 +146,12 @@ class Store:
         else:
             self.live.discard(key)
             self.terminating[key] = meta.deleted_at
+        if meta.labels:
+            self.labels[key] = meta.labels
+        else:
+            self.labels.pop(key, None)
+        if self.named is not None:
+            self.named[meta.name] = (meta.uid, meta.labels)
         self.gone.pop(key)
         self.note_appeared(meta, key)
 
@@ -145,16 +165,22 @@ class Store:
         key = uid_key(meta.uid)
         self.live.discard(key)
         self.terminating.pop(key, None)
+        self.labels.pop(key, None)
+        if self.named is not None and self.named.get(meta.name, ("",))[0] == meta.uid:
+            del self.named[meta.name]
         self.gone[key] = False
         self._deleted_names[hash((meta.namespace, meta.name))] = key
 
-    def snapshot(self) -> Snapshot:
-        return Snapshot(self)
+    def snapshot(self, shape: LabelShape | None) -> Snapshot:
+        """An empty list to fill, its objects decoded with `shape` (the labels it will hold)."""
+        return Snapshot(self, shape)
 
     def replace(self, snapshot: Snapshot) -> None:
-        """Swaps in a fresh list at once, so lookups never see a half-built store. Objects missing
-        from it are not marked gone: one a GET added after the list's snapshot may be among them."""
+        """Swaps in a fresh list at once, so lookups never see a half-built store (nor labels of
+        one shape read with another). Objects missing from it are not marked gone: one a GET
+        added after the list's snapshot may be among them."""
         self.live, self.terminating = snapshot.live, snapshot.terminating
+        self.shape, self.labels, self.named = snapshot.shape, snapshot.labels, snapshot.named
         self.generation += 1
         for name, key in snapshot.appeared:
             self.replaced(name, key)
@@ -162,12 +188,15 @@ class Store:
 
 class Snapshot:
     """The objects of one list, gathered page by page for Store.replace: the uids of live objects,
-    and those being deleted with their deletion time."""
+    those being deleted with their deletion time, and the labels of `shape`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, shape: LabelShape | None) -> None:
         self._store = store
+        self.shape = shape
         self.live: set[UidKey] = set()
         self.terminating: dict[UidKey, float] = {}
+        self.labels: dict[UidKey, Packed] = {}
+        self.named: dict[str, tuple[str, Packed]] | None = {} if store.named is not None else None
         # (name hash, uid) of objects under a recently deleted name: replacements first seen in
         # this list, applied only if the list completes
         self.appeared: list[tuple[int, UidKey]] = []
@@ -178,6 +207,10 @@ class Snapshot:
             self.live.add(key)
         else:
             self.terminating[key] = meta.deleted_at
+        if meta.labels:
+            self.labels[key] = meta.labels
+        if self.named is not None:
+            self.named[meta.name] = (meta.uid, meta.labels)
         name = hash((meta.namespace, meta.name))
         if self._store.deleted_under(name) not in (None, key):
             self.appeared.append((name, key))
@@ -213,6 +246,8 @@ class Reflector:
         self.api = api
         self.kind = kind
         self.store = store
+        # the labels the next list keeps: ahead of the store's while a relist brings new keys
+        self.shape = store.shape
         self.synced = False
         self.restarts = 0
         self.synced_event = asyncio.Event()
@@ -227,10 +262,11 @@ class Reflector:
 
     async def _list(self) -> str:
         # Each page is folded in as it arrives: 100,000 objects are never all decoded at once.
-        snapshot = self.store.snapshot()
+        shape = self.shape  # one shape for the whole list, whatever want() says meanwhile
+        snapshot = self.store.snapshot(shape)
         page: str | None = None
         while True:
-            objects, version, page = await self.api.list_page(self.kind, page)
+            objects, version, page = await self.api.list_page(self.kind, page, shape)
             for meta in objects:
                 snapshot.add(meta)
             if page is None:
@@ -251,7 +287,8 @@ class Reflector:
         opened = loop.time()
         # bounded: a server that never ends the watch it was asked to end is left after this
         give_up = opened + seconds + self.idle_timeout
-        events = self.api.watch(self.kind, version, seconds, opened=self._opened)
+        # the store's shape, not the next list's: events are put into the store as it is
+        events = self.api.watch(self.kind, version, seconds, labels=self.store.shape, opened=self._opened)
         async with contextlib.aclosing(events):
             while loop.time() < give_up:
                 try:
