@@ -78,41 +78,22 @@ def _role(text: str) -> str:
     return role
 
 
+class _Unreadable(Exception):
+    """A file, the token or the cluster cannot be read: said in one line, exit 2."""
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        tokens = [t for t in load_tokens(args.file).values() if t.kubernetes is not None]
-    except ConfigError as exc:
+        tokens = _tokens(args.file)
+        payload, account = _read_account(args.sa_token)
+        matching = (
+            r for t in tokens if t.kubernetes for r in t.kubernetes.allow if r.matches(account.namespace, account.name)
+        )
+        kinds = reads(matching)
+        found = _read_cluster(args.kubeconfig, account, kinds) if args.kubeconfig and kinds else {}
+    except _Unreadable as exc:
         say(f"kubejoin tokens explain: {exc}")
         return EXIT_USAGE
-    try:
-        payload = _payload(args.sa_token)
-        account = _account(decode_claims(payload))
-    except OSError as exc:
-        say(f"kubejoin tokens explain: cannot read {args.sa_token}: {exc.strerror or exc}")
-        return EXIT_USAGE
-    except VerificationError as exc:
-        say(f"kubejoin tokens explain: {args.sa_token}: not a ServiceAccount token ({exc.code}: {exc.message})")
-        return EXIT_USAGE
-    kinds = reads(
-        rule
-        for t in tokens
-        if t.kubernetes
-        for rule in t.kubernetes.allow
-        if rule.matches(account.namespace, account.name)
-    )
-    found: dict[LabelKind, Found] = {}
-    if args.kubeconfig is not None and kinds:
-        try:
-            with open(args.kubeconfig, "rb"):
-                pass  # the client library would log its own complaint before raising: ours is one line
-        except OSError as exc:
-            say(f"kubejoin tokens explain: cannot read {args.kubeconfig}: {exc.strerror or exc}")
-            return EXIT_USAGE
-        try:
-            found = asyncio.run(read_objects(args.kubeconfig, _wanted(account, kinds)))
-        except ApiError as exc:
-            say(f"kubejoin tokens explain: cannot read the cluster: {exc}")
-            return EXIT_USAGE
     views: Views = (_view(found, "pod"), _view(found, "namespace"), _view(found, "node"))
     verdicts = [_judge(t, account, payload, views, args) for t in tokens]
     notes = [f.note for f in found.values() if f.note]
@@ -121,6 +102,36 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(account, verdicts, notes, read=bool(found), kinds=kinds, kubeconfig=args.kubeconfig)
     return EXIT_OK if any(v.accepts for v in verdicts) else EXIT_REFUSED
+
+
+def _tokens(path: str) -> list[JoinToken]:
+    """The file's kubernetes join tokens: the others have no rules, and their names are secrets."""
+    try:
+        return [t for t in load_tokens(path).values() if t.kubernetes is not None]
+    except ConfigError as exc:
+        raise _Unreadable(str(exc)) from None
+
+
+def _read_account(path: str) -> tuple[dict[str, Any], Account]:
+    try:
+        payload = _payload(path)
+        return payload, _account(decode_claims(payload))
+    except OSError as exc:
+        raise _Unreadable(f"cannot read {path}: {exc.strerror or exc}") from None
+    except VerificationError as exc:
+        raise _Unreadable(f"{path}: not a ServiceAccount token ({exc.code}: {exc.message})") from None
+
+
+def _read_cluster(kubeconfig: str, account: Account, kinds: frozenset[LabelKind]) -> dict[LabelKind, Found]:
+    try:
+        with open(kubeconfig, "rb"):
+            pass  # the client library would log its own complaint before raising: ours is one line
+    except OSError as exc:
+        raise _Unreadable(f"cannot read {kubeconfig}: {exc.strerror or exc}") from None
+    try:
+        return asyncio.run(read_objects(kubeconfig, _wanted(account, kinds)))
+    except ApiError as exc:
+        raise _Unreadable(f"cannot read the cluster: {exc}") from None
 
 
 def _view(found: dict[LabelKind, Found], kind: LabelKind) -> ObjectView | None:
