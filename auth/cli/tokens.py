@@ -1,6 +1,7 @@
 """`kubejoin tokens check FILE [--config F]`: validates a join token file (exit 0 valid, 1
 invalid). With the service's config, it also warns of join tokens naming a cluster that the
-config does not register (their joins would be refused with unknown_cluster)."""
+config does not register (their joins would be refused with unknown_cluster). `tokens explain`
+lives in explain.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from ..service.config import load_config
 from ..service.files import ConfigError
 from ..service.tokens import load_tokens
+from . import explain
 from .common import EXIT_OK, EXIT_REFUSED, emit_json, say
 
 
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     check.add_argument("file")
     check.add_argument("--config", help="the service's config: warn of join tokens naming unregistered clusters")
     check.set_defaults(handler=run_check)
+    explain.add_parser(actions)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -24,9 +24,12 @@ __all__ = [
     "ObjectView",
     "RuleConditions",
     "WantedKeys",
+    "bounded",
     "compile_expression",
     "explain",
     "judge",
+    "judge_expression",
+    "judge_labels",
     "wanted_label_keys",
 ]
 
@@ -88,6 +91,17 @@ def judge(
 ) -> str | None:
     """None when every condition holds, else the first that fails, in the order labels of the pod,
     the namespace, the node, then the expression. Never raises."""
+    failed = judge_labels(conditions, pod, namespace, node)
+    if failed is not None or conditions.expression is None:
+        return failed
+    return judge_expression(conditions.expression, claims, pod, namespace, node)
+
+
+def judge_labels(
+    conditions: RuleConditions, pod: ObjectView | None, namespace: ObjectView | None, node: ObjectView | None
+) -> str | None:
+    """judge()'s first half: the first labels mapping that fails, or None. Apart so that a caller
+    decodes the claims only when an expression is reached."""
     for kind, wanted, seen in (
         ("pod", conditions.pod_labels, pod),
         ("namespace", conditions.namespace_labels, namespace),
@@ -95,16 +109,25 @@ def judge(
     ):
         if wanted and (failed := _labels(kind, wanted, seen)):
             return failed
-    if conditions.expression is None:
-        return None
+    return None
+
+
+def judge_expression(
+    expression: Expression,
+    claims: Mapping[str, object],
+    pod: ObjectView | None,
+    namespace: ObjectView | None,
+    node: ObjectView | None,
+) -> str | None:
+    """judge()'s second half: None when the expression holds, else why not. Never raises."""
     objects: dict[str, object] = {}
-    reads = conditions.expression.reads
+    reads = expression.reads
     for name, kind, seen in (("pod", "pod", pod), ("namespaceObject", "namespace", namespace), ("node", "node", node)):
         # Bound only if read (each one costs the binding a conversion); unbound, reading it fails
         # with "no node known for this token".
         if seen is not None and kind in reads:
             objects[name] = {"name": seen.name, "uid": seen.uid, "labels": dict(seen.labels)}
-    return evaluate(conditions.expression, claims, objects)
+    return evaluate(expression, claims, objects)
 
 
 def explain(
@@ -115,12 +138,18 @@ def explain(
     node: ObjectView | None,
 ) -> list[str]:
     """`rule N: ...` (N from 1, as a person counts the file's rules) for every rule that refuses,
-    at most MAX_EXPLANATION_CHARS in all; the rest is counted, not listed."""
-    refusals = [
-        f"rule {number}: {failed}"
-        for number, rule in enumerate(rules, start=1)
-        if (failed := judge(rule, claims, pod, namespace, node)) is not None
-    ]
+    bounded as bounded() says."""
+    return bounded(
+        [
+            f"rule {number}: {failed}"
+            for number, rule in enumerate(rules, start=1)
+            if (failed := judge(rule, claims, pod, namespace, node)) is not None
+        ]
+    )
+
+
+def bounded(refusals: Sequence[str]) -> list[str]:
+    """The first refusal lines, at most MAX_EXPLANATION_CHARS in all; the rest counted, not listed."""
     lines: list[str] = []
     used = 0
     for line in refusals:

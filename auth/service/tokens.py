@@ -19,6 +19,8 @@ from verifier.claims import NAME_SYNTAX, NAMESPACE_SYNTAX
 from verifier.sources import url_scheme_allowed
 
 from .files import ConfigError, StrictLoader, read_text_file, yaml_error
+from .label_syntax import key_problem, value_problem
+from .rules import ExpressionError, RuleConditions, compile_expression
 
 ROLES: Final = {
     r.lower(): r for r in ("Node", "Proxy", "Kube", "App", "Db", "WindowsDesktop", "Discovery", "Instance", "Bot")
@@ -57,6 +59,9 @@ _METADATA_KEYS: Final = frozenset({"name", "expires", "labels", "description", "
 _NAMESPACE_GLOB: Final = re.compile(r"[-a-z0-9*?]{1,63}")
 _ACCOUNT_GLOB: Final = re.compile(r"[-a-z0-9.*?]{1,253}")
 _CLUSTER_NAME: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
+_ACCOUNT_KEYS: Final = frozenset({"service_account", "service_account_namespace", "service_account_name"})
+LABEL_FIELDS: Final = ("pod_labels", "namespace_labels", "node_labels")
+CONDITION_FIELDS: Final = frozenset({*LABEL_FIELDS, "expression"})
 
 
 class TokenError(ConfigError):
@@ -68,12 +73,16 @@ class TokenError(ConfigError):
 
 @dataclass(frozen=True)
 class AllowRule:
-    """Allows service accounts by exact `namespace:name` or by a glob pair (`*` and `?`)."""
+    """Allows service accounts by exact `namespace:name` or by a glob pair (`*` and `?`), and,
+    with `conditions`, only pods whose labels (or whose namespace's or node's) and whose claims
+    satisfy them: auth.service.allow.decide judges those; matches() reads the account only."""
 
     namespace: str
     name: str
     glob: bool = False
     pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    # hash=False: its mappings are read-only proxies, which do not hash; equality still reads it.
+    conditions: RuleConditions | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.glob:  # compiled once, when the token is loaded
@@ -128,6 +137,15 @@ class JoinToken:
         return self.join_method == KUBERNETES
 
     def allows(self, namespace: str, name: str) -> bool:
+        """Whether a rule with no conditions allows the service account: for callers that know no
+        cluster. A rule with conditions never allows here (failing closed: labels it cannot read
+        must not let everyone in); a join judges every rule with auth.service.allow.decide."""
+        return self.kubernetes is not None and any(
+            rule.conditions is None and rule.matches(namespace, name) for rule in self.kubernetes.allow
+        )
+
+    def names_account(self, namespace: str, name: str) -> bool:
+        """Whether some rule's service account part matches, whatever its conditions."""
         return self.kubernetes is not None and any(rule.matches(namespace, name) for rule in self.kubernetes.allow)
 
 
@@ -181,9 +199,18 @@ def _roles(value: object) -> tuple[str, ...]:
     return tuple(roles)
 
 
-def _allow_rule(value: object, path: str) -> AllowRule:
+def _allow_rule(value: object, path: str, number: int, *, conditions: bool) -> AllowRule:
     rule = _mapping(value, path)
-    _no_unknown(rule, {"service_account", "service_account_namespace", "service_account_name"}, path)
+    if not conditions:
+        for key in CONDITION_FIELDS.intersection(rule):
+            raise TokenError(f"{path}.{key}", "only join tokens' allow rules take labels and expressions")
+    _no_unknown(rule, _ACCOUNT_KEYS | CONDITION_FIELDS if conditions else _ACCOUNT_KEYS, path)
+    account = _account(rule, path)
+    judged = _conditions(rule, path, number)
+    return account if judged is None else dataclasses.replace(account, conditions=judged)
+
+
+def _account(rule: Mapping[str, Any], path: str) -> AllowRule:
     if "service_account" in rule:
         if "service_account_namespace" in rule or "service_account_name" in rule:
             raise TokenError(
@@ -205,6 +232,57 @@ def _allow_rule(value: object, path: str) -> AllowRule:
     return AllowRule(namespace, name, glob=True)
 
 
+def _conditions(rule: Mapping[str, Any], path: str, number: int) -> RuleConditions | None:
+    """The labels and expression of a rule, or None when it has none. Errors say `rule N` (from
+    1) as well as the path: the file's author counts rules, not indexes."""
+    if not CONDITION_FIELDS.intersection(rule):
+        return None
+    labels = {key: _labels(rule[key], f"{path}.{key}", number) for key in LABEL_FIELDS if key in rule}
+    expression = None
+    if "expression" in rule:
+        text = rule["expression"]
+        if not isinstance(text, str) or not text.strip():
+            raise TokenError(f"{path}.expression", f"rule {number}: expected a CEL expression as a string")
+        try:
+            expression = compile_expression(text)
+        except ExpressionError as exc:
+            raise TokenError(f"{path}.expression", f"rule {number}: {exc}") from None
+    return RuleConditions(**labels, expression=expression)
+
+
+def _labels(value: object, path: str, number: int) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not value:
+        raise TokenError(path, f"rule {number}: expected a mapping of label keys to values, e.g. {{tier: prod}}")
+    labels: dict[str, str] = {}
+    for key, wanted in value.items():
+        if not isinstance(key, str):
+            raise TokenError(path, f"rule {number}: label key {_yaml_read(key)}, not a string; {_QUOTE}")
+        if problem := key_problem(key):
+            raise TokenError(path, f"rule {number}: {problem}")
+        if not isinstance(wanted, str):
+            raise TokenError(
+                f"{path}.{key}", f"rule {number}: label value {_yaml_read(wanted)}, not a string; {_QUOTE}"
+            )
+        if problem := value_problem(wanted):
+            raise TokenError(f"{path}.{key}", f"rule {number}: {problem}")
+        labels[key] = wanted
+    return labels
+
+
+# YAML reads unquoted true, yes, 1, 1.10 or an empty value as other types: an easy mistake, since
+# Kubernetes manifests quote such label values for the same reason.
+_QUOTE: Final = 'quote it as written, e.g. "true", "1.10" or ""'
+
+
+def _yaml_read(value: object) -> str:
+    """How YAML read an unquoted scalar, e.g. `true is a boolean to YAML`."""
+    if value is None:
+        return "is empty (null to YAML)"
+    if isinstance(value, bool | int | float):
+        return f"{json.dumps(value)} is a {'boolean' if isinstance(value, bool) else 'number'} to YAML"
+    return f"{str(value)[:40]} is a {type(value).__name__} to YAML"
+
+
 def _issuer_url(value: object, path: str, *, allow_http: bool) -> str:
     url = _text(value, path)
     if url_scheme_allowed(url, allow_http=allow_http):
@@ -212,11 +290,13 @@ def _issuer_url(value: object, path: str, *, allow_http: bool) -> str:
     raise TokenError(path, f"expected an https:// URL (http:// only with insecure_allow_http_issuer), got {url!r}")
 
 
-def parse_allow_rules(value: object, path: str) -> tuple[AllowRule, ...]:
-    """A non-empty list of allow rules, as join tokens write them (also `token_review.reviewers`)."""
+def parse_allow_rules(value: object, path: str, *, conditions: bool = False) -> tuple[AllowRule, ...]:
+    """A non-empty list of allow rules, as join tokens write them. With `conditions` (join tokens)
+    a rule may also take labels and an expression; without (`token_review.reviewers`, which checks
+    the account only) those fields are refused rather than ignored."""
     if not isinstance(value, list) or not value:
         raise TokenError(path, "expected a non-empty list of rules")
-    return tuple(_allow_rule(rule, f"{path}[{i}]") for i, rule in enumerate(value))
+    return tuple(_allow_rule(rule, f"{path}[{i}]", i + 1, conditions=conditions) for i, rule in enumerate(value))
 
 
 def parse_key_source(spec: Mapping[str, Any], path: str) -> KubernetesRules:
@@ -262,7 +342,9 @@ def _kubernetes(value: object) -> KubernetesRules:
     spec = _mapping(value, "spec.kubernetes")
     _no_unknown(spec, {"type", "allow", "static_jwks", "oidc", "cluster"}, "spec.kubernetes")
     source = _cluster(spec) if "cluster" in spec else parse_key_source(spec, "spec.kubernetes")
-    return dataclasses.replace(source, allow=parse_allow_rules(spec.get("allow"), "spec.kubernetes.allow"))
+    return dataclasses.replace(
+        source, allow=parse_allow_rules(spec.get("allow"), "spec.kubernetes.allow", conditions=True)
+    )
 
 
 def _cluster(spec: Mapping[str, Any]) -> KubernetesRules:
