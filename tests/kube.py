@@ -59,15 +59,18 @@ async def start_kubejoin(
     synced: bool = True,
     binding: dict[str, Any] | None = None,
     idle_timeout: float | None = None,
+    tokens: list[dict[str, Any]] | None = None,
+    audit: AuditLog | None = None,
     **overrides: Any,
 ) -> Client:
     """kubejoin with one in_cluster join token allowing teleport-agent:app; by default returns once
     the binding has listed everything and its watches are open. `idle_timeout` stands in for
-    binding.watch_idle_timeout, whose smallest value (90 s) no test can wait for."""
-    write_tokens(directory / "tokens.yaml", token_doc(kind="in_cluster"))
+    binding.watch_idle_timeout, whose smallest value (90 s) no test can wait for. `tokens`: other
+    join token documents than that one."""
+    write_tokens(directory / "tokens.yaml", *(tokens or [token_doc(kind="in_cluster")]))
     overrides.setdefault("in_cluster", in_cluster(cluster))
     config = make_config(directory, binding=binding or {"mode": "watch"}, **overrides)
-    app = create_app(config, registry=CollectorRegistry(), audit=AuditLog(), reload_interval=0.05)
+    app = create_app(config, registry=CollectorRegistry(), audit=audit or AuditLog(), reload_interval=0.05)
     live = app[SERVICE].binding
     assert live is not None
     for reflector in live.reflectors.values():

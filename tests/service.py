@@ -31,7 +31,7 @@ def token_doc(
     *,
     issuer: LocalIssuer | None = None,
     kind: str = "static_jwks",
-    allow: list[dict[str, str]] | None = None,
+    allow: list[dict[str, Any]] | None = None,
     roles: list[str] | None = None,
     expires: str | None = None,
     join_method: str = "kubernetes",

@@ -467,3 +467,37 @@ async def test_polls_parse_only_changed_files_and_a_reverted_edit_clears_the_err
     (tmp_path / "eu.jwks").write_text(other)  # a file the entry names changed: the cluster is replaced
     assert await registry.reload() is True and registry.clusters["eu"] is not first
     assert registry.clusters["eu"].spec.jwks == other
+
+
+async def test_label_rules_follow_the_cluster_the_token_comes_from(
+    tmp_path: Path, aiohttp_client: Any, start_remote: Callable[..., Any]
+) -> None:
+    """Issue 19 across clusters: a rule on pod labels is judged by the watch of the cluster the
+    token names (or whose issuer it carries), and a cluster without a watch cannot carry one."""
+    a, b = await start_remote("a"), await start_remote("b")
+    a.api.label("pods", NS, "app-0", {"tier": "prod"})
+    b.api.label("pods", NS, "app-0", {"tier": "dev"})
+    prod = [{"service_account": f"{NS}:app", "pod_labels": {"tier": "prod"}}]
+    to_a, to_b, a_static = cluster_token("to-a", "a"), cluster_token("to-b", "b"), static_token("a-static", a)
+    for document in (to_a, to_b, a_static):
+        document["spec"]["kubernetes"]["allow"] = prod
+    write_tokens(tmp_path / "tokens.yaml", to_a, to_b, a_static)
+    client = await start_kubejoin(tmp_path, aiohttp_client, write_config(tmp_path, [a.entry(), b.entry()]))
+    assert await join(client, a.mint("app-0"), "to-a") == (200, "ok")
+    assert await join(client, a.mint("app-0"), "a-static") == (200, "ok")  # A's watch, by the token's issuer
+    assert await join(client, b.mint("app-0"), "to-b") == (403, "no_matching_allow_rule")
+    b.api.label("pods", NS, "app-0", {"tier": "prod"})
+    token_b = b.mint("app-0")
+
+    async def joined() -> bool:
+        return await join(client, token_b, "to-b") == (200, "ok")
+
+    await wait_for(joined, "B's relabel in B's watch cache", within=1.0)
+
+    # Without B's watch, a rule reading B's pods cannot be judged: that tokens file is refused.
+    unwatched = tmp_path / "unwatched"
+    unwatched.mkdir()
+    write_tokens(unwatched / "tokens.yaml", to_b)
+    config = write_config(unwatched, [a.entry(), b.entry(binding={"mode": "off"})])
+    with pytest.raises(ConfigError, match=r"join token to-b: .*rule 1\) reads pods .*cluster b"):
+        create_app(load_config(str(config)), registry=CollectorRegistry(), audit=AuditLog())

@@ -242,6 +242,12 @@ async def test_demo_tells_the_story() -> None:
         "deleted, then: HTTP 401 pod_deleted: ",
         "requests to eu-west-1's API server for this refusal: 0",
         'kubejoin_binding_objects{cluster="eu-west-1",kind="pod"} 0.0',
+        # the label rule: refused with the reason, relabelled, the same token joins
+        "HTTP 403 no_matching_allow_rule: service account teleport-agent:teleport-app-service is not allowed by "
+        'join token prod-pods-token: rule 1: pod label tier is "canary", not "prod"',
+        "PATCH /api/v1/namespaces/teleport-agent/pods/teleport-app-service-canary: HTTP 200",
+        "requests to the API server for both joins (the PATCH aside): 0",
+        'kubejoin_join_attempts_total{reason="ok",result="success",token="prod-pods-token"} 1.0',
     ):
         assert expected in stdout
 

@@ -258,7 +258,8 @@ async def test_service_account_not_allowed(start_service: StartService, issuer: 
     error = await refused(client, join_body(pod_token(issuer, "teleport-agent", "debug")), 403)
     assert error == {
         "code": "no_matching_allow_rule",
-        "message": "service account teleport-agent:debug is not allowed by join token kubernetes-token",
+        "message": "service account teleport-agent:debug is not allowed by join token kubernetes-token: "
+        "rule 1: service account teleport-agent:debug is not teleport-agent:app",
     }
 
 

@@ -173,16 +173,14 @@ def test_invalid_conditions_name_the_path_and_the_rule(rule: str, message: str) 
     assert message in str(caught.value)
 
 
-def test_reviewer_rules_refuse_conditions_instead_of_ignoring_them() -> None:
-    # token_review.reviewers checks the account only: a label there would be silently ignored.
-    rules = [{"service_account": "a:b", "pod_labels": {"tier": "prod"}}]
-    with pytest.raises(TokenError) as caught:
-        parse_allow_rules(rules, "token_review.reviewers")
-    assert str(caught.value) == (
-        "token_review.reviewers[0].pod_labels: only join tokens' allow rules take labels and expressions"
-    )
-    [plain] = parse_allow_rules([{"service_account": "a:b"}], "token_review.reviewers")
+def test_reviewer_rules_take_the_same_conditions() -> None:
+    # token_review.reviewers are judged as join tokens' rules are (tests/test_label_rules.py)
+    rules = [{"service_account": "a:b", "pod_labels": {"tier": "prod"}}, {"service_account": "a:c"}]
+    labelled, plain = parse_allow_rules(rules, "token_review.reviewers")
+    assert labelled.conditions is not None and dict(labelled.conditions.pod_labels) == {"tier": "prod"}
     assert plain.conditions is None
+    with pytest.raises(TokenError, match=r"^token_review.reviewers\[0\].pod_labels"):
+        parse_allow_rules([{"service_account": "a:b", "pod_labels": {"tier": True}}], "token_review.reviewers")
 
 
 def test_errors_in_conditions_never_show_a_secret_token_name() -> None:

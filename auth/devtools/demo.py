@@ -5,7 +5,8 @@ issuer's keys, and pods, service accounts and nodes to watch), the join service 
 the seed guide's join token and live binding, an allowed pod that joins and the certificate it
 gets, a pod of another service account that is refused, the allowed pod deleted and its token
 refused at once (no TokenReview), TokenReviews answered offline as kube-apiserver would answer
-them (the deleted pod's token among them), a second cluster registered at run time whose pod
+them (the deleted pod's token among them), a label rule that refuses a canary pod until it is
+labelled as `kubectl label` does it, a second cluster registered at run time whose pod
 joins and, once deleted, is refused from its watch cache, and the metrics.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 import io
 import json
 import socket
+import ssl
 import tempfile
 import textwrap
 from collections.abc import Callable
@@ -59,6 +61,21 @@ spec:
     cluster: eu-west-1   # a registered cluster: its keys and its live binding
     allow:
       - service_account: "teleport-agent:teleport-app-service"
+"""
+LABEL_TOKEN_YAML = """\
+kind: token
+version: v2
+metadata:
+  name: prod-pods-token
+spec:
+  roles: [App]
+  join_method: kubernetes
+  kubernetes:
+    type: in_cluster
+    allow:
+      - service_account: "teleport-agent:teleport-app-service"
+        pod_labels: {tier: prod}   # judged from the watch cache: no request per join
+        expression: 'claims.sub.startsWith("system:serviceaccount:teleport-agent:")'
 """
 REMOTE_ISSUER = "https://oidc.eks.eu-west-1.amazonaws.com/id/DEMO"
 
@@ -125,6 +142,64 @@ def _asked(api: FakeKubeAPI) -> int:
     on a loaded machine a watch may end and be re-opened while a join is refused, which is the
     cache staying current, not a request of the join's."""
     return sum(count for (verb, _), count in api.requests.items() if verb != "watch")
+
+
+async def _label_rule(
+    app: web.Application,
+    kubejoin: str,
+    cluster: FakeKubeAPI,
+    pod: str,
+    api_server: str,
+    tls: LoopbackTLS,
+    work: Path,
+    *,
+    say: Callable[[str], None],
+    indent: Callable[[str], None],
+) -> int:
+    """prod-pods-token's label rule refuses a canary pod and says why; the pod is labelled as
+    `kubectl label` does it (a PATCH to the API server); the watch brings the label and the same
+    token joins, with no request to the API server for either join."""
+    say(f"A label rule: prod-pods-token wants tier=prod; teleport-agent/{pod} is tier=canary")
+    token = cluster.mint("teleport-agent", pod, audiences=[CLUSTER_NAME], lifetime=600)
+    before = _asked(cluster)
+
+    async def attempt(out: str) -> bool:
+        try:
+            joined = await join_once(
+                kubejoin, token_name="prod-pods-token", sa_token=token, role="App", out_dir=str(work / out)
+            )
+        except JoinRefused as refused:
+            indent(f"HTTP {refused.status} {refused.code}: {refused.message}")
+            return False
+        indent(f"joined as {joined.response['identity']['username']}, host_id {joined.host_id}")
+        return True
+
+    if await attempt("canary-refused"):
+        return 1
+    indent(f"kubectl label pod -n teleport-agent {pod} tier=prod --overwrite")
+    binding = app[SERVICE].binding
+    assert binding is not None
+    watch = binding.reflectors["pod"]
+    watch.changed.clear()  # set again by the next event: the label's MODIFIED
+    path = f"/api/v1/namespaces/teleport-agent/pods/{pod}"
+    patch = {"metadata": {"labels": {"tier": "prod"}}}
+    headers = {"Authorization": f"Bearer {(work / 'sa-token').read_text()}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.patch(
+            api_server + path,
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+            ssl=ssl.create_default_context(cafile=str(tls.ca_file)),
+        ) as response,
+    ):
+        indent(f"PATCH {path}: HTTP {response.status}")
+    async with asyncio.timeout(10):
+        await watch.changed.wait()
+    if not await attempt("canary-joined"):
+        return 1
+    indent(f"requests to the API server for both joins (the PATCH aside): {_asked(cluster) - before - 1}")
+    return 0
 
 
 async def _second_cluster(
@@ -204,8 +279,8 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
         try:
             (work / "clusters.d").mkdir()
             heading("The join tokens (Teleport's format, as in the seed guide, and one naming a cluster)")
-            (work / "tokens.yaml").write_text(TOKEN_YAML)
-            indent(TOKEN_YAML)
+            (work / "tokens.yaml").write_text(TOKEN_YAML + "---\n" + LABEL_TOKEN_YAML)
+            indent(TOKEN_YAML + "---\n" + LABEL_TOKEN_YAML)
 
             heading("The cluster's API server (a local stand-in for kube-apiserver, HTTPS, bearer token required)")
             tls = make_loopback_tls(work)
@@ -215,12 +290,22 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             pod_name = "teleport-app-service-6d4b9c7f5-x2x9k"
             cluster.add_pod("teleport-agent", pod_name, service_account="teleport-app-service", node="node-1")
             cluster.add_pod("teleport-agent", "debug-shell", service_account="debug-shell", node="node-1")
+            canary = "teleport-app-service-canary"
+            cluster.add_pod(
+                "teleport-agent",
+                canary,
+                service_account="teleport-app-service",
+                node="node-1",
+                labels={"tier": "canary"},
+            )
             cluster.add_pod("payments", "api-7c9d8", service_account="api", node="node-1")
             (work / "sa-token").write_text(own_token)
             runner, api_server = await _start(cluster.app(), ssl_context=tls.server_context())
             runners.append(runner)
             indent(f"API server {api_server}, issuer {issuer.issuer}\nsigning key kid {issuer.signing_key.kid}")
-            indent(f"pods: teleport-agent/{pod_name}, teleport-agent/debug-shell")
+            indent(
+                f"pods: teleport-agent/{pod_name}, teleport-agent/debug-shell, teleport-agent/{canary} (tier=canary)"
+            )
 
             heading("kubejoin starts: fresh CA, keys read offline, pods watched (binding.mode: watch)")
             document = {
@@ -279,6 +364,9 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                 return 1
             except JoinRefused as refused:
                 indent(f"HTTP {refused.status} {refused.code}: {refused.message}")
+
+            if await _label_rule(app, kubejoin, cluster, canary, api_server, tls, work, say=heading, indent=indent):
+                return 1
 
             heading("The allowed pod is deleted; its token (still unexpired) is refused at once")
             requests_before = _asked(cluster)

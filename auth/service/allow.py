@@ -28,7 +28,7 @@ class Objects(Protocol):
     verifier.errors.BindingRefusal, which decide() lets through."""
 
     def __call__(
-        self, kinds: frozenset[LabelKind]
+        self, kinds: frozenset[LabelKind], /
     ) -> tuple[ObjectView | None, ObjectView | None, ObjectView | None]: ...
 
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from metrics import Metrics
 
 from .auditlog import AuditLog
+from .clusterobjects import ClusterObjects
 from .config import Config, TokenReview
 from .pipeline import Pipeline
 from .registry import Cluster, ClusterRegistry
@@ -41,8 +42,10 @@ class ClusterReviews:
         pipeline: Pipeline,
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
+        objects: ClusterObjects | None = None,
     ) -> None:
         assert config.token_review is not None
+        self._objects = objects
         self._section: TokenReview = config.token_review
         self._ttl_default = config.verification.max_token_ttl
         self._registry = registry
@@ -82,6 +85,7 @@ class ClusterReviews:
                 audit=self._audit,
                 clock=self._clock,
                 cluster=name,
+                objects=self._objects,
             )
             self._reviewers[name] = (cluster, reviewer)
         return reviewer

@@ -15,15 +15,18 @@ from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
 from verifier import Identity, VerificationError, Verifier
 from verifier.errors import BindingRefusal, Reason
+from verifier.jose import verified_claims
 from verifier.texts import cut
 
+from .allow import Objects, decide
 from .auditlog import UNVERIFIED_REFUSALS, AuditLog
 from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
+from .clusterobjects import ClusterObjects, no_objects
 from .durations import rfc3339
 from .errors import Code, JoinError, JoinReason
 from .keyring import Keyring
 from .registry import ClusterRegistry
-from .tokens import KUBERNETES, ROLES, JoinToken
+from .tokens import KUBERNETES, ROLES, JoinToken, KubernetesRules
 
 log = logging.getLogger("kubejoin.join")
 _FIELDS: Final = {"token_name", "id_token", "role", "public_key", "host_name"}
@@ -90,8 +93,10 @@ class JoinService:
         certificate_ttl: float,
         clock: Callable[[], float] = time.time,
         clusters: ClusterRegistry | None = None,
+        objects: ClusterObjects | None = None,
     ) -> None:
         self.cluster_name = cluster_name
+        self._objects = objects  # the watch caches that label and expression rules read
         self.clusters = clusters
         self.ca = ca
         self._ca_expires = ca.not_after.timestamp()  # read on every join: computed once
@@ -187,11 +192,7 @@ class JoinService:
         account = _describe(identity, record)
         if "cluster" not in record:
             record["cluster"] = self._cluster_of(token, identity.issuer)
-        if not token.allows(identity.namespace, identity.service_account.name):
-            raise JoinError(
-                JoinReason.NO_MATCHING_ALLOW_RULE,
-                f"service account {account} is not allowed by join token {cut(token.name)}",
-            )
+        self._allow(token, identity, account, request.id_token, record)
         if request.role not in token.roles:
             granted = ", ".join(token.roles)
             raise JoinError(
@@ -201,6 +202,34 @@ class JoinService:
         response = self._issue(request, token, identity, now)
         record["host_id"] = response["host_id"]  # the certificate's CN: a log line for each certificate
         return response
+
+    def _allow(self, token: JoinToken, identity: Identity, account: str, id_token: str, record: dict[str, Any]) -> None:
+        """Applies the allow rules; a refusal says, rule by rule, the first condition that
+        failed, in the answer and the join log (the caller proved who it is: the rules it
+        fails are no secret to it, and no other token's name appears)."""
+        rules = token.kubernetes
+        assert rules is not None  # only kubernetes tokens get this far
+        try:
+            refusals = decide(
+                rules.allow,
+                identity.namespace,
+                identity.service_account.name,
+                claims=lambda: verified_claims(id_token),
+                objects=self._objects_of(rules, identity),
+            )
+        except VerificationError as exc:  # the watch cache cannot answer now: binding_unavailable
+            raise JoinError(exc.code, exc.message) from None
+        if refusals is not None:
+            record["rules"] = refusals
+            raise JoinError(
+                JoinReason.NO_MATCHING_ALLOW_RULE,
+                f"service account {account} is not allowed by join token {cut(token.name)}: {'; '.join(refusals)}",
+            )
+
+    def _objects_of(self, rules: KubernetesRules, identity: Identity) -> Objects:
+        if self._objects is None:
+            return no_objects(identity)
+        return self._objects.lookup(rules, identity)
 
     async def _verify(self, token: JoinToken, id_token: str, record: dict[str, Any]) -> Identity:
         rules = token.kubernetes

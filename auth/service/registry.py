@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from metrics import Metrics
@@ -19,6 +19,7 @@ from verifier import Identity, OIDCKeySource, StaticKeySource, Verifier, Verifyi
 from verifier.binding import BindingCheck
 from verifier.k8s.api import KubeAPI, KubeKeySource
 from verifier.k8s.binding import LiveBinding
+from verifier.labels import NO_LABELS, WantedKeys
 from verifier.sources import KeySource, RemoteKeySource
 from verifier.texts import cut
 
@@ -58,7 +59,15 @@ class Cluster:
     """One registered cluster, running: its key source, its binding (with watch) and the
     verifiers over them. Serves the TokenReviewer's `Verifiers` interface for /clusters/NAME."""
 
-    def __init__(self, spec: ClusterSpec, *, config: Config, metrics: Metrics, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        *,
+        config: Config,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        wanted: WantedKeys = NO_LABELS,
+    ) -> None:
         self.spec = spec
         self._config = config
         self._clock = clock
@@ -93,6 +102,7 @@ class Cluster:
                 clock=clock,
                 # the config's binding.watch_idle_timeout holds for every cluster's watches
                 watch_idle_timeout=config.binding.watch_idle_timeout,
+                wanted=wanted,
             )
 
     @property
@@ -199,6 +209,7 @@ class ClusterRegistry:
         self._pending: tuple[ClusterSpec, ...] = config.clusters
         self._reads: Reads = {}  # what the last good read of the files depended on
         self._lock = asyncio.Lock()
+        self.wanted = WantedKeys()  # the label keys allow rules read: a cluster added later keeps them too
 
     @property
     def enabled(self) -> bool:
@@ -206,6 +217,13 @@ class ClusterRegistry:
         then do the other sources' verifiers carry the clusters' bindings, so only then may a
         reload register clusters: a cluster whose binding some verifier skipped would be a hole."""
         return bool(self._config.clusters) or self._config.clusters_dir is not None
+
+    @property
+    def specs(self) -> Mapping[str, ClusterSpec]:
+        """The clusters in force by name; before start, those the config registers."""
+        if self.generation:
+            return {name: cluster.spec for name, cluster in self.clusters.items()}
+        return {spec.name: spec for spec in self._pending}
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
@@ -230,7 +248,9 @@ class ClusterRegistry:
         kept = {name: c for name, c in self.clusters.items() if wanted.get(name) == c.spec}
         for name, spec in wanted.items():
             if name not in kept:
-                cluster = Cluster(spec, config=self._config, metrics=self._metrics, clock=self._clock)
+                cluster = Cluster(
+                    spec, config=self._config, metrics=self._metrics, clock=self._clock, wanted=self.wanted
+                )
                 cluster.follows = self.binding
                 cluster.start()
                 kept[name] = cluster

@@ -32,6 +32,7 @@ from .admission import Admission
 from .auditlog import AuditLog
 from .body import parse_body
 from .ca import CertificateAuthority
+from .clusterobjects import ClusterObjects
 from .clusterreview import CLUSTER_REVIEWS, ClusterReviews, handle_cluster_review
 from .clusterreview import PREFIX as CLUSTER_PREFIX
 from .clusterreview import ROUTE as CLUSTER_ROUTE
@@ -70,10 +71,13 @@ class TokenStore:
     counts). A broken edit, or one that leaves no tokens (a truncating rewrite caught halfway),
     is refused and the last good tokens stay in force."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, validate: Callable[[dict[str, JoinToken], str], None] | None = None) -> None:
         self.path = path
+        # beyond the file itself: what the service must have for the tokens' rules (a binding)
+        self._validate = validate or (lambda tokens, source: None)
         text = read_text_file(path)
         self.tokens: dict[str, JoinToken] = parse_tokens(text, path)
+        self._validate(self.tokens, path)
         self._applied = self._seen = _digest(text)
         self.last_error = ""
 
@@ -93,6 +97,7 @@ class TokenStore:
             return None
         self._seen = digest
         tokens = parse_tokens(text, self.path)
+        self._validate(tokens, self.path)
         if not tokens:
             raise ConfigError(f"{self.path}: no join tokens; a reload that leaves none is refused")
         return _Read(digest, tokens)
@@ -127,7 +132,23 @@ class Service:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.tokens = TokenStore(config.tokens_file)
+        self.binding: LiveBinding | None = None
+        if config.binding.mode == "watch" and config.in_cluster is not None:
+            self.binding = LiveBinding(
+                kube_api(config.in_cluster),
+                leeway=config.verification.leeway,
+                nodes=config.binding.nodes,
+                clock=clock,
+                watch_idle_timeout=config.binding.watch_idle_timeout,
+            )
+        self.clusters = ClusterRegistry(config, metrics, clock=clock)
+        # Allow rules that read the cluster's objects are judged by these bindings' watch caches:
+        # a tokens file whose rules no binding can answer is refused, at start as at a reload.
+        self.objects = ClusterObjects(config, self.binding, self.clusters)
+        self.tokens = TokenStore(config.tokens_file, validate=self.objects.check_tokens)
+        if config.token_review is not None:
+            self.objects.check_reviewers(config.token_review.reviewers, config.token_review.source)
+        self._want_labels()
         # A supervised worker only loads the CA its supervisor made: one whose files went missing
         # must not start with a CA of its own while the other workers sign with the first.
         ca_of = CertificateAuthority.load if worker is not None else CertificateAuthority.load_or_create
@@ -149,17 +170,6 @@ class Service:
             on_drop=metrics.join_log_dropped.inc,
             sync_timeout=config.limits.request_timeout,
         )
-        self.binding: LiveBinding | None = None
-        if config.binding.mode == "watch" and config.in_cluster is not None:
-            binding = LiveBinding(
-                kube_api(config.in_cluster),
-                leeway=config.verification.leeway,
-                nodes=config.binding.nodes,
-                clock=clock,
-                watch_idle_timeout=config.binding.watch_idle_timeout,
-            )
-            self.binding = binding
-        self.clusters = ClusterRegistry(config, metrics, clock=clock)
         if self.binding is not None or self.clusters.enabled:
             metrics.watch_binding(self._binding_stats)
         self.keyring = Keyring(
@@ -180,6 +190,7 @@ class Service:
             certificate_ttl=config.certificate_ttl,
             clock=clock,
             clusters=self.clusters,
+            objects=self.objects,
         )
         self.admission = Admission(
             max_in_flight=config.limits.max_in_flight,
@@ -200,7 +211,12 @@ class Service:
                 pipeline=self.pipeline,
                 audit=self.audit,
                 clock=clock,
+                objects=self.objects,
             )
+
+    def _want_labels(self) -> None:
+        reviewers = self.config.token_review.reviewers if self.config.token_review is not None else None
+        self.objects.want(self.tokens.tokens, reviewers or ())
 
     def _binding_stats(self) -> dict[str, LiveBindingStats]:
         """The live bindings by cluster, for the metrics: `local` and each registered cluster's.
@@ -250,6 +266,7 @@ class Service:
             return Reload.UNCHANGED
         retired = self.keyring.update(tokens)
         self.tokens.tokens = tokens
+        self._want_labels()
         self.tokens.last_error = ""
         shown = public_names(tokens)
         self.metrics.tokens_loaded(shown, len(tokens))
@@ -453,7 +470,13 @@ def create_app(
         app.router.add_post(ROUTE, _observed(metrics, ROUTE_LABEL, handle_token_review))
         allowed.update(dict.fromkeys(REVIEW_PATHS, "POST"))
         app[CLUSTER_REVIEWS] = ClusterReviews(
-            config, service.clusters, metrics=metrics, pipeline=service.pipeline, audit=service.audit, clock=clock
+            config,
+            service.clusters,
+            metrics=metrics,
+            pipeline=service.pipeline,
+            audit=service.audit,
+            clock=clock,
+            objects=service.objects,
         )
         app.router.add_post(CLUSTER_ROUTE, _observed(metrics, CLUSTER_ROUTE_LABEL, handle_cluster_review))
     gets: dict[str, Handler] = {"/healthz": handle_healthz, "/readyz": handle_readyz}

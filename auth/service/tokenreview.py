@@ -22,9 +22,11 @@ from aiohttp import web
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
 from verifier.binding import BindingCheck
-from verifier.jose import load_strict_json
+from verifier.jose import load_strict_json, verified_claims
 
+from .allow import Objects, decide
 from .auditlog import UNVERIFIED_REFUSALS, AuditLog
+from .clusterobjects import ClusterObjects, no_objects
 from .config import TokenReview
 from .errors import STATUS, JoinError
 from .pipeline import RETRY_LATER, Pipeline, retry_after
@@ -209,8 +211,10 @@ class TokenReviewer:
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
         cluster: str | None = None,
+        objects: ClusterObjects | None = None,
     ) -> None:
         self.config = config
+        self._objects = objects  # the watch caches that label and expression reviewer rules read
         self.cluster = cluster  # a registered cluster's reviewer: named in the answer and the log
         self.pipeline = pipeline
         self._keyring = keyring
@@ -250,17 +254,19 @@ class TokenReviewer:
         try:
             caller = await self._verifier(None, bound=False).verify(token)  # keys, signature, claims
             if not any(rule.matches(caller.namespace, caller.service_account.name) for rule in reviewers):
-                record["caller"] = caller.username
-                raise CallerError(
-                    403,
-                    "forbidden",
-                    f'tokenreviews.authentication.k8s.io is forbidden: User "{caller.username}" cannot create '
-                    'resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope: '
-                    "not in token_review.reviewers",
-                )
+                raise _forbidden(caller, record, None)
             binding = self._keyring.binding_for(self.config.source, SOURCE_OWNER)
             if binding is not None and not binding.check_cached(caller):
                 await binding.check(caller)
+            refusals = decide(
+                reviewers,
+                caller.namespace,
+                caller.service_account.name,
+                claims=lambda: verified_claims(token),
+                objects=self._caller_objects(caller),
+            )
+            if refusals is not None:  # a rule on labels or an expression said no
+                raise _forbidden(caller, record, refusals)
         except VerificationError as exc:
             record["caller_error"] = f"{exc.code}: {exc.message}"
             if exc.code in RETRY_LATER:
@@ -269,6 +275,11 @@ class TokenReviewer:
                 raise CallerError.of(JoinError(exc.code, message)) from None
             raise _unauthorized() from None
         record["caller"] = caller.username
+
+    def _caller_objects(self, caller: Identity) -> Objects:
+        if self._objects is None:
+            return no_objects(caller)
+        return self._objects.lookup(self.config.source, caller)
 
     async def judge(self, request: ReviewRequest, record: dict[str, Any]) -> Verdict:
         """Verifies the reviewed token; puts who it speaks for into the record."""
@@ -381,6 +392,21 @@ class _Review:
         self._record["message"] = exc.message
         self._reviewer.finish(self._record, exc.label, self._started)
         return kube_status(exc.code, exc.message, retry_after(exc.label))
+
+
+def _forbidden(caller: Identity, record: dict[str, Any], refusals: list[str] | None) -> CallerError:
+    """The 403 kube-apiserver gives a user RBAC refuses. Why the rules refused goes to the log
+    only: the answer is no oracle for which labels a reviewer must have."""
+    record["caller"] = caller.username
+    if refusals:
+        record["caller_error"] = "; ".join(refusals)
+    return CallerError(
+        403,
+        "forbidden",
+        f'tokenreviews.authentication.k8s.io is forbidden: User "{caller.username}" cannot create '
+        'resource "tokenreviews" in API group "authentication.k8s.io" at the cluster scope: '
+        "not in token_review.reviewers",
+    )
 
 
 REVIEWER: Final = web.AppKey("token_reviewer", TokenReviewer)

@@ -199,12 +199,9 @@ def _roles(value: object) -> tuple[str, ...]:
     return tuple(roles)
 
 
-def _allow_rule(value: object, path: str, number: int, *, conditions: bool) -> AllowRule:
+def _allow_rule(value: object, path: str, number: int) -> AllowRule:
     rule = _mapping(value, path)
-    if not conditions:
-        for key in CONDITION_FIELDS.intersection(rule):
-            raise TokenError(f"{path}.{key}", "only join tokens' allow rules take labels and expressions")
-    _no_unknown(rule, _ACCOUNT_KEYS | CONDITION_FIELDS if conditions else _ACCOUNT_KEYS, path)
+    _no_unknown(rule, _ACCOUNT_KEYS | CONDITION_FIELDS, path)
     account = _account(rule, path)
     judged = _conditions(rule, path, number)
     return account if judged is None else dataclasses.replace(account, conditions=judged)
@@ -290,13 +287,12 @@ def _issuer_url(value: object, path: str, *, allow_http: bool) -> str:
     raise TokenError(path, f"expected an https:// URL (http:// only with insecure_allow_http_issuer), got {url!r}")
 
 
-def parse_allow_rules(value: object, path: str, *, conditions: bool = False) -> tuple[AllowRule, ...]:
-    """A non-empty list of allow rules, as join tokens write them. With `conditions` (join tokens)
-    a rule may also take labels and an expression; without (`token_review.reviewers`, which checks
-    the account only) those fields are refused rather than ignored."""
+def parse_allow_rules(value: object, path: str) -> tuple[AllowRule, ...]:
+    """A non-empty list of allow rules, as join tokens write them, labels and expressions included
+    (also `token_review.reviewers`, which the TokenReview endpoint judges the same way)."""
     if not isinstance(value, list) or not value:
         raise TokenError(path, "expected a non-empty list of rules")
-    return tuple(_allow_rule(rule, f"{path}[{i}]", i + 1, conditions=conditions) for i, rule in enumerate(value))
+    return tuple(_allow_rule(rule, f"{path}[{i}]", i + 1) for i, rule in enumerate(value))
 
 
 def parse_key_source(spec: Mapping[str, Any], path: str) -> KubernetesRules:
@@ -342,9 +338,7 @@ def _kubernetes(value: object) -> KubernetesRules:
     spec = _mapping(value, "spec.kubernetes")
     _no_unknown(spec, {"type", "allow", "static_jwks", "oidc", "cluster"}, "spec.kubernetes")
     source = _cluster(spec) if "cluster" in spec else parse_key_source(spec, "spec.kubernetes")
-    return dataclasses.replace(
-        source, allow=parse_allow_rules(spec.get("allow"), "spec.kubernetes.allow", conditions=True)
-    )
+    return dataclasses.replace(source, allow=parse_allow_rules(spec.get("allow"), "spec.kubernetes.allow"))
 
 
 def _cluster(spec: Mapping[str, Any]) -> KubernetesRules:
