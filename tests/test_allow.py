@@ -248,3 +248,40 @@ def test_load_time_helpers_name_the_rules_that_read_the_cluster_and_the_keys_to_
     assert labelled is not None
     assert reads(labelled.allow) == {"pod", "namespace"}
     assert reads(labelled.allow[2:]) == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("expression", "decoded"),
+    [
+        ('claims.sub.endsWith(":agent") && claims.iss != ""', False),  # what the identity holds exactly
+        ('claims["kubernetes.io"].namespace == "team-a"', True),
+        ("claims.exists(k, k == 'sub')", True),  # every claim
+        ('claims.aud[0] == "kubejoin"', True),  # aud may be a string in a payload: never rebuilt
+    ],
+)
+def test_claims_come_from_the_identity_only_when_it_holds_them_exactly(expression: str, decoded: bool) -> None:
+    from auth.devtools.issuer import IssuerKey, LocalIssuer
+    from auth.service.allow import claims_reader
+    from verifier.jose import verified_claims
+
+    issuer = LocalIssuer("https://issuer.example", [IssuerKey.generate("P-256")])
+    token = issuer.mint("team-a", "agent", pod="agent-1", audiences=["kubejoin"])
+    payload = verified_claims(token)
+    identity = Identity(
+        namespace="team-a",
+        service_account=ObjectRef("agent", "u1", 1),  # only names are read
+        pod=ObjectRef("agent-1", "u2", 2),
+        node=None,
+        issuer=payload["iss"],
+        audiences=("kubejoin",),
+        jti=payload.get("jti"),
+        issued_at=payload["iat"],
+        expires_at=payload["exp"],
+        not_before=None,
+    )
+    rules = (AllowRule("team-a", "agent", conditions=RuleConditions(expression=compile_expression(expression))),)
+    claims = claims_reader(rules, identity, token)()
+    if decoded:
+        assert claims == payload
+    else:
+        assert claims == {key: payload[key] for key in ("iss", "sub", "jti")}

@@ -247,3 +247,29 @@ async def test_token_review_reviewers_take_the_same_rule_forms(
         "rule 1: namespace has no label reviewers"
         in [r for r in audit.records() if r.get("caller_error")][-1]["caller_error"]
     )
+
+
+async def test_a_reload_naming_a_new_label_key_relists_and_then_judges_it(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    cluster.api.add_pod(NS, "app-1", service_account="app", labels={"tier": "prod", "team": "search"})
+    token = cluster.mint(NS, "app-1")
+    client = await start_kubejoin(
+        tmp_path, aiohttp_client, cluster, tokens=[labelled({"pod_labels": {"tier": "prod"}})]
+    )
+    assert await join(client, token) == (200, "ok")
+    service = client.app[SERVICE]
+    # `team` was not kept: the reload makes the pod store relist with it before judging it
+    write_tokens(tmp_path / "tokens.yaml", labelled({"pod_labels": {"tier": "prod", "team": "payments"}}))
+    assert await service.reload_tokens() is Reload.CHANGED
+    status, message = await join(client, token)
+    # judged at once or still loading (503, retry), never accepted from a cache that did not keep `team`
+    assert (status, "being loaded" in message) in ((403, False), (503, True))
+
+    async def judged() -> bool:
+        return (await join(client, token))[0] == 403
+
+    await wait_for(judged, "the relisted pod store judging team")
+    assert 'rule 1: pod label team is "search", not "payments"' in (await join(client, token))[1]
+    cluster.api.label("pods", NS, "app-1", {"team": "payments"})
+    await _settles(client, token, 200)

@@ -15,10 +15,9 @@ from metrics import Metrics
 from metrics.metrics import UNKNOWN_TOKEN
 from verifier import Identity, VerificationError, Verifier
 from verifier.errors import BindingRefusal, Reason
-from verifier.jose import verified_claims
 from verifier.texts import cut
 
-from .allow import Objects, decide
+from .allow import Objects, claims_reader, decide
 from .auditlog import UNVERIFIED_REFUSALS, AuditLog
 from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
 from .clusterobjects import ClusterObjects, no_objects
@@ -214,7 +213,7 @@ class JoinService:
                 rules.allow,
                 identity.namespace,
                 identity.service_account.name,
-                claims=lambda: verified_claims(id_token),
+                claims=claims_reader(rules.allow, identity, id_token),
                 objects=self._objects_of(rules, identity),
             )
         except VerificationError as exc:  # the watch cache cannot answer now: binding_unavailable

@@ -22,9 +22,9 @@ from aiohttp import web
 from metrics import Metrics
 from verifier import Identity, VerificationError, Verifier
 from verifier.binding import BindingCheck
-from verifier.jose import load_strict_json, verified_claims
+from verifier.jose import load_strict_json
 
-from .allow import Objects, decide
+from .allow import Objects, claims_reader, decide
 from .auditlog import UNVERIFIED_REFUSALS, AuditLog
 from .clusterobjects import ClusterObjects, no_objects
 from .config import TokenReview
@@ -262,7 +262,7 @@ class TokenReviewer:
                 reviewers,
                 caller.namespace,
                 caller.service_account.name,
-                claims=lambda: verified_claims(token),
+                claims=claims_reader(reviewers, caller, token),
                 objects=self._caller_objects(caller),
             )
             if refusals is not None:  # a rule on labels or an expression said no
