@@ -501,3 +501,16 @@ async def test_label_rules_follow_the_cluster_the_token_comes_from(
     config = write_config(unwatched, [a.entry(), b.entry(binding={"mode": "off"})])
     with pytest.raises(ConfigError, match=r"join token to-b: .*rule 1\) reads pods .*cluster b"):
         create_app(load_config(str(config)), registry=CollectorRegistry(), audit=AuditLog())
+
+
+def test_tokens_check_refuses_label_rules_the_config_cannot_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labelled = cluster_token("to-eu", "eu")
+    labelled["spec"]["kubernetes"]["allow"][0]["pod_labels"] = {"tier": "prod"}
+    write_tokens(tmp_path / "tokens.yaml", labelled)
+    config = write_config(tmp_path, [_OK])  # eu has no binding watch
+    assert cli_main(["tokens", "check", str(tmp_path / "tokens.yaml"), "--config", str(config)]) == 1
+    assert "join token to-eu: spec.kubernetes.allow[0] (rule 1) reads pods of the cluster" in capsys.readouterr().err
+    # without --config the file alone is valid: which cluster answers is the config's business
+    assert cli_main(["tokens", "check", str(tmp_path / "tokens.yaml")]) == 0

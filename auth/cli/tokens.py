@@ -1,6 +1,7 @@
 """`kubejoin tokens check FILE [--config F]`: validates a join token file (exit 0 valid, 1
-invalid). With the service's config, it also warns of join tokens naming a cluster that the
-config does not register (their joins would be refused with unknown_cluster). `tokens explain`
+invalid). With the service's config, it also refuses allow rules that read the cluster where the
+config has no binding to answer them, as `serve` does, and warns of join tokens naming a cluster
+that the config does not register (their joins would be refused with unknown_cluster). `tokens explain`
 lives in explain.py."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..service.clusterobjects import check_token_rules
 from ..service.config import load_config
 from ..service.files import ConfigError
 from ..service.tokens import load_tokens
@@ -28,7 +30,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def run_check(args: argparse.Namespace) -> int:
     try:
         tokens = load_tokens(args.file)
-        registered = {c.name for c in load_config(args.config).clusters} if args.config else None
+        registered = None
+        if args.config:
+            config = load_config(args.config)
+            registered = {c.name for c in config.clusters}
+            # what `serve` refuses at load: rules reading the cluster with no binding to answer them
+            check_token_rules(tokens, config, {c.name: c for c in config.clusters}, args.file)
     except ConfigError as exc:
         say(str(exc))
         return EXIT_REFUSED

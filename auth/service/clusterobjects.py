@@ -92,63 +92,19 @@ class ClusterObjects:
 
     # -- at load ---------------------------------------------------------------------------
     def check_tokens(self, tokens: Mapping[str, JoinToken], source: str) -> None:
-        """Raises ConfigError naming the first rule that reads the cluster's objects where no
-        binding (or no node watch) can answer it; warns of node rules a kubelet could satisfy."""
-        specs = self._registry.specs
-        for name, number, kinds in rules_reading_cluster(tokens):
-            rules = tokens[name].kubernetes
-            assert rules is not None  # only kubernetes tokens have rules
-            missing = self._missing(rules, kinds, specs)
-            if missing:
-                raise ConfigError(
-                    f"{source}: join token {name}: spec.kubernetes.allow[{number - 1}] (rule {number}) reads "
-                    f"{_kinds(kinds)} of the cluster, {missing}"
-                )
-        for name, number, keys in _self_labelled_node_rules(tokens):
-            log.warning(
-                "%s: join token %s, rule %d: node label %s can be set by the node's own kubelet, so a compromised "
-                "node could label itself into this rule; prefer a key under node-restriction.kubernetes.io/",
-                source,
-                name,
-                number,
-                keys,
-            )
+        """check_token_rules against the clusters in force (TokenStore's validation)."""
+        check_token_rules(tokens, self._config, self._registry.specs, source)
 
     def check_reviewers(self, reviewers: Sequence[AllowRule] | None, source: KubernetesRules) -> None:
         """The same check for token_review.reviewers, whose tokens come from the review source."""
         for number, rule in enumerate(reviewers or (), start=1):
             if rule.conditions is not None and rule.conditions.reads:
-                missing = self._missing(source, rule.conditions.reads, self._registry.specs)
+                missing = _missing(self._config, source, rule.conditions.reads, self._registry.specs)
                 if missing:
                     raise ConfigError(
                         f"token_review.reviewers[{number - 1}] (rule {number}) reads "
                         f"{_kinds(rule.conditions.reads)} of the cluster, {missing}"
                     )
-
-    def _missing(
-        self, rules: KubernetesRules, kinds: frozenset[LabelKind], specs: Mapping[str, ClusterSpec]
-    ) -> str | None:
-        """Why no binding can answer these kinds for tokens of this source; None if one can."""
-        if rules.cluster is not None:
-            spec = specs.get(rules.cluster)
-            if spec is None:  # refused per join as unknown_cluster; `tokens check --config` warns
-                return None
-            return _spec_missing(spec, kinds, f"cluster {spec.name}")
-        if rules.type == "in_cluster":
-            binding = self._config.binding
-            if binding.mode != "watch" or self._config.in_cluster is None:
-                return "which needs the local cluster's live binding (binding.mode: watch)"
-            if "node" in kinds and not binding.nodes:
-                return "which needs node watching (binding.nodes: true)"
-            return None
-        issuer = rules.oidc_issuer or rules.static_issuer
-        for spec in specs.values():
-            if spec.issuer == issuer:
-                return _spec_missing(spec, kinds, f"cluster {spec.name} (its issuer)")
-        return (
-            f"which needs a live binding: with type {rules.type}, only a token whose issuer is a registered "
-            "cluster's with binding watch can be judged; name the cluster instead (cluster: NAME)"
-        )
 
     def want(self, tokens: Mapping[str, JoinToken], reviewers: Iterable[AllowRule] = ()) -> None:
         """Tells every binding which label keys the rules now read. One set for all clusters:
@@ -168,6 +124,56 @@ class ClusterObjects:
         for cluster in self._registry.clusters.values():
             if cluster.binding is not None:
                 cluster.binding.want(self.wanted)
+
+
+def check_token_rules(
+    tokens: Mapping[str, JoinToken], config: Config, specs: Mapping[str, ClusterSpec], source: str
+) -> None:
+    """Raises ConfigError naming the first rule that reads the cluster's objects where no binding
+    (or no node watch) can answer it; warns of node rules a kubelet could satisfy on its own."""
+    for name, number, kinds in rules_reading_cluster(tokens):
+        rules = tokens[name].kubernetes
+        assert rules is not None  # only kubernetes tokens have rules
+        missing = _missing(config, rules, kinds, specs)
+        if missing:
+            raise ConfigError(
+                f"{source}: join token {name}: spec.kubernetes.allow[{number - 1}] (rule {number}) reads "
+                f"{_kinds(kinds)} of the cluster, {missing}"
+            )
+    for name, number, keys in _self_labelled_node_rules(tokens):
+        log.warning(
+            "%s: join token %s, rule %d: node label %s can be set by the node's own kubelet, so a compromised "
+            "node could label itself into this rule; prefer a key under node-restriction.kubernetes.io/",
+            source,
+            name,
+            number,
+            keys,
+        )
+
+
+def _missing(
+    config: Config, rules: KubernetesRules, kinds: frozenset[LabelKind], specs: Mapping[str, ClusterSpec]
+) -> str | None:
+    """Why no binding can answer these kinds for tokens of this source; None if one can."""
+    if rules.cluster is not None:
+        spec = specs.get(rules.cluster)
+        if spec is None:  # refused per join as unknown_cluster; `tokens check --config` warns
+            return None
+        return _spec_missing(spec, kinds, f"cluster {spec.name}")
+    if rules.type == "in_cluster":
+        if config.binding.mode != "watch" or config.in_cluster is None:
+            return "which needs the local cluster's live binding (binding.mode: watch)"
+        if "node" in kinds and not config.binding.nodes:
+            return "which needs node watching (binding.nodes: true)"
+        return None
+    issuer = rules.oidc_issuer or rules.static_issuer
+    for spec in specs.values():
+        if spec.issuer == issuer:
+            return _spec_missing(spec, kinds, f"cluster {spec.name} (its issuer)")
+    return (
+        f"which needs a live binding: with type {rules.type}, only a token whose issuer is a registered "
+        "cluster's with binding watch can be judged; name the cluster instead (cluster: NAME)"
+    )
 
 
 def _self_labelled_node_rules(tokens: Mapping[str, JoinToken]) -> list[tuple[str, int, str]]:
