@@ -273,3 +273,14 @@ async def test_a_reload_naming_a_new_label_key_relists_and_then_judges_it(
     assert 'rule 1: pod label team is "search", not "payments"' in (await join(client, token))[1]
     cluster.api.label("pods", NS, "app-1", {"team": "payments"})
     await _settles(client, token, 200)
+
+
+async def test_an_expression_reading_every_label_is_warned_of(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster.api.add_pod(NS, "app-1", service_account="app", labels={"tier": "prod", "x-1": "a"})
+    rule = {"expression": 'pod.labels.exists(k, k.startsWith("x-"))'}
+    with caplog.at_level("WARNING", logger="kubejoin.rules"):
+        client = await start_kubejoin(tmp_path, aiohttp_client, cluster, tokens=[labelled(rule)])
+    assert "reads pod labels as a whole" in caplog.text and "namespace labels" not in caplog.text
+    assert await join(client, cluster.mint(NS, "app-1")) == (200, "ok")

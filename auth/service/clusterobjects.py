@@ -117,8 +117,19 @@ class ClusterObjects:
             if rule.conditions is not None
         ]
         conditions += [rule.conditions for rule in reviewers if rule.conditions is not None]
-        self.wanted = wanted_label_keys(*conditions)
-        self._registry.wanted = self.wanted
+        wanted = wanted_label_keys(*conditions)
+        for kind, keys in zip(wanted._fields, wanted, strict=True):
+            if isinstance(keys, AllKeys) and not isinstance(getattr(self.wanted, kind), AllKeys):
+                # bench/labels.py: every label of 100,000 pods is 85 MB; two named keys are 5 MB
+                log.warning(
+                    "an allow rule's expression reads %s labels as a whole (a key that is not a literal, a "
+                    "comprehension, size()): the watch cache now keeps every %s label; name the keys to keep "
+                    "only those",
+                    kind,
+                    kind,
+                )
+        self.wanted = wanted
+        self._registry.wanted = wanted
         if self._local is not None:
             self._local.want(self.wanted)
         for cluster in self._registry.clusters.values():
