@@ -110,7 +110,7 @@ def main() -> int:
                     identity.namespace,
                     identity.service_account.name,
                     claims=claims_reader(rules, identity, token),
-                    objects=lambda kinds: binding.objects(identity, kinds),
+                    objects=lambda kinds, keys: binding.objects(identity, kinds, keys),
                 )
                 assert verdict is None, verdict  # every case allows: the path of a successful join
                 return verdict

@@ -34,7 +34,7 @@ class Calls:
         self.claims_calls += 1
         return CLAIMS
 
-    def objects(self, kinds: frozenset[LabelKind]) -> Views:
+    def objects(self, kinds: frozenset[LabelKind], keys: WantedKeys) -> Views:
         self.asked.append(kinds)
         if self.refusal is not None:
             raise self.refusal

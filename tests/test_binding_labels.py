@@ -14,6 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from auth.devtools.kubeapi import write_kubeconfig
+from auth.service.allow import decide
+from auth.service.rules import RuleConditions, compile_expression
+from auth.service.tokens import AllowRule
 from metrics import Metrics
 from tests.kube import BEARER, FakeCluster, start_cluster
 from tests.polling import wait_for
@@ -187,6 +190,24 @@ async def test_want_shrinking_relists_nothing_and_the_next_relist_keeps_less(
     cluster.api.end_watches()
     await wait_for(lambda: _pod_labels(binding, who) == {"tier": "prod"}, "the relist", ignoring=(BindingRefusal,))
     assert cluster.api.requests["list", "pods"] == lists + 1
+
+
+async def test_rules_reading_keys_the_cache_no_longer_keeps_are_not_judged(cluster: FakeCluster, start: Start) -> None:
+    # A join holds its token's rules across the await of its verification; a reload meanwhile may
+    # make the pod store relist without a key those rules read. Judged from that store, the
+    # missing key would read as absent, and `!has(...)` would let a quarantined pod in.
+    cluster.api.label("pods", NS, "app-1", {"quarantined": "yes"})
+    binding = await start(WantedKeys(pod=frozenset({"quarantined"})))
+    who = identity(cluster, NS, "app-1")
+    held = [
+        AllowRule(NS, "app", conditions=RuleConditions(expression=compile_expression("!has(pod.labels.quarantined)")))
+    ]
+    binding.want(WantedKeys(pod=TIER))  # the reloaded rules read tier only: the relist drops quarantined
+    await wait_for(lambda: _pod_labels(binding, who) == {"tier": "prod"}, "the relist", ignoring=(BindingRefusal,))
+    with pytest.raises(BindingRefusal) as refused:
+        decide(held, NS, "app", dict, lambda kinds, keys: binding.objects(who, kinds, keys))
+    assert refused.value.code is Reason.BINDING_UNAVAILABLE
+    assert "the rules read pod label keys the cache does not keep" in refused.value.message
 
 
 def _pod_labels(binding: LiveBinding, who: Identity) -> dict[str, str] | None:

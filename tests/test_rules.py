@@ -254,6 +254,35 @@ def test_only_the_claims_an_expression_names_are_converted(text: str, expected: 
     assert compile_expression(text).claim_keys == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "claim_keys", "label_keys"),
+    [
+        # `in` binds looser than `+`: the key is the whole sum, which no literal names
+        ('!("kubernetes" + ".io" in claims)', ALL_KEYS, {}),
+        ('!("a" + "pp" in pod.labels)', frozenset(), {"pod": ALL_KEYS}),
+        # a leading dot names the variable at the root scope, as plain `claims` does
+        ('!("kubernetes.io" in .claims)', ALL_KEYS, {}),
+        ("!has(.pod.labels.app)", frozenset(), {"pod": frozenset({"app"})}),
+        # still a literal key: `in` at the start of an operand
+        ('claims.sub != "" && ("groups" in claims || "app" in pod.labels)', {"sub", "groups"}, {"pod": {"app"}}),
+    ],
+    ids=["sum-in-claims", "sum-in-labels", "root-claims", "root-pod", "literal-after-operator"],
+)
+def test_a_key_the_scan_cannot_name_wants_them_all(text: str, claim_keys: object, label_keys: object) -> None:
+    expression = compile_expression(text)
+    assert (expression.claim_keys, expression.label_keys) == (claim_keys, label_keys)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['!("kubernetes" + ".io" in claims)', '!("kubernetes.io" in .claims)'],
+    ids=["sum-in-claims", "root-claims"],
+)
+def test_an_expression_sees_every_claim_it_reads(text: str) -> None:
+    # CLAIMS has kubernetes.io: an expression refusing such tokens must refuse it
+    assert judge(rule(text), CLAIMS, None, None, None) == "expression is false"
+
+
 def test_an_expression_over_all_claims_sees_them_all() -> None:
     assert judge(rule('claims.exists(k, k == "aud") && claims.size() == 3'), CLAIMS, None, None, None) is None
 

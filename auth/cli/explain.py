@@ -19,7 +19,7 @@ from verifier.claims import INCOMPLETE, Claims, decode_claims
 from verifier.errors import Reason, VerificationError
 from verifier.jose import parse_compact
 from verifier.k8s.api import ApiError
-from verifier.labels import LabelKind, ObjectView
+from verifier.labels import LabelKind, ObjectView, WantedKeys
 
 from ..service.allow import decide, reads
 from ..service.files import ConfigError
@@ -182,7 +182,7 @@ def _judge(
     if token.expires is not None and time.time() >= token.expires:
         return Verdict(token.name, False, token.roles, [f"the join token expired at {_rfc3339(token.expires)}"])
 
-    def objects(kinds: frozenset[LabelKind]) -> Views:
+    def objects(kinds: frozenset[LabelKind], keys: WantedKeys) -> Views:
         return views
 
     refusal = decide(

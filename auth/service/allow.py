@@ -26,11 +26,12 @@ _CEL_NAMES: Final[Mapping[LabelKind, str]] = {"pod": "pod", "namespace": "namesp
 
 class Objects(Protocol):
     """What the join supplies: the token's pod, namespace and node as the binding's cache knows
-    them (None for one it does not know, or of a kind not asked for). Memory lookups; may raise
-    verifier.errors.BindingRefusal, which decide() lets through."""
+    them (None for one it does not know, or of a kind not asked for), with the label keys `keys`
+    (those the rules judged read). Memory lookups; may raise verifier.errors.BindingRefusal, which
+    decide() lets through, and must when the cache does not keep every key of `keys`."""
 
     def __call__(
-        self, kinds: frozenset[LabelKind], /
+        self, kinds: frozenset[LabelKind], keys: WantedKeys, /
     ) -> tuple[ObjectView | None, ObjectView | None, ObjectView | None]: ...
 
 
@@ -65,8 +66,11 @@ def decide(
             conditional = True
     if not conditional:
         return bounded([_account_refused(number, rule, namespace, name) for number, rule in enumerate(rules, 1)])
-    kinds = reads(rule for rule in rules if rule.matches(namespace, name))
-    pod, namespace_object, node = objects(kinds) if kinds and unknown is None else _NONE_KNOWN
+    matching = [rule for rule in rules if rule.matches(namespace, name)]
+    kinds = reads(matching)
+    # the keys these rules read, not those the binding was last told of: a reload during this
+    # join's verification may have made the cache drop some (a key read as absent passes `!has`)
+    pod, namespace_object, node = objects(kinds, _keys(matching)) if kinds and unknown is None else _NONE_KNOWN
     decoded = _Once(claims)
     lines: list[str] = []
     for number, rule in enumerate(rules, 1):
@@ -112,6 +116,12 @@ def rules_reading_cluster(tokens: Mapping[str, JoinToken]) -> list[ClusterRead]:
             if kinds := reads((rule,)):
                 found.append(ClusterRead(token_name, number, kinds))
     return found
+
+
+def _keys(rules: Iterable[AllowRule]) -> WantedKeys:
+    """The label keys these rules read (one rule's are computed when it loads)."""
+    conditions = [rule.conditions for rule in rules if rule.conditions is not None]
+    return conditions[0].keys if len(conditions) == 1 else wanted_label_keys(*conditions)
 
 
 def _conditions(tokens: Iterable[JoinToken]) -> list[RuleConditions]:

@@ -48,11 +48,11 @@ _KUBELET_KEYS: Final = frozenset(
 _KUBELET_DOMAINS: Final = ("kubelet.kubernetes.io", "node.kubernetes.io")
 
 
-def no_objects(identity: Identity) -> Callable[[frozenset[LabelKind]], Found]:
+def no_objects(identity: Identity) -> Callable[[frozenset[LabelKind], WantedKeys], Found]:
     """The lookup of a service with no binding at all (rules reading the cluster were refused at
     load, so this only answers a caller built without one, as in tests)."""
 
-    def objects(kinds: frozenset[LabelKind]) -> Found:
+    def objects(kinds: frozenset[LabelKind], keys: WantedKeys) -> Found:
         raise BindingRefusal(Reason.BINDING_UNAVAILABLE, "no live binding to read the cluster's objects from", identity)
 
     return objects
@@ -73,10 +73,12 @@ class ClusterObjects:
             return self._local
         return found
 
-    def lookup(self, rules: KubernetesRules | None, identity: Identity) -> Callable[[frozenset[LabelKind]], Found]:
+    def lookup(
+        self, rules: KubernetesRules | None, identity: Identity
+    ) -> Callable[[frozenset[LabelKind], WantedKeys], Found]:
         """What allow.decide calls, at most once, for the objects its rules read: memory only."""
 
-        def objects(kinds: frozenset[LabelKind]) -> Found:
+        def objects(kinds: frozenset[LabelKind], keys: WantedKeys) -> Found:
             binding = self.binding_for(rules, identity)
             if binding is None:
                 # The file was checked at load; the cluster's watch went since (a clusters reload).
@@ -86,7 +88,7 @@ class ClusterObjects:
                     "live binding (binding.mode: watch) now",
                     identity,
                 )
-            return binding.objects(identity, kinds)
+            return binding.objects(identity, kinds, keys)
 
         return objects
 

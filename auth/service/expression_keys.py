@@ -17,6 +17,9 @@ Variable = LabelKind  # the kinds; CEL calls the namespace `namespaceObject`
 
 KINDS: Final[Mapping[str, Variable]] = {"pod": "pod", "namespaceObject": "namespace", "node": "node"}
 _MACROS: Final = frozenset({"all", "exists", "exists_one", "map", "filter"})
+# What may come just before an operand of `in` that is a string literal alone: the start, a bracket,
+# a comma, `&&`, `||`, `?` or `:` (each binds looser than `in`, or is no operator).
+_OPENS: Final = frozenset({"", "(", "[", "{", ",", "&", "|", "?", ":"})
 _TOKEN: Final = re.compile(
     r"""\s+
     | //[^\n]*
@@ -59,8 +62,8 @@ def scan(text: str) -> Scanned:
             calls.add(token.text)
             if previous == "." and token.text in _MACROS:
                 comprehensions.append(token.text)
-        if previous == ".":
-            continue  # a field (`claims.node`), not the variable
+        if previous == "." and i >= 2 and _ends_operand(tokens[i - 2].text):
+            continue  # a field (`claims.node`), not the variable (`.claims` is it, at the root scope)
         if token.text == "claims":
             claim = _literal_key(tokens, i, 1)
             if claim is None:
@@ -92,9 +95,18 @@ def _literal_key(tokens: list[_Token], i: int, path: int) -> str | None:
         return after[1].key
     if after[0].text == "." and _is_ident(after[1].text) and after[2].text != "(":
         return after[1].text
-    if after[0].text not in ("[", ".") and i >= 2 and tokens[i - 1].text == "in":
+    # `"k" in m`, but not `x + "k" in m`: `in` binds looser than arithmetic, so the key is then a sum
+    if after[0].text not in ("[", ".") and i >= 2 and tokens[i - 1].text == "in" and tokens[i - 3].text in _OPENS:
         return tokens[i - 2].key
     return None
+
+
+def _ends_operand(text: str) -> bool:
+    """Whether a token can end an operand (`x`, `f()`, `m[k]`, `"s"`, `1`), so that a `.` after it
+    selects a field; after anything else a `.` names a variable at the root scope (`.claims`)."""
+    if text == "in":
+        return False
+    return text[:1].isalnum() or text[:1] == "_" or text[-1:] in ")]}\"'"
 
 
 def _token(match: re.Match[str]) -> _Token:

@@ -46,11 +46,14 @@ class RuleConditions:
     namespace_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     node_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     expression: Expression | None = None
+    # the label keys this rule reads (wanted_label_keys of it alone), for each join that judges it
+    keys: WantedKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a caller's dict changed later must not change a loaded rule.
         for name in ("pod_labels", "namespace_labels", "node_labels"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        object.__setattr__(self, "keys", wanted_label_keys(self))
 
     @property
     def reads(self) -> frozenset[Variable]:

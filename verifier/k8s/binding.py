@@ -278,13 +278,14 @@ class LiveBinding:
             idle_timeout=self._idle_timeout,
         )
 
-    def _keys(self, kind: Kind) -> LabelKeys:
+    def _keys(self, kind: Kind, wanted: WantedKeys | None = None) -> LabelKeys:
+        wanted = self._wanted if wanted is None else wanted
         if kind is POD:
-            return self._wanted.pod
+            return wanted.pod
         if kind is NODE:
-            return self._wanted.node
+            return wanted.node
         if kind is NAMESPACE:
-            return self._wanted.namespace
+            return wanted.namespace
         return frozenset()  # service accounts: no rule reads their labels
 
     @property
@@ -321,30 +322,32 @@ class LiveBinding:
                 reflector.store.shape = reflector.shape
 
     def objects(
-        self, identity: Identity, kinds: frozenset[LabelKind]
+        self, identity: Identity, kinds: frozenset[LabelKind], keys: WantedKeys | None = None
     ) -> tuple[ObjectView | None, ObjectView | None, ObjectView | None]:
         """The token's pod, namespace and node as the cache holds them, with the label keys the
         allow rules read; only the kinds asked are looked up, the others None, and so is an
         object the cache does not hold (a node when the token names none). From memory only,
         never a request. Raises BindingRefusal(binding_unavailable) when the cache cannot answer
-        truthfully: that kind's labels still loading after want() grew them, its watch not
-        synced and the object not held, or the kind not watched at all."""
-        pod = self._view(POD, identity, identity.pod) if "pod" in kinds else None
-        namespace = self._namespace(identity) if "namespace" in kinds else None
+        truthfully: that kind's labels still loading after want() grew them, the cache not
+        keeping a key of `keys` (the keys of the rules being judged, which a reload since they
+        were read may have dropped), its watch not synced and the object not held, or the kind
+        not watched at all."""
+        pod = self._view(POD, identity, identity.pod, keys) if "pod" in kinds else None
+        namespace = self._namespace(identity, keys) if "namespace" in kinds else None
         node = None
         if "node" in kinds and identity.node is not None:
-            node = self._view(NODE, identity, identity.node)
+            node = self._view(NODE, identity, identity.node, keys)
         return pod, namespace, node
 
-    def _view(self, kind: Kind, identity: Identity, ref: ObjectRef) -> ObjectView | None:
-        store = self._loaded(kind, identity)
+    def _view(self, kind: Kind, identity: Identity, ref: ObjectRef, keys: WantedKeys | None) -> ObjectView | None:
+        store = self._loaded(kind, identity, keys)
         if ref.key in store.live or ref.key in store.terminating:
             return ObjectView(ref.name, ref.uid, store.labels_of(ref.key))
         self._refuse_unsynced(kind, identity, ref.name)
         return None
 
-    def _namespace(self, identity: Identity) -> ObjectView | None:
-        store = self._loaded(NAMESPACE, identity)
+    def _namespace(self, identity: Identity, keys: WantedKeys | None) -> ObjectView | None:
+        store = self._loaded(NAMESPACE, identity, keys)
         held = store.named.get(identity.namespace) if store.named is not None else None
         if held is None:
             self._refuse_unsynced(NAMESPACE, identity, identity.namespace)
@@ -354,7 +357,7 @@ class LiveBinding:
         uid, packed = held
         return ObjectView(identity.namespace, uid, store.shape.view(packed) if store.shape is not None else {})
 
-    def _loaded(self, kind: Kind, identity: Identity) -> Store:
+    def _loaded(self, kind: Kind, identity: Identity, keys: WantedKeys | None) -> Store:
         """The kind's store, if it holds the label keys the rules read."""
         store = self.stores.get(kind.name)
         if store is None:
@@ -369,6 +372,13 @@ class LiveBinding:
                 Reason.BINDING_UNAVAILABLE,
                 f"{kind.name} labels are being loaded: the allow rules now read label keys the cache did not keep; "
                 "retry shortly",
+                identity,
+            )
+        if keys is not None and not covered(store.shape, self._keys(kind, keys)):
+            raise BindingRefusal(
+                Reason.BINDING_UNAVAILABLE,
+                f"the rules read {kind.name} label keys the cache does not keep (the tokens were reloaded "
+                "meanwhile); retry",
                 identity,
             )
         return store
