@@ -284,3 +284,20 @@ async def test_an_expression_reading_every_label_is_warned_of(
         client = await start_kubejoin(tmp_path, aiohttp_client, cluster, tokens=[labelled(rule)])
     assert "reads pod labels as a whole" in caplog.text and "namespace labels" not in caplog.text
     assert await join(client, cluster.mint(NS, "app-1")) == (200, "ok")
+
+
+async def test_an_expression_reading_only_the_namespace_name_watches_namespaces(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster
+) -> None:
+    # Found by review: no namespace label key named, so namespaces were never watched and every
+    # join under this rule got binding_unavailable, for ever.
+    cluster.api.add_namespace(NS)
+    cluster.api.add_pod(NS, "app-1", service_account="app")
+    rule = {"expression": 'namespaceObject.name == "teleport-agent"'}
+    client = await start_kubejoin(tmp_path, aiohttp_client, cluster, tokens=[labelled(rule)])
+    token = cluster.mint(NS, "app-1")
+
+    async def joined() -> bool:
+        return await join(client, token) == (200, "ok")
+
+    await wait_for(joined, "a join under a rule on the namespace's name", within=5.0)

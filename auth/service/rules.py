@@ -33,6 +33,7 @@ __all__ = [
     "wanted_label_keys",
 ]
 
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
 MAX_VALUE_CHARS: Final = 63  # a Kubernetes label value's own limit; a longer one is cut
 MAX_EXPLANATION_CHARS: Final = 2000  # all of explain()'s lines together
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
@@ -82,6 +83,11 @@ def wanted_label_keys(*conditions: RuleConditions) -> WantedKeys:
         if rule.expression is not None:
             for kind, keys in rule.expression.label_keys.items():
                 add(kind, keys)
+            if "namespace" in rule.expression.reads and not rule.expression.label_keys.get("namespace"):
+                # Namespaces are watched only while some key of theirs is wanted; an expression
+                # reading only namespaceObject.name or .uid needs them watched all the same. This
+                # label is the API server's own, on every namespace, equal to its name.
+                add("namespace", frozenset({NAMESPACE_NAME_LABEL}))
     return WantedKeys(merged["pod"], merged["namespace"], merged["node"])
 
 
