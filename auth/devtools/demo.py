@@ -3,11 +3,11 @@
 A local cluster API server (HTTPS, its own CA, bearer token required, as kube-apiserver does: the
 issuer's keys, and pods, service accounts and nodes to watch), the join service with a fresh CA,
 the seed guide's join token and live binding, an allowed pod that joins and the certificate it
-gets, a pod of another service account that is refused, the allowed pod deleted and its token
-refused at once (no TokenReview), TokenReviews answered offline as kube-apiserver would answer
-them (the deleted pod's token among them), a label rule that refuses a canary pod until it is
-labelled as `kubectl label` does it, a second cluster registered at run time whose pod
-joins and, once deleted, is refused from its watch cache, and the metrics.
+gets, a pod of another service account that is refused, a label rule that refuses a canary pod
+until it is labelled as `kubectl label` does it, the allowed pod deleted and its token refused at
+once (no TokenReview), TokenReviews answered offline as kube-apiserver would answer them (the
+deleted pod's token among them), a second cluster registered at run time whose pod joins and,
+once deleted, is refused from its watch cache, and the metrics.
 """
 
 from __future__ import annotations
