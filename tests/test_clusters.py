@@ -514,3 +514,24 @@ def test_tokens_check_refuses_label_rules_the_config_cannot_answer(
     assert "join token to-eu: spec.kubernetes.allow[0] (rule 1) reads pods of the cluster" in capsys.readouterr().err
     # without --config the file alone is valid: which cluster answers is the config's business
     assert cli_main(["tokens", "check", str(tmp_path / "tokens.yaml")]) == 0
+
+
+async def test_a_label_rule_whose_cluster_lost_its_watch_is_503(
+    tmp_path: Path, aiohttp_client: Any, start_remote: Callable[..., Any]
+) -> None:
+    """The tokens file was checked against the clusters at load; a clusters reload may take the
+    watch away later: joins that need it are then binding_unavailable (retry), never judged."""
+    a = await start_remote("a")
+    a.api.label("pods", NS, "app-0", {"tier": "prod"})
+    to_a = cluster_token("to-a", "a")
+    to_a["spec"]["kubernetes"]["allow"][0]["pod_labels"] = {"tier": "prod"}
+    write_tokens(tmp_path / "tokens.yaml", to_a)
+    client = await start_kubejoin(tmp_path, aiohttp_client, write_config(tmp_path, [a.entry()]))
+    token = a.mint("app-0")
+    assert await join(client, token, "to-a") == (200, "ok")
+    write_config(tmp_path, [a.entry(binding={"mode": "off"})])
+    assert await client.app[SERVICE].clusters.reload() is True
+    response = await client.post("/v1/join", json=join_body(token, token_name="to-a"))
+    answer = await response.json()
+    assert (response.status, answer["error"]["code"]) == (503, "binding_unavailable")
+    assert "has no live binding (binding.mode: watch) now" in answer["error"]["message"]

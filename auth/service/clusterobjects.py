@@ -48,16 +48,6 @@ _KUBELET_KEYS: Final = frozenset(
 _KUBELET_DOMAINS: Final = ("kubelet.kubernetes.io", "node.kubernetes.io")
 
 
-def no_objects(identity: Identity) -> Callable[[frozenset[LabelKind], WantedKeys], Found]:
-    """The lookup of a service with no binding at all (rules reading the cluster were refused at
-    load, so this only answers a caller built without one, as in tests)."""
-
-    def objects(kinds: frozenset[LabelKind], keys: WantedKeys) -> Found:
-        raise BindingRefusal(Reason.BINDING_UNAVAILABLE, "no live binding to read the cluster's objects from", identity)
-
-    return objects
-
-
 class ClusterObjects:
     """The local binding (in_cluster) and the registered clusters', seen as one."""
 

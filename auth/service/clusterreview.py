@@ -42,7 +42,7 @@ class ClusterReviews:
         pipeline: Pipeline,
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
-        objects: ClusterObjects | None = None,
+        objects: ClusterObjects,
     ) -> None:
         assert config.token_review is not None
         self._objects = objects

@@ -17,15 +17,15 @@ from verifier import Identity, VerificationError, Verifier
 from verifier.errors import BindingRefusal, Reason
 from verifier.texts import cut
 
-from .allow import Objects, claims_reader, decide
+from .allow import claims_reader, decide
 from .auditlog import UNVERIFIED_REFUSALS, AuditLog
 from .ca import CertificateAuthority, PublicKeyCache, PublicKeyError
-from .clusterobjects import ClusterObjects, no_objects
+from .clusterobjects import ClusterObjects
 from .durations import rfc3339
 from .errors import Code, JoinError, JoinReason
 from .keyring import Keyring
 from .registry import ClusterRegistry
-from .tokens import KUBERNETES, ROLES, JoinToken, KubernetesRules
+from .tokens import KUBERNETES, ROLES, JoinToken
 
 log = logging.getLogger("kubejoin.join")
 _FIELDS: Final = {"token_name", "id_token", "role", "public_key", "host_name"}
@@ -92,7 +92,7 @@ class JoinService:
         certificate_ttl: float,
         clock: Callable[[], float] = time.time,
         clusters: ClusterRegistry | None = None,
-        objects: ClusterObjects | None = None,
+        objects: ClusterObjects,
     ) -> None:
         self.cluster_name = cluster_name
         self._objects = objects  # the watch caches that label and expression rules read
@@ -214,7 +214,7 @@ class JoinService:
                 identity.namespace,
                 identity.service_account.name,
                 claims=claims_reader(rules.allow, identity, id_token),
-                objects=self._objects_of(rules, identity),
+                objects=self._objects.lookup(rules, identity),
             )
         except VerificationError as exc:  # the watch cache cannot answer now: binding_unavailable
             raise JoinError(exc.code, exc.message) from None
@@ -224,11 +224,6 @@ class JoinService:
                 JoinReason.NO_MATCHING_ALLOW_RULE,
                 f"service account {account} is not allowed by join token {cut(token.name)}: {'; '.join(refusals)}",
             )
-
-    def _objects_of(self, rules: KubernetesRules, identity: Identity) -> Objects:
-        if self._objects is None:
-            return no_objects(identity)
-        return self._objects.lookup(rules, identity)
 
     async def _verify(self, token: JoinToken, id_token: str, record: dict[str, Any]) -> Identity:
         rules = token.kubernetes

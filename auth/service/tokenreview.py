@@ -24,9 +24,9 @@ from verifier import Identity, VerificationError, Verifier
 from verifier.binding import BindingCheck
 from verifier.jose import load_strict_json
 
-from .allow import Objects, claims_reader, decide
+from .allow import claims_reader, decide
 from .auditlog import UNVERIFIED_REFUSALS, AuditLog
-from .clusterobjects import ClusterObjects, no_objects
+from .clusterobjects import ClusterObjects
 from .config import TokenReview
 from .errors import STATUS, JoinError
 from .pipeline import RETRY_LATER, Pipeline, retry_after
@@ -211,7 +211,7 @@ class TokenReviewer:
         audit: AuditLog,
         clock: Callable[[], float] = time.time,
         cluster: str | None = None,
-        objects: ClusterObjects | None = None,
+        objects: ClusterObjects,
     ) -> None:
         self.config = config
         self._objects = objects  # the watch caches that label and expression reviewer rules read
@@ -263,7 +263,7 @@ class TokenReviewer:
                 caller.namespace,
                 caller.service_account.name,
                 claims=claims_reader(reviewers, caller, token),
-                objects=self._caller_objects(caller),
+                objects=self._objects.lookup(self.config.source, caller),
             )
             if refusals is not None:  # a rule on labels or an expression said no
                 raise _forbidden(caller, record, refusals)
@@ -275,11 +275,6 @@ class TokenReviewer:
                 raise CallerError.of(JoinError(exc.code, message)) from None
             raise _unauthorized() from None
         record["caller"] = caller.username
-
-    def _caller_objects(self, caller: Identity) -> Objects:
-        if self._objects is None:
-            return no_objects(caller)
-        return self._objects.lookup(self.config.source, caller)
 
     async def judge(self, request: ReviewRequest, record: dict[str, Any]) -> Verdict:
         """Verifies the reviewed token; puts who it speaks for into the record."""
