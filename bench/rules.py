@@ -29,13 +29,12 @@ sys.path.insert(0, str(ROOT))
 import argparse
 import asyncio
 import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 from auth.devtools.issuer import IssuerKey, LocalIssuer
 from auth.service.allow import claims_reader, decide
 from auth.service.tokens import parse_allow_rules
+from bench.cel import timed
 from verifier import Identity, StaticKeySource, Verifier, parse_jwks
 from verifier.k8s.api import NAMESPACE, NODE, POD, ObjectMeta
 from verifier.k8s.binding import LiveBinding
@@ -81,16 +80,6 @@ def setup() -> tuple[str, Identity, LiveBinding]:
         store.put(ObjectMeta(namespace, name, uid, None, store.shape.pack(values)))
         binding.reflectors[kind.name].synced = True
     return token, identity, binding
-
-
-def timed(fn: Callable[[], object], calls: int) -> float:
-    batches = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        batches.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(batches)
 
 
 def main() -> int:

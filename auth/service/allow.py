@@ -99,10 +99,11 @@ def reads(rules: Iterable[AllowRule]) -> frozenset[LabelKind]:
     return kinds
 
 
-def wanted(tokens: Iterable[JoinToken]) -> WantedKeys:
-    """The label keys the binding's cache must keep for these tokens' rules (give the tokens of
-    one cluster for that cluster's binding)."""
-    return wanted_label_keys(*_conditions(tokens))
+def wanted(tokens: Iterable[JoinToken], more: Iterable[AllowRule] = ()) -> WantedKeys:
+    """The label keys the binding's cache must keep for these tokens' rules and `more` rules
+    (token_review.reviewers)."""
+    extra = [rule.conditions for rule in more if rule.conditions is not None]
+    return wanted_label_keys(*_conditions(tokens), *extra)
 
 
 def rules_reading_cluster(tokens: Mapping[str, JoinToken]) -> list[ClusterRead]:

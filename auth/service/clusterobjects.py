@@ -18,11 +18,11 @@ from verifier.k8s.binding import LiveBinding
 from verifier.labels import AllKeys, LabelKind, ObjectView, WantedKeys
 
 from .allow import rules_reading_cluster
+from .allow import wanted as allowed_keys
 from .clusters import ClusterSpec
 from .config import Config
 from .files import ConfigError
 from .registry import ClusterRegistry
-from .rules import wanted_label_keys
 from .tokens import AllowRule, JoinToken, KubernetesRules
 
 log = logging.getLogger("kubejoin.rules")
@@ -101,15 +101,7 @@ class ClusterObjects:
     def want(self, tokens: Mapping[str, JoinToken], reviewers: Iterable[AllowRule] = ()) -> None:
         """Tells every binding which label keys the rules now read. One set for all clusters:
         keys are few, and a cluster added later starts with it (ClusterRegistry.wanted)."""
-        conditions = [
-            rule.conditions
-            for token in tokens.values()
-            if token.kubernetes is not None
-            for rule in token.kubernetes.allow
-            if rule.conditions is not None
-        ]
-        conditions += [rule.conditions for rule in reviewers if rule.conditions is not None]
-        wanted = wanted_label_keys(*conditions)
+        wanted = allowed_keys(tokens.values(), reviewers)
         for kind, keys in zip(wanted._fields, wanted, strict=True):
             if isinstance(keys, AllKeys) and not isinstance(getattr(self.wanted, kind), AllKeys):
                 # bench/labels.py: every label of 100,000 pods is 85 MB; two named keys are 5 MB
