@@ -11,6 +11,7 @@ from typing import Any, Final
 import pytest
 from aiohttp import ClientResponse
 
+from auth.service.clusterobjects import kubelet_may_set
 from auth.service.files import ConfigError
 from auth.service.server import SERVICE, Reload, create_app
 from tests.kube import Client, FakeCluster, in_cluster, start_cluster, start_kubejoin
@@ -301,3 +302,43 @@ async def test_an_expression_reading_only_the_namespace_name_watches_namespaces(
         return await join(client, token) == (200, "ok")
 
     await wait_for(joined, "a join under a rule on the namespace's name", within=5.0)
+
+
+def test_reviewer_rules_that_read_the_cluster_need_its_binding(tmp_path: Path, cluster: FakeCluster) -> None:
+    write_tokens(tmp_path / "tokens.yaml", labelled({}))
+    review = {
+        "source": {"type": "in_cluster"},
+        "audiences": ["https://kubernetes.default.svc"],
+        "reviewers": [{"service_account": "vault:vault-auth"}, {"service_account": "a:b", "pod_labels": {"x": "y"}}],
+    }
+    config = make_config(tmp_path, in_cluster=in_cluster(cluster), token_review=review)  # binding.mode off
+    with pytest.raises(ConfigError, match=r"^token_review.reviewers\[1\] \(rule 2\) reads pods .*binding.mode: watch"):
+        create_app(config, audit=AuditLog())
+
+
+@pytest.mark.parametrize(
+    ("key", "settable"),
+    [
+        ("tier", True),  # no kubernetes.io domain: any kubelet may set it
+        ("example.com/pool", True),
+        ("kubernetes.io/os", True),  # on NodeRestriction's list of the kubelet's own
+        ("topology.kubernetes.io/zone", True),
+        ("node.kubernetes.io/instance-type", True),
+        ("kubelet.kubernetes.io/anything", True),
+        ("node-restriction.kubernetes.io/pool", False),
+        ("node-role.kubernetes.io/control-plane", False),
+        ("k8s.io/owner", False),
+    ],
+)
+def test_node_label_keys_a_kubelet_may_set_itself(key: str, settable: bool) -> None:
+    assert kubelet_may_set(key) is settable
+
+
+async def test_a_node_rule_on_a_key_the_kubelet_sets_is_warned_of(
+    tmp_path: Path, aiohttp_client: Any, cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = ({"node_labels": {"kubernetes.io/os": "linux"}}, {"node_labels": {"node-restriction.kubernetes.io/p": "a"}})
+    with caplog.at_level("WARNING", logger="kubejoin.rules"):
+        await start_kubejoin(tmp_path, aiohttp_client, cluster, tokens=[labelled(*rules)])
+    assert "rule 1: node label kubernetes.io/os can be set by the node's own kubelet" in caplog.text
+    assert "rule 2" not in caplog.text
